@@ -1,0 +1,100 @@
+"""Command line of the library: `python -m bert_core <stage> --config run.json`.
+
+Each stage reads its config dataclass from a JSON file (unknown keys are an error) and prints its result as JSON
+on stdout. `accelerate launch ... -m bert_core pretrain --config run.json` runs pretraining in several processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from bert_core import stage
+
+
+def _ingest(args) -> object:
+    from bert_core.corpus import IngestConfig, ingest_corpus
+
+    return str(ingest_corpus(stage.load_config(IngestConfig, args.config), args.output_dir))
+
+
+def _examples(args) -> object:
+    from bert_core.examples import ExamplesConfig, generate_examples
+
+    return str(generate_examples(stage.load_config(ExamplesConfig, args.config), args.documents_dir, args.output_dir))
+
+
+def _pretrain(args) -> object:
+    from bert_core.pretrain import PretrainConfig, pretrain
+
+    return pretrain(stage.load_config(PretrainConfig, args.config))
+
+
+def _finetune(args) -> object:
+    from bert_core.finetune import FinetuneConfig, finetune
+
+    return finetune(stage.load_config(FinetuneConfig, args.config))
+
+
+def _evaluate(args) -> object:
+    from bert_core.evaluate import evaluate_pretrained
+
+    return evaluate_pretrained(args.model_dir, args.shards_dir)
+
+
+def _register(args) -> object:
+    from bert_core.registry import RegisterConfig, register_model
+
+    return register_model(stage.load_config(RegisterConfig, args.config))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bert_core", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    p = sub.add_parser("ingest", help="read, clean, deduplicate and sentence-split a corpus into Parquet")
+    p.add_argument("--config", type=Path, required=True, help="IngestConfig JSON")
+    p.add_argument("--output-dir", type=Path, required=True)
+    p.set_defaults(run=_ingest)
+
+    p = sub.add_parser("examples", help="train a WordPiece tokenizer and write NSP+MLM examples to Arrow shards")
+    p.add_argument("--config", type=Path, required=True, help="ExamplesConfig JSON")
+    p.add_argument("--documents-dir", type=Path, required=True, help="an ingest output directory")
+    p.add_argument("--output-dir", type=Path, required=True)
+    p.set_defaults(run=_examples)
+
+    p = sub.add_parser("pretrain", help="pretrain BertForPreTraining (MLM+NSP) with Accelerate")
+    p.add_argument("--config", type=Path, required=True, help="PretrainConfig JSON")
+    p.set_defaults(run=_pretrain)
+
+    p = sub.add_parser("finetune", help="fine-tune a pretrained model for sentence classification")
+    p.add_argument("--config", type=Path, required=True, help="FinetuneConfig JSON")
+    p.set_defaults(run=_finetune)
+
+    p = sub.add_parser("evaluate", help="held-out MLM/NSP metrics of a pretrained model on static-masked shards")
+    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--shards-dir", type=Path, required=True, help="e.g. <examples>/validation")
+    p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("register", help="log a model to MLflow, register it and apply the promotion gate")
+    p.add_argument("--config", type=Path, required=True, help="RegisterConfig JSON")
+    p.set_defaults(run=_register)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = args.run(args)
+    json.dump(stage.to_jsonable(result), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Pretraining data: a memory-mapped dataset over Arrow shards, deterministic batch order, and batch collation.
+
+The dataset keeps each shard's flat token buffer and offsets as zero-copy NumPy views of the memory-mapped file, so
+an example is a slice, not a parse. Batch order is a pure function of (seed, epoch): each rank takes every
+world_size-th batch of the same permutation, so ranks see disjoint examples, and a resumed run can start at any
+batch of an epoch without re-reading the ones before it. Batches are padded to their longest example (rounded up
+to a multiple of 8), never to max_seq_length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bert_core.masking import MaskingConfig, mask_sequence
+from bert_core.shards import open_shards
+from bert_core.tokenizer import SPECIAL_TOKENS
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """Random access to the examples of one split of Arrow shards."""
+
+    def __init__(self, shards_dir: str | Path):
+        tables, self.manifest = open_shards(shards_dir)
+        self._columns: list[dict[str, tuple[np.ndarray, np.ndarray] | np.ndarray]] = []
+        for table in tables:
+            table = table.combine_chunks()
+            cols: dict = {}
+            for name in table.column_names:
+                array = table.column(name).chunk(0) if table.num_rows else table.column(name).combine_chunks()
+                if hasattr(array, "offsets"):
+                    cols[name] = (array.offsets.to_numpy(), array.values.to_numpy())
+                else:
+                    cols[name] = array.to_numpy()
+            self._columns.append(cols)
+        counts = [t.num_rows for t in tables]
+        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self.static_masks = "masked_lm_positions" in self.manifest["schema"]
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray | int]:
+        shard = int(np.searchsorted(self._starts, index, side="right") - 1)
+        row = index - int(self._starts[shard])
+        cols = self._columns[shard]
+        item: dict = {}
+        for name, value in cols.items():
+            if isinstance(value, tuple):
+                offsets, values = value
+                item[name] = values[offsets[row] : offsets[row + 1]]
+            else:
+                item[name] = value[row]
+        return item
+
+
+def epoch_batches(num_examples: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[np.ndarray]:
+    """This rank's batches of one epoch: a seeded permutation cut into full global steps (no ragged tail)."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    per_step = batch_size * world_size
+    num_steps = num_examples // per_step
+    if num_steps == 0:
+        raise ValueError(f"{num_examples} examples are fewer than one global batch ({per_step})")
+    return [order[s * per_step + rank * batch_size : s * per_step + (rank + 1) * batch_size] for s in range(num_steps)]
+
+
+@dataclass
+class PretrainingCollator:
+    """Pad a list of examples into tensors; apply dynamic masking when the shards hold unmasked examples."""
+
+    vocab_size: int
+    mask_token_id: int = 4
+    pad_token_id: int = 0
+    pad_to_multiple_of: int = 8
+    masking: MaskingConfig | None = None
+    is_continuation: np.ndarray | None = None
+
+    def __call__(self, items: list[dict], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        longest = max(len(it["input_ids"]) for it in items)
+        width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        n = len(items)
+        input_ids = np.full((n, width), self.pad_token_id, dtype=np.int64)
+        token_type_ids = np.zeros((n, width), dtype=np.int64)
+        attention_mask = np.zeros((n, width), dtype=np.int64)
+        labels = np.full((n, width), -100, dtype=np.int64)
+        is_special = None
+        for i, it in enumerate(items):
+            ids = np.asarray(it["input_ids"], dtype=np.int64)
+            length = ids.size
+            if "masked_lm_positions" in it:
+                positions = np.asarray(it["masked_lm_positions"], dtype=np.int64)
+                labels[i, positions] = it["masked_lm_labels"]
+            else:
+                if self.masking is None or rng is None:
+                    raise ValueError("unmasked shards need a MaskingConfig and an rng for dynamic masking")
+                if is_special is None:
+                    is_special = np.zeros(self.vocab_size, dtype=bool)
+                    is_special[: len(SPECIAL_TOKENS)] = True
+                masked = mask_sequence(
+                    ids, config=self.masking, rng=rng, mask_token_id=self.mask_token_id, vocab_size=self.vocab_size,
+                    num_special_tokens=len(SPECIAL_TOKENS), is_special=is_special, is_continuation=self.is_continuation,
+                )
+                ids = masked.input_ids
+                labels[i, masked.positions] = masked.labels
+            input_ids[i, :length] = ids
+            token_type_ids[i, :length] = it["token_type_ids"]
+            attention_mask[i, :length] = 1
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "token_type_ids": torch.from_numpy(token_type_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
+            "labels": torch.from_numpy(labels),
+            "next_sentence_label": torch.tensor([int(it["next_sentence_label"]) for it in items], dtype=torch.long),
+        }

@@ -1,0 +1,261 @@
+"""The example-generation stage: WordPiece tokenizer + next-sentence-prediction pairs + MLM masks -> Arrow shards.
+
+Pairs follow google-research/bert's create_pretraining_data.py: for each document, sentences are gathered into a
+chunk until a target length is reached (max_seq_length - 3, or with probability `short_seq_prob` a random shorter
+target); segment A is a random prefix of the chunk; with probability 0.5 (and always when the chunk has one
+sentence) segment B is a random span of a different document and the unused sentences are put back, otherwise B is
+the rest of the chunk; the pair is then trimmed to fit, one token at a time from the longer side, at the front or
+the back at random. `dupe_factor` passes over the corpus give each document several different pairings and masks.
+
+This first version keeps one split's tokenized documents in memory; outputs are written atomically and reruns
+with the same inputs and config are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bert_core import stage
+from bert_core.corpus import read_ingested
+from bert_core.masking import MaskingConfig, mask_sequence
+from bert_core.shards import write_shards
+from bert_core.tokenizer import (
+    SPECIAL_TOKENS,
+    TokenizerConfig,
+    continuation_mask,
+    load_tokenizer,
+    tokenizer_hash,
+    train_tokenizer,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExamplesConfig:
+    max_seq_length: int = 128
+    short_seq_prob: float = 0.1
+    dupe_factor: int = 1
+    masking: str = "static"  # "static": masks in the shards; "dynamic": stored unmasked, masked per batch
+    examples_per_shard: int = 8192
+    seed: int = 12345
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    mlm: MaskingConfig = field(default_factory=MaskingConfig)
+
+
+@dataclass(frozen=True)
+class PairExample:
+    tokens_a: list[int]
+    tokens_b: list[int]
+    is_random_next: bool
+
+
+def truncate_seq_pair(tokens_a: list[int], tokens_b: list[int], max_num_tokens: int, rng: random.Random) -> None:
+    """Trim the longer segment, one token at a time from its front or back at random, until the pair fits."""
+    while len(tokens_a) + len(tokens_b) > max_num_tokens:
+        longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+        if rng.random() < 0.5:
+            del longer[0]
+        else:
+            longer.pop()
+
+
+def create_pairs_from_document(
+    documents: Sequence[Sequence[Sequence[int]]],
+    document_index: int,
+    *,
+    max_seq_length: int,
+    short_seq_prob: float,
+    rng: random.Random,
+) -> list[PairExample]:
+    """NSP pairs from one document (a list of tokenized sentences), google-research/bert's algorithm."""
+    document = documents[document_index]
+    max_num_tokens = max_seq_length - 3  # [CLS], [SEP], [SEP]
+    target_seq_length = max_num_tokens
+    if rng.random() < short_seq_prob:
+        target_seq_length = rng.randint(2, max_num_tokens)
+
+    pairs: list[PairExample] = []
+    chunk: list[Sequence[int]] = []
+    chunk_length = 0
+    i = 0
+    while i < len(document):
+        segment = document[i]
+        chunk.append(segment)
+        chunk_length += len(segment)
+        if i == len(document) - 1 or chunk_length >= target_seq_length:
+            if chunk:
+                a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
+                tokens_a = [t for s in chunk[:a_end] for t in s]
+                tokens_b: list[int] = []
+                if len(chunk) == 1 or rng.random() < 0.5:
+                    is_random_next = True
+                    target_b_length = target_seq_length - len(tokens_a)
+                    random_index = document_index
+                    for _ in range(10):
+                        random_index = rng.randint(0, len(documents) - 1)
+                        if random_index != document_index:
+                            break
+                    random_document = documents[random_index]
+                    for j in range(rng.randint(0, len(random_document) - 1), len(random_document)):
+                        tokens_b.extend(random_document[j])
+                        if len(tokens_b) >= target_b_length:
+                            break
+                    i -= len(chunk) - a_end  # put the unused sentences back
+                else:
+                    is_random_next = False
+                    tokens_b = [t for s in chunk[a_end:] for t in s]
+                truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
+                if tokens_a and tokens_b:
+                    pairs.append(PairExample(tokens_a, tokens_b, is_random_next))
+            chunk = []
+            chunk_length = 0
+        i += 1
+    return pairs
+
+
+def tokenize_documents(tokenizer, documents: list[list[str]]) -> list[list[list[int]]]:
+    """Token ids per sentence per document (no special tokens); empty sentences and documents dropped."""
+    flat = [s for doc in documents for s in doc]
+    encodings = tokenizer.backend_tokenizer.encode_batch_fast(flat, add_special_tokens=False)
+    out: list[list[list[int]]] = []
+    k = 0
+    for doc in documents:
+        sentences = [encodings[k + j].ids for j in range(len(doc))]
+        k += len(doc)
+        sentences = [s for s in sentences if s]
+        if sentences:
+            out.append(sentences)
+    return out
+
+
+def build_examples(
+    documents: list[list[list[int]]], tokenizer, config: ExamplesConfig, *, seed: int, static_masks: bool
+) -> dict[str, list]:
+    """Pairs from all documents (dupe_factor passes), shuffled, as shard columns (masked if `static_masks`)."""
+    rng = random.Random(seed)
+    pairs: list[PairExample] = []
+    for _ in range(config.dupe_factor):
+        for index in range(len(documents)):
+            pairs.extend(
+                create_pairs_from_document(
+                    documents, index, max_seq_length=config.max_seq_length, short_seq_prob=config.short_seq_prob, rng=rng
+                )
+            )
+    rng.shuffle(pairs)
+    cls_id, sep_id, mask_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
+    vocab_size = len(tokenizer)
+    is_special = np.zeros(vocab_size, dtype=bool)
+    is_special[[tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]] = True
+    is_continuation = continuation_mask(tokenizer)
+    np_rng = np.random.default_rng(seed)
+    columns: dict[str, list] = {"input_ids": [], "token_type_ids": [], "next_sentence_label": []}
+    if static_masks:
+        columns["masked_lm_positions"] = []
+        columns["masked_lm_labels"] = []
+    for pair in pairs:
+        ids = np.array([cls_id, *pair.tokens_a, sep_id, *pair.tokens_b, sep_id], dtype=np.int64)
+        types = np.zeros(ids.size, dtype=np.int64)
+        types[len(pair.tokens_a) + 2 :] = 1
+        if static_masks:
+            masked = mask_sequence(
+                ids, config=config.mlm, rng=np_rng, mask_token_id=mask_id, vocab_size=vocab_size,
+                num_special_tokens=len(SPECIAL_TOKENS), is_special=is_special, is_continuation=is_continuation,
+            )
+            ids = masked.input_ids
+            columns["masked_lm_positions"].append(masked.positions)
+            columns["masked_lm_labels"].append(masked.labels)
+        columns["input_ids"].append(ids)
+        columns["token_type_ids"].append(types)
+        # BertForPreTraining's convention: label 0 = B is the actual next segment, 1 = B is random.
+        columns["next_sentence_label"].append(int(pair.is_random_next))
+    return columns
+
+
+def example_quality(columns: dict[str, list], tokenizer) -> dict[str, float]:
+    """Figures that show whether the examples are what BERT expects: NSP balance, mask rate, 80/10/10, lengths."""
+    labels = np.asarray(columns["next_sentence_label"])
+    lengths = np.fromiter((len(r) for r in columns["input_ids"]), dtype=np.int64)
+    ids = np.concatenate(columns["input_ids"])
+    quality = {
+        "nsp_random_next_share": float(labels.mean()),
+        "mean_length": float(lengths.mean()),
+        "max_length": int(lengths.max()),
+        "unk_rate": float((ids == tokenizer.unk_token_id).mean()),
+    }
+    if "masked_lm_positions" in columns:
+        positions = columns["masked_lm_positions"]
+        num_masked = sum(len(p) for p in positions)
+        maskable = int(lengths.sum()) - 3 * len(lengths)
+        replaced = np.concatenate([ids_[p] for ids_, p in zip(columns["input_ids"], positions)])
+        originals = np.concatenate(columns["masked_lm_labels"])
+        quality.update({
+            "masked_share_of_maskable": num_masked / max(1, maskable),
+            "mask_token_share": float((replaced == tokenizer.mask_token_id).mean()),
+            "unchanged_share": float((replaced == originals).mean()),
+            "random_token_share": float(((replaced != originals) & (replaced != tokenizer.mask_token_id)).mean()),
+            "special_tokens_masked": int((originals < len(SPECIAL_TOKENS)).sum()),
+        })
+    return quality
+
+
+def generate_examples(config: ExamplesConfig, documents_dir: str | Path, output_dir: str | Path) -> Path:
+    """Run the stage: `output_dir/{tokenizer,train,validation}` with shards and manifests. Skips if up to date."""
+    documents_dir, output_dir = Path(documents_dir), Path(output_dir)
+    inputs = stage.hash_files(sorted(documents_dir.glob("documents-*.parquet")))
+    if config.tokenizer.tokenizer_path:
+        inputs = stage.hash_json([inputs, stage.hash_files(_tokenizer_files(config.tokenizer.tokenizer_path))])
+    key = stage.hash_json({"config": config, "inputs": inputs, "version": 1})
+    if stage.completed_stage(output_dir, key):
+        logger.info("examples: %s is up to date, skipping", output_dir)
+        return output_dir
+
+    train_docs = read_ingested(documents_dir, "train")
+    validation_docs = read_ingested(documents_dir, "validation")
+    if config.tokenizer.tokenizer_path:
+        tokenizer = load_tokenizer(config.tokenizer.tokenizer_path, lowercase=config.tokenizer.lowercase)
+    else:
+        tokenizer = train_tokenizer((s for doc in train_docs for s in doc), config.tokenizer)
+    tok_hash = tokenizer_hash(tokenizer)
+
+    with stage.atomic_directory(output_dir) as tmp:
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        outputs = {}
+        for split, docs, seed_offset in (("train", train_docs, 0), ("validation", validation_docs, 1)):
+            tokenized = tokenize_documents(tokenizer, docs)
+            if len(tokenized) < 2:
+                raise ValueError(f"examples: the {split} split has {len(tokenized)} usable documents; NSP needs 2+")
+            # Held-out evaluation always uses fixed (static) masks so that every model is scored on the same task.
+            static = config.masking == "static" or split == "validation"
+            columns = build_examples(tokenized, tokenizer, config, seed=config.seed + seed_offset, static_masks=static)
+            manifest = write_shards(
+                columns,
+                tmp / split,
+                vocab_size=len(tokenizer),
+                examples_per_shard=config.examples_per_shard,
+                metadata={
+                    "split": split,
+                    "masking": "static" if static else "dynamic",
+                    "max_seq_length": config.max_seq_length,
+                    "tokenizer_hash": tok_hash,
+                    "documents": len(tokenized),
+                    "input_hash": inputs,
+                    "quality": example_quality(columns, tokenizer),
+                    "config": stage.to_jsonable(config),
+                },
+            )
+            outputs[split] = {k: manifest[k] for k in ("num_examples", "num_tokens", "num_shards", "quality")}
+        stage.write_stage_record(tmp, key=key, stage="examples", config=config, outputs=outputs)
+    logger.info("examples: %s", outputs)
+    return output_dir
+
+
+def _tokenizer_files(path: str) -> list[Path]:
+    p = Path(path)
+    return sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]

@@ -1,0 +1,356 @@
+"""BERT pretraining (MLM + NSP) with an explicit Hugging Face Accelerate loop, checkpoints and exact resume.
+
+One process per device; `accelerate launch ... -m bert_core pretrain --config run.json` starts them (see
+`launch_command`). The loop is deterministic given the seed: the batch order is a function of (seed, epoch), so a
+checkpoint stores (step, epoch, batch_in_epoch) next to Accelerate's model/optimizer/RNG state, and a resumed run
+continues with the next unseen batch instead of replaying the epoch. Checkpoints are written under a temporary name
+and renamed; the newest `checkpoints_total_limit` are kept; SIGTERM writes one before exiting. The result is
+`output_dir/final/`, plain `save_pretrained` output (model + tokenizer) that vanilla transformers loads, plus
+`metrics.jsonl` (training and held-out metrics by step) and `summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from bert_core import stage
+from bert_core.data import PretrainingCollator, ShardDataset, epoch_batches
+from bert_core.evaluate import evaluate_objective
+from bert_core.masking import MaskingConfig
+from bert_core.model import PretrainingObjective, build_model
+from bert_core.shards import read_manifest
+from bert_core.tokenizer import continuation_mask, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+# Fields that change how a run is watched or launched but not what it computes: left out of the stage key.
+_NOT_IN_KEY = {"output_dir", "resume_from_checkpoint", "logging_steps", "eval_steps", "checkpointing_steps",
+               "checkpoints_total_limit", "main_process_port"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig:
+    shards_dir: str  # an examples-stage output: train/, validation/, tokenizer/
+    output_dir: str
+    preset: str = "bert-tiny"
+    max_seq_length: int = 128
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-6
+    max_grad_norm: float = 1.0
+    lr_scheduler_type: str = "linear"
+    num_warmup_steps: int = 10000
+    max_train_steps: int = 1_000_000
+    mixed_precision: str = "no"  # "no", "bf16", "fp16"
+    seed: int = 42
+    logging_steps: int = 10
+    eval_steps: int = 1000
+    checkpointing_steps: int = 1000
+    checkpoints_total_limit: int = 3
+    resume_from_checkpoint: str | None = "latest"  # "latest", a checkpoint path, or None to start fresh
+    num_processes: int = 1
+    main_process_port: int = 29500
+    mlm: MaskingConfig = field(default_factory=MaskingConfig)  # used when the shards were written unmasked
+
+
+def stage_key(config: PretrainConfig) -> str:
+    train_manifest = Path(config.shards_dir) / "train" / "manifest.json"
+    fields = {k: v for k, v in stage.to_jsonable(config).items() if k not in _NOT_IN_KEY}
+    return stage.hash_json({"config": fields, "train": stage.hash_file(train_manifest), "version": 1})
+
+
+def launch_command(config_path: str | Path, config: PretrainConfig) -> list[str]:
+    """The `accelerate launch` command line that runs `bert_core pretrain` in `num_processes` processes."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if config.num_processes > 1:
+        # --multi_gpu is Accelerate's switch for several data-parallel processes; without CUDA they use gloo.
+        cmd += ["--multi_gpu", "--main_process_port", str(config.main_process_port)]
+    elif not torch.cuda.is_available():
+        cmd += ["--cpu"]
+    cmd += [
+        "--num_processes", str(config.num_processes), "--num_machines", "1",
+        "--mixed_precision", config.mixed_precision, "--dynamo_backend", "no",
+        "-m", "bert_core", "pretrain", "--config", str(config_path),
+    ]
+    return cmd
+
+
+def launch_env(config: PretrainConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.num_processes)))
+    return env
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    root = output_dir / "checkpoints"
+    return sorted(p for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
+
+
+def _find_resume(config: PretrainConfig, key: str) -> Path | None:
+    if not config.resume_from_checkpoint:
+        return None
+    if config.resume_from_checkpoint != "latest":
+        path = Path(config.resume_from_checkpoint)
+        state = stage.read_json(path / "trainer_state.json")
+        if state["key"] != key:
+            raise ValueError(f"checkpoint {path} was written by a run with another config or data; cannot resume it")
+        return path
+    for path in reversed(_checkpoints(Path(config.output_dir))):
+        state_file = path / "trainer_state.json"
+        if state_file.is_file() and stage.read_json(state_file)["key"] == key:
+            return path
+        logger.warning("ignoring checkpoint %s: it belongs to another config or data", path)
+    return None
+
+
+def _optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        # BERT applies no weight decay to biases and LayerNorm weights.
+        (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                             eps=config.adam_epsilon)
+
+
+class _Stop:
+    requested = False
+
+    @classmethod
+    def handle(cls, signum, frame):  # noqa: ARG003
+        cls.requested = True
+
+
+def pretrain(config: PretrainConfig) -> dict[str, Any]:
+    """Train; return the summary (final metrics, paths). Skips if `final/` of the same key exists."""
+    output_dir = Path(config.output_dir)
+    shards_dir = Path(config.shards_dir)
+    key = stage_key(config)
+    done = stage.completed_stage(output_dir, key)
+    if done:
+        logger.info("pretrain: %s is up to date, skipping", output_dir)
+        return stage.read_json(output_dir / "summary.json")
+
+    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                              mixed_precision=config.mixed_precision)
+    set_seed(config.seed)
+    train_set = ShardDataset(shards_dir / "train")
+    eval_set = ShardDataset(shards_dir / "validation")
+    manifest = train_set.manifest
+    if manifest["max_seq_length"] != config.max_seq_length:
+        raise ValueError(f"max_seq_length={config.max_seq_length} but the shards in {shards_dir} were written with "
+                         f"max_seq_length={manifest['max_seq_length']}")
+    tokenizer = load_tokenizer(shards_dir / "tokenizer")
+    if len(tokenizer) != manifest["vocab_size"]:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, shards were written for {manifest['vocab_size']}")
+    collator = PretrainingCollator(vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
+                                   pad_token_id=tokenizer.pad_token_id, masking=config.mlm,
+                                   is_continuation=continuation_mask(tokenizer) if config.mlm.whole_word_mask else None)
+
+    model = build_model(config.preset, vocab_size=len(tokenizer), max_position_embeddings=max(512, config.max_seq_length))
+    objective = PretrainingObjective(model)
+    optimizer = _optimizer(objective, config)
+    scheduler = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=config.num_warmup_steps,
+                              num_training_steps=config.max_train_steps)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    # The scheduler is stepped by hand once per optimizer step (a prepared one steps num_processes times).
+    accelerator.register_for_checkpointing(scheduler)
+
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "key": key}
+    metrics_path = output_dir / "metrics.jsonl"
+    resume = _find_resume(config, key)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        state = stage.read_json(resume / "trainer_state.json")
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume, state["step"], state["epoch"],
+                    state["batch_in_epoch"])
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, state["step"])
+
+    def log(record: dict[str, Any]) -> None:
+        if accelerator.is_main_process:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def run_eval() -> dict[str, float]:
+        metrics = evaluate_objective(accelerator.unwrap_model(objective), eval_set, collator,
+                                     batch_size=config.per_device_eval_batch_size, device=accelerator.device,
+                                     autocast=accelerator.autocast)
+        return {f"eval_{k}": v for k, v in metrics.items()}
+
+    if state["step"] == 0:
+        initial = run_eval()
+        log({"step": 0, **initial})
+        logger.info("step 0 held-out: %s", initial)
+
+    previous_handler = signal.signal(signal.SIGTERM, _Stop.handle) if accelerator.is_main_process else None
+    world, rank = accelerator.num_processes, accelerator.process_index
+    progress = tqdm(total=config.max_train_steps, initial=state["step"], disable=not accelerator.is_local_main_process,
+                    desc="pretrain", unit="step")
+    window = {"loss": 0.0, "mlm_loss": 0.0, "nsp_loss": 0.0, "mlm_correct": 0, "mlm_count": 0, "nsp_correct": 0,
+              "nsp_count": 0, "tokens": 0, "micro": 0}
+    window_start = time.perf_counter()
+    grad_norm = torch.tensor(0.0)
+    interrupted = False
+    objective.train()
+    while state["step"] < config.max_train_steps and not interrupted:
+        batches = epoch_batches(len(train_set), config.per_device_train_batch_size, seed=config.seed,
+                                epoch=state["epoch"], rank=rank, world_size=world)
+        for batch_index in range(state["batch_in_epoch"], len(batches)):
+            items = [train_set[int(i)] for i in batches[batch_index]]
+            rng = np.random.default_rng([config.seed, state["epoch"], batch_index, rank])
+            batch = {k: v.to(accelerator.device) for k, v in collator(items, rng).items()}
+            with accelerator.accumulate(objective):
+                out = objective(**batch)
+                accelerator.backward(out["loss"])
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(objective.parameters(), config.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad()
+            for name in ("loss", "mlm_loss", "nsp_loss"):
+                window[name] += float(out[name].detach())
+            for name in ("mlm_correct", "mlm_count", "nsp_correct", "nsp_count"):
+                window[name] += int(out[name])
+            window["tokens"] += int(batch["attention_mask"].sum())
+            window["micro"] += 1
+            if not accelerator.sync_gradients:
+                continue
+            state["step"] += 1
+            state["batch_in_epoch"] = batch_index + 1
+            progress.update(1)
+            step = state["step"]
+            if step % config.logging_steps == 0 or step == config.max_train_steps:
+                totals = accelerator.reduce(torch.tensor(
+                    [window[k] for k in ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct",
+                                         "nsp_count", "tokens", "micro")], dtype=torch.float64, device=accelerator.device),
+                    reduction="sum").tolist()
+                elapsed = time.perf_counter() - window_start
+                micro = max(1.0, totals[8])
+                record = {
+                    "step": step,
+                    "loss": totals[0] / micro,
+                    "mlm_loss": totals[1] / micro,
+                    "nsp_loss": totals[2] / micro,
+                    "mlm_accuracy": totals[3] / max(1.0, totals[4]),
+                    "nsp_accuracy": totals[5] / max(1.0, totals[6]),
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    "tokens_per_second": totals[7] / max(elapsed, 1e-9),
+                }
+                log(record)
+                if accelerator.is_main_process:
+                    logger.info("step %d/%d loss %.4f mlm_loss %.4f nsp_loss %.4f mlm_accuracy %.3f lr %.2e %.0f tokens/s",
+                                step, config.max_train_steps, record["loss"], record["mlm_loss"], record["nsp_loss"],
+                                record["mlm_accuracy"], record["learning_rate"], record["tokens_per_second"])
+                progress.set_postfix(loss=f"{record['loss']:.3f}", mlm_acc=f"{record['mlm_accuracy']:.3f}")
+                window = dict.fromkeys(window, 0)
+                window_start = time.perf_counter()
+            if step % config.eval_steps == 0 and step != config.max_train_steps:
+                held_out = run_eval()
+                log({"step": step, **held_out})
+                if accelerator.is_main_process:
+                    logger.info("step %d held-out mlm_loss %.4f mlm_accuracy %.3f nsp_accuracy %.3f", step,
+                                held_out["eval_mlm_loss"], held_out["eval_mlm_accuracy"], held_out["eval_nsp_accuracy"])
+            stop_now = _broadcast_flag(accelerator, _Stop.requested)
+            if step % config.checkpointing_steps == 0 or stop_now or step == config.max_train_steps:
+                _save_checkpoint(accelerator, output_dir, state, config.checkpoints_total_limit)
+            if stop_now:
+                logger.warning("SIGTERM: checkpoint written at step %d, stopping", step)
+                interrupted = True
+                break
+            if step >= config.max_train_steps:
+                break
+        else:
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+    progress.close()
+    if previous_handler is not None:
+        signal.signal(signal.SIGTERM, previous_handler)
+    if interrupted:
+        return {"interrupted": True, "step": state["step"]}
+
+    final_metrics = run_eval()
+    log({"step": state["step"], **final_metrics})
+    summary: dict[str, Any] = {}
+    if accelerator.is_main_process:
+        with stage.atomic_directory(output_dir / "final") as tmp:
+            accelerator.unwrap_model(objective).model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        history = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+        initial = next(r for r in history if r["step"] == 0 and "eval_mlm_loss" in r)
+        summary = {
+            "final_dir": str(output_dir / "final"),
+            "steps": state["step"],
+            "preset": config.preset,
+            "initial_eval_mlm_loss": initial["eval_mlm_loss"],
+            **final_metrics,
+            "train_loss": next(r["loss"] for r in reversed(history) if "loss" in r),
+        }
+        stage.write_json(output_dir / "summary.json", summary)
+        stage.write_stage_record(output_dir, key=key, stage="pretrain", config=config, outputs=summary)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+def _broadcast_flag(accelerator: Accelerator, flag: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(tensor, reduction="sum").item() > 0)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past the resumed step, so a resumed run's log has no duplicate or orphan steps."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    if step == 0:
+        lines = []
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int) -> None:
+    root = output_dir / "checkpoints"
+    final = root / f"step-{state['step']:07d}"
+    tmp = root / f".step-{state['step']:07d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        stage.write_json(tmp / "trainer_state.json", state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in _checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+

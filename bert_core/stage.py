@@ -1,0 +1,139 @@
+"""Stage outputs that are safe to rerun: content keys, atomic directories and skip-if-done records.
+
+Idempotence lives here rather than in Prefect's cache because Prefect's default cache key hashes a task's own
+source, not the library it calls. A stage writes its whole output under a temporary name and renames it into place
+only when it is complete, with a `stage.json` record holding the key of its inputs and config. A later run with the
+same key finds that record and skips the work; a half-written output never carries a record, so it is redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import typing
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+
+STAGE_RECORD = "stage.json"
+T = TypeVar("T")
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert dataclasses, paths and tuples into plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def hash_json(value: Any) -> str:
+    """A stable sha256 of any JSON-able value (keys sorted)."""
+    blob = json.dumps(to_jsonable(value), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def hash_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_files(paths: Iterable[str | Path]) -> str:
+    """A sha256 over the names and contents of files, independent of the order they are given in."""
+    entries = sorted((Path(p).name, hash_file(p)) for p in paths)
+    return hash_json(entries)
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build a config dataclass from a dict (nested configs from nested dicts), rejecting unknown keys."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} option(s) {unknown}; known options: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        hint = hints.get(name)
+        if isinstance(value, dict) and dataclasses.is_dataclass(hint):
+            value = config_from_dict(hint, value)
+        elif isinstance(value, list):
+            # JSON has no tuples; configs use tuples so that they stay hashable and frozen.
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    with open(path, encoding="utf-8") as f:
+        return config_from_dict(cls, json.load(f))
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(to_jsonable(value), f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def completed_stage(output_dir: str | Path, key: str) -> dict[str, Any] | None:
+    """The stage record of a finished output whose key matches, else None."""
+    record_path = Path(output_dir) / STAGE_RECORD
+    if not record_path.is_file():
+        return None
+    record = read_json(record_path)
+    if record.get("key") != key:
+        logger.info("%s holds a stage built from other inputs or config; it will be rebuilt", output_dir)
+        return None
+    return record
+
+
+@contextmanager
+def atomic_directory(output_dir: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory that replaces `output_dir` only if the block finishes without error."""
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:12]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if output_dir.exists():
+        old = output_dir.with_name(f".{output_dir.name}.old-{uuid.uuid4().hex[:12]}")
+        os.replace(output_dir, old)
+    os.replace(tmp, output_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_stage_record(directory: str | Path, *, key: str, stage: str, config: Any, outputs: dict[str, Any]) -> None:
+    write_json(Path(directory) / STAGE_RECORD, {"key": key, "stage": stage, "config": config, "outputs": outputs})

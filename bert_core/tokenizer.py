@@ -1,0 +1,124 @@
+"""WordPiece tokenizers: train one on a corpus with `tokenizers`, or load an existing one; BERT special tokens.
+
+The special tokens come first in a fixed order so that their ids are the same for every trained vocabulary:
+[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4. Loading goes through `PreTrainedTokenizerFast(tokenizer_object=...)`
+and checks the vocabulary size, because transformers 5 silently ignores `vocab_file=` and yields a 5-token vocab.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerConfig:
+    vocab_size: int = 30522
+    lowercase: bool = True
+    min_frequency: int = 2
+    limit_alphabet: int = 1000
+    tokenizer_path: str | None = None  # load this tokenizer (directory, tokenizer.json or vocab.txt) instead of training
+
+
+def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
+        model_max_length=512,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+    if len(tokenizer) != backend.get_vocab_size():
+        raise RuntimeError(f"tokenizer lost its vocabulary: {len(tokenizer)} != {backend.get_vocab_size()}")
+    return tokenizer
+
+
+def _backend(vocab: dict[str, int] | None, lowercase: bool) -> Tokenizer:
+    backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=lowercase)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    return backend
+
+
+def _add_post_processor(backend: Tokenizer) -> None:
+    cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+
+
+def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> PreTrainedTokenizerFast:
+    """Train a BERT-style WordPiece tokenizer on `texts`."""
+    backend = _backend(None, config.lowercase)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=config.vocab_size,
+        min_frequency=config.min_frequency,
+        limit_alphabet=config.limit_alphabet,
+        special_tokens=list(SPECIAL_TOKENS),
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    _add_post_processor(backend)
+    for expected_id, token in enumerate(SPECIAL_TOKENS):
+        if backend.token_to_id(token) != expected_id:
+            raise RuntimeError(f"special token {token} got id {backend.token_to_id(token)}, expected {expected_id}")
+    logger.info("trained a WordPiece vocabulary of %d tokens", backend.get_vocab_size())
+    return _wrap(backend)
+
+
+def load_tokenizer(path: str | Path, *, lowercase: bool = True) -> PreTrainedTokenizerFast:
+    """Load a tokenizer from a directory (`save_pretrained` output), a `tokenizer.json`, or a BERT `vocab.txt`."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file():
+            path = path / "tokenizer.json"
+        elif (path / "vocab.txt").is_file():
+            path = path / "vocab.txt"
+        else:
+            raise FileNotFoundError(f"{path} holds neither tokenizer.json nor vocab.txt")
+    if path.name.endswith(".json"):
+        backend = Tokenizer.from_file(str(path))
+    elif path.suffix == ".txt":
+        tokens = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+        backend = _backend({tok: i for i, tok in enumerate(tokens)}, lowercase)
+        _add_post_processor(backend)
+    else:
+        raise ValueError(f"cannot load a tokenizer from {path}")
+    for token in SPECIAL_TOKENS:
+        if backend.token_to_id(token) is None:
+            raise ValueError(f"tokenizer {path} has no {token} token")
+    return _wrap(backend)
+
+
+def tokenizer_hash(tokenizer: PreTrainedTokenizerFast) -> str:
+    """A sha256 of the tokenizer's full definition (vocabulary, normaliser, pre-tokeniser)."""
+    blob = json.dumps(json.loads(tokenizer.backend_tokenizer.to_str()), sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def special_ids(tokenizer: PreTrainedTokenizerFast) -> np.ndarray:
+    return np.array(sorted(tokenizer.all_special_ids), dtype=np.int64)
+
+
+def continuation_mask(tokenizer: PreTrainedTokenizerFast) -> np.ndarray:
+    """A boolean per vocabulary id: True for WordPiece continuation pieces (`##...`), for whole-word masking."""
+    mask = np.zeros(len(tokenizer), dtype=bool)
+    for token, index in tokenizer.get_vocab().items():
+        if token.startswith("##"):
+            mask[index] = True
+    return mask

@@ -1,0 +1,167 @@
+"""Flow `bert-pipeline`: ingest -> tokenizer + NSP/MLM shards -> pretrain -> fine-tune -> evaluate -> register.
+
+`python -m flows.pipeline` runs it with the defaults below, which are sized for the bundled sample (a bert-tiny,
+8k vocabulary, 500 pretraining steps: a few minutes on 2 CPU cores) and prints a summary. Fine-tuning parameters
+that share a name with a pretraining one carry a `finetune_` prefix here; in the fine-tune flow and its config they
+have their plain Hugging Face names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from bert_core import stage
+from bert_core.registry import bertflow_home, configure_tracking, lineage_tags
+from flows import default_work_dir
+from flows.evaluate import evaluate_flow
+from flows.examples import examples_flow
+from flows.finetune import SAMPLE_TRAIN_FILE, SAMPLE_VALIDATION_FILE, finetune_flow
+from flows.ingest import ingest_flow
+from flows.pretrain import pretrain_flow
+from flows.register import register_flow
+
+
+@flow(name="bert-pipeline")
+def bert_pipeline(
+    sources: list[str] | None = None,
+    work_dir: str | None = None,
+    validation_fraction: float = 0.05,
+    vocab_size: int = 8192,
+    max_seq_length: int = 128,
+    dupe_factor: int = 1,
+    whole_word_mask: bool = False,
+    preset: str = "bert-tiny",
+    per_device_train_batch_size: int = 32,
+    gradient_accumulation_steps: int = 1,
+    learning_rate: float = 1e-3,
+    num_warmup_steps: int = 50,
+    max_train_steps: int = 500,
+    eval_steps: int = 100,
+    checkpointing_steps: int = 100,
+    mixed_precision: str = "no",
+    num_processes: int = 1,
+    task_name: str = "sst2",
+    task_train_file: str = SAMPLE_TRAIN_FILE,
+    task_validation_file: str = SAMPLE_VALIDATION_FILE,
+    text_column: str = "sentence",
+    label_column: str = "label",
+    finetune_learning_rate: float = 5e-4,
+    finetune_num_train_epochs: int = 3,
+    registered_model_prefix: str = "bertflow",
+    min_improvement: float = 0.0,
+    seed: int = 42,
+) -> dict:
+    """Raw text to registered, evaluated BERT models. Defaults run on the bundled sample in a few minutes on CPU."""
+    started = time.perf_counter()
+    work = default_work_dir(work_dir)
+    documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction)
+    examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), vocab_size=vocab_size,
+                                 max_seq_length=max_seq_length, dupe_factor=dupe_factor,
+                                 whole_word_mask=whole_word_mask)
+    pretrained = pretrain_flow(
+        shards_dir=examples_dir, work_dir=str(work), preset=preset, max_seq_length=max_seq_length,
+        per_device_train_batch_size=per_device_train_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
+        num_warmup_steps=num_warmup_steps, max_train_steps=max_train_steps, mixed_precision=mixed_precision,
+        eval_steps=eval_steps, checkpointing_steps=checkpointing_steps, num_processes=num_processes, seed=seed,
+    )
+    pretrain_dir = Path(pretrained["final_dir"]).parent
+    finetuned = finetune_flow(
+        model_name_or_path=pretrained["final_dir"], task_name=task_name, train_file=task_train_file,
+        validation_file=task_validation_file, work_dir=str(work), text_column=text_column, label_column=label_column,
+        max_seq_length=max_seq_length, learning_rate=finetune_learning_rate, num_train_epochs=finetune_num_train_epochs,
+        mixed_precision=mixed_precision, seed=seed,
+    )
+    evaluation = evaluate_flow(
+        pretrained_dir=pretrained["final_dir"], validation_shards_dir=str(Path(examples_dir) / "validation"),
+        report_dir=str(work / "reports"), pretrain_metrics_file=str(pretrain_dir / "metrics.jsonl"),
+        classifier_dir=finetuned["final_dir"], classifier_data_file=task_validation_file,
+        text_column=text_column, label_column=label_column,
+    )
+    pretrained_metrics = {**evaluation["pretrained"], "initial_eval_mlm_loss": pretrained["initial_eval_mlm_loss"]}
+    pretrained_metrics = {("eval_" + k if not k.startswith(("eval_", "initial_")) else k): v
+                          for k, v in pretrained_metrics.items()}
+    classifier_metrics = {f"eval_{k}": v for k, v in evaluation["classifier"].items() if k != "confusion_matrix"}
+    registered = register_flow(
+        pretrained_dir=pretrained["final_dir"], preset=preset, pretrained_metrics=pretrained_metrics,
+        classifier_dir=finetuned["final_dir"], task_name=task_name, classifier_metrics=classifier_metrics,
+        lineage=lineage_tags(documents_dir=documents_dir, examples_dir=examples_dir, pretrain_dir=pretrain_dir),
+        params={"pretrain": stage.read_json(pretrain_dir / stage.STAGE_RECORD)["config"],
+                "finetune": stage.read_json(Path(finetuned["final_dir"]).parent / stage.STAGE_RECORD)["config"]},
+        pretrain_metrics_file=str(pretrain_dir / "metrics.jsonl"),
+        finetune_metrics_file=str(Path(finetuned["final_dir"]).parent / "metrics.jsonl"),
+        pretrained_artifacts=[*evaluation["pretrained_reports"], str(Path(examples_dir) / "train" / "manifest.json"),
+                              str(Path(documents_dir) / "manifest.json")],
+        classifier_artifacts=evaluation["classifier_reports"],
+        registered_model_prefix=registered_model_prefix, min_improvement=min_improvement,
+    )
+    summary = {
+        "work_dir": str(work),
+        "seconds": round(time.perf_counter() - started, 1),
+        "flow_run_id": str(flow_run.get_id()),
+        "tracking_uri": configure_tracking(),
+        "corpus": stage.read_json(Path(documents_dir) / "manifest.json"),
+        "examples": {s: stage.read_json(Path(examples_dir) / s / "manifest.json") for s in ("train", "validation")},
+        "pretrained": pretrained_metrics,
+        "classifier": classifier_metrics,
+        "registered": registered,
+    }
+    create_markdown_artifact(key="pipeline-summary", markdown=render_summary(summary, markdown=True),
+                             description="bert-pipeline summary")
+    return summary
+
+
+def render_summary(summary: dict, *, markdown: bool = False) -> str:
+    corpus, train, validation = summary["corpus"], summary["examples"]["train"], summary["examples"]["validation"]
+    pre, clf, reg = summary["pretrained"], summary["classifier"], summary["registered"]
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(corpus["documents_rejected"].items())) or "none"
+    quality = train["quality"]
+    models = [reg["pretrained"]] + ([reg["classifier"]] if reg.get("classifier") else [])
+    uri = summary["tracking_uri"]
+    clf_name = reg["classifier"]["name"] if reg.get("classifier") else reg["pretrained"]["name"]
+    lines = [
+        f"bert-pipeline finished in {summary['seconds']:.0f} s; outputs under {summary['work_dir']}",
+        f"corpus:     {corpus['documents_read']} documents read, {corpus['documents_kept']} kept "
+        f"(rejected: {rejected}); {corpus['sentences']:,} sentences",
+        f"examples:   train {train['num_examples']:,} ({train['num_tokens']:,} tokens, {train['num_shards']} shards), "
+        f"validation {validation['num_examples']:,}; NSP random-next {quality['nsp_random_next_share']:.1%}, "
+        f"masked {quality.get('masked_share_of_maskable', float('nan')):.1%} of maskable tokens",
+        f"pretrained: held-out MLM loss {pre['initial_eval_mlm_loss']:.3f} -> {pre['eval_mlm_loss']:.3f} "
+        f"(MLM accuracy {pre['eval_mlm_accuracy']:.1%}, NSP accuracy {pre['eval_nsp_accuracy']:.1%})",
+        f"classifier: dev accuracy {clf.get('eval_accuracy', float('nan')):.1%}, F1 {clf.get('eval_f1', float('nan')):.3f}",
+    ]
+    for info in models:
+        lines.append(f"registered: {info['name']} v{info['version']} aliases {info['aliases']} ({info['reason']})")
+    lines += [
+        f"MLflow UI:  mlflow ui --backend-store-uri {uri} --port 5000   then open http://127.0.0.1:5000/#/models/{clf_name}",
+        f"Prefect UI: prefect server start   then open http://127.0.0.1:4200/runs/flow-run/{summary['flow_run_id']}",
+        f"Predict:    MLFLOW_TRACKING_URI={uri} python -c \"import mlflow; "
+        f"print(mlflow.pyfunc.load_model('models:/{clf_name}@champion').predict(['a gorgeous, witty film']))\"",
+    ]
+    return ("```\n" + "\n".join(lines) + "\n```\n") if markdown else "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run bert-pipeline (defaults: the bundled sample).")
+    parser.add_argument("--params", type=str, default=None, help="JSON object of flow parameters to override")
+    parser.add_argument("--summary-json", type=Path, default=None, help="also write the summary as JSON here")
+    args = parser.parse_args(argv)
+    params = json.loads(args.params) if args.params else {}
+    summary = bert_pipeline(**params)
+    if args.summary_json:
+        stage.write_json(args.summary_json, summary)
+    print("\n" + render_summary(summary))
+    print(f"data directory: {bertflow_home()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Flow: pretrain BERT (MLM + NSP) on example shards with Accelerate, in a subprocess per device."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from bert_core.pretrain import PretrainConfig
+from flows import default_work_dir
+from tasks.pretrain import pretrain
+
+
+@flow(name="pretrain")
+def pretrain_flow(
+    shards_dir: str,
+    work_dir: str | None = None,
+    preset: str = PretrainConfig.preset,
+    max_seq_length: int = PretrainConfig.max_seq_length,
+    per_device_train_batch_size: int = PretrainConfig.per_device_train_batch_size,
+    gradient_accumulation_steps: int = PretrainConfig.gradient_accumulation_steps,
+    learning_rate: float = PretrainConfig.learning_rate,
+    num_warmup_steps: int = PretrainConfig.num_warmup_steps,
+    max_train_steps: int = PretrainConfig.max_train_steps,
+    mixed_precision: str = PretrainConfig.mixed_precision,
+    eval_steps: int = PretrainConfig.eval_steps,
+    checkpointing_steps: int = PretrainConfig.checkpointing_steps,
+    resume_from_checkpoint: str | None = PretrainConfig.resume_from_checkpoint,
+    num_processes: int = PretrainConfig.num_processes,
+    seed: int = PretrainConfig.seed,
+) -> dict:
+    """Returns the training summary (final/ path, held-out metrics at step 0 and at the end)."""
+    config = PretrainConfig(
+        shards_dir=shards_dir,
+        output_dir=str(default_work_dir(work_dir) / "pretrain" / preset),
+        preset=preset,
+        max_seq_length=max_seq_length,
+        per_device_train_batch_size=per_device_train_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        num_warmup_steps=num_warmup_steps,
+        max_train_steps=max_train_steps,
+        mixed_precision=mixed_precision,
+        eval_steps=eval_steps,
+        checkpointing_steps=checkpointing_steps,
+        resume_from_checkpoint=resume_from_checkpoint,
+        num_processes=num_processes,
+        seed=seed,
+    )
+    return pretrain(config)

@@ -1,0 +1,61 @@
+"""Flow: register the pretrained model and the fine-tuned classifier in MLflow, with lineage and the promotion gate."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from bert_core.registry import RegisterConfig
+from tasks.registry import register_model
+
+
+@flow(name="register")
+def register_flow(
+    pretrained_dir: str,
+    preset: str,
+    pretrained_metrics: dict,
+    classifier_dir: str | None = None,
+    task_name: str = "sst2",
+    classifier_metrics: dict | None = None,
+    lineage: dict | None = None,
+    params: dict | None = None,
+    pretrain_metrics_file: str | None = None,
+    finetune_metrics_file: str | None = None,
+    pretrained_artifacts: list[str] | None = None,
+    classifier_artifacts: list[str] | None = None,
+    registered_model_prefix: str = "bertflow",
+    min_improvement: float = 0.0,
+) -> dict:
+    """Returns {"pretrained": version info, "classifier": version info or None}."""
+    tags = {**(lineage or {}), "prefect.flow_run_id": str(flow_run.get_parent_flow_run_id() or flow_run.get_id())}
+    pretrained = register_model(RegisterConfig(
+        model_dir=pretrained_dir,
+        registered_model_name=f"{registered_model_prefix}-{preset}",
+        kind="pretrained",
+        run_name=f"pretrain-{preset}",
+        primary_metric="eval_mlm_loss",
+        greater_is_better=False,
+        min_improvement=min_improvement,
+        metrics={k: v for k, v in pretrained_metrics.items() if isinstance(v, (int, float))},
+        params=(params or {}).get("pretrain", {}),
+        tags=tags,
+        artifacts=tuple(pretrained_artifacts or ()),
+        metrics_history=pretrain_metrics_file,
+    ))
+    classifier = None
+    if classifier_dir:
+        classifier = register_model(RegisterConfig(
+            model_dir=classifier_dir,
+            registered_model_name=f"{registered_model_prefix}-{task_name}",
+            kind="classifier",
+            run_name=f"finetune-{task_name}",
+            primary_metric="eval_accuracy",
+            greater_is_better=True,
+            min_improvement=min_improvement,
+            metrics={k: v for k, v in (classifier_metrics or {}).items() if isinstance(v, (int, float))},
+            params=(params or {}).get("finetune", {}),
+            tags={**tags, "bertflow.parent_model": pretrained["model_uri"]},
+            artifacts=tuple(classifier_artifacts or ()),
+            metrics_history=finetune_metrics_file,
+        ))
+    return {"pretrained": pretrained, "classifier": classifier}

@@ -1,0 +1,59 @@
+"""Prefect task for pretraining: writes the config JSON and runs `accelerate launch -m bert_core pretrain`.
+
+Training runs in a subprocess (one process per device) rather than inside the task, because Accelerate's
+launchers must own their processes; its log lines are streamed into the task's log and its progress into a Prefect
+progress artifact.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections import deque
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from bert_core import pretrain as pretrain_lib
+from bert_core import stage
+
+_STEP = re.compile(r"step (\d+)/(\d+)")
+
+
+@task(name="pretrain", cache_policy=NO_CACHE)
+def pretrain(config: pretrain_lib.PretrainConfig) -> dict:
+    logger = get_run_logger()
+    output_dir = Path(config.output_dir)
+    if stage.completed_stage(output_dir, pretrain_lib.stage_key(config)):
+        logger.info("pretrain: %s is up to date, skipping", output_dir)
+        return stage.read_json(output_dir / "summary.json")
+    config_path = output_dir / "pretrain_config.json"
+    stage.write_json(config_path, config)
+    command = pretrain_lib.launch_command(config_path, config)
+    env = pretrain_lib.launch_env(config)
+    env["TQDM_DISABLE"] = "1"  # progress goes to the artifact below; keep the logs readable
+    logger.info("launching: %s", " ".join(command))
+    progress_id = create_progress_artifact(progress=0.0, key="pretrain-progress", description="Pretraining steps")
+    tail: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          bufsize=1) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            if not line:
+                continue
+            tail.append(line)
+            logger.info(line)
+            match = _STEP.search(line)
+            if match:
+                update_progress_artifact(progress_id, progress=100.0 * int(match[1]) / int(match[2]))
+        returncode = process.wait()
+    if returncode != 0:
+        raise RuntimeError(f"pretraining exited with code {returncode}; last lines:\n" + "\n".join(tail))
+    summary_path = output_dir / "summary.json"
+    if not summary_path.is_file():
+        raise RuntimeError(f"pretraining stopped before the end (interrupted?); no {summary_path}")
+    update_progress_artifact(progress_id, progress=100.0)
+    return stage.read_json(summary_path)
