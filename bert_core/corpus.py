@@ -182,9 +182,22 @@ def read_documents(source: str, config: IngestConfig) -> Iterator[Document]:
             yield Document(id=path.name, source=str(path), error=f"{type(err).__name__}: {err}")
 
 
-def _split_of(doc_id: str, config: IngestConfig) -> str:
+def _split_point(doc_id: str, config: IngestConfig) -> float:
+    """A number in [0, 1) fixed by the document id and seed: documents below validation_fraction are held out."""
     digest = hashlib.sha256(f"{config.seed}:{doc_id}".encode()).digest()
-    return "validation" if int.from_bytes(digest[:8], "big") / 2**64 < config.validation_fraction else "train"
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _ensure_both_splits(rows: dict[str, dict[str, list]], points: dict[str, list[float]]) -> bool:
+    """On a small corpus the hash split can leave one side empty: move the nearest document over (deterministic)."""
+    for empty, full, pick in (("validation", "train", min), ("train", "validation", max)):
+        if not rows[empty]["doc_id"] and len(rows[full]["doc_id"]) >= 2:
+            index = points[full].index(pick(points[full]))
+            for column in rows[full]:
+                rows[empty][column].append(rows[full][column].pop(index))
+            points[empty].append(points[full].pop(index))
+            return True
+    return False
 
 
 def _source_files(config: IngestConfig) -> list[Path]:
@@ -201,6 +214,7 @@ def ingest_corpus(config: IngestConfig, output_dir: str | Path) -> Path:
 
     schema = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("sentences", pa.list_(pa.string()))])
     rows: dict[str, dict[str, list]] = {s: {"doc_id": [], "source": [], "sentences": []} for s in ("train", "validation")}
+    points: dict[str, list[float]] = {"train": [], "validation": []}
     rejected: Counter = Counter()
     read_per_source: Counter = Counter()
     kept_per_source: Counter = Counter()
@@ -209,7 +223,9 @@ def ingest_corpus(config: IngestConfig, output_dir: str | Path) -> Path:
     for source in config.sources:
         counted = _count_reads(read_documents(source, config), read_per_source, source)
         for doc in clean_documents(counted, config.cleaning, rejected, seen):
-            split = _split_of(doc.id, config)
+            point = _split_point(doc.id, config)
+            split = "validation" if point < config.validation_fraction else "train"
+            points[split].append(point)
             rows[split]["doc_id"].append(doc.id)
             rows[split]["source"].append(doc.source)
             rows[split]["sentences"].append(list(doc.sentences))
@@ -221,11 +237,9 @@ def ingest_corpus(config: IngestConfig, output_dir: str | Path) -> Path:
     kept = sum(kept_per_source.values())
     if kept == 0:
         raise ValueError(f"ingest: no document survived cleaning ({read} read, rejected: {dict(rejected)})")
-    if not rows["validation"]["doc_id"]:
-        raise ValueError(
-            f"ingest: the validation split is empty ({kept} documents, validation_fraction="
-            f"{config.validation_fraction}); add documents or raise validation_fraction"
-        )
+    moved = _ensure_both_splits(rows, points) if config.validation_fraction > 0 else False
+    if not rows["validation"]["doc_id"] or not rows["train"]["doc_id"]:
+        raise ValueError(f"ingest: {kept} document(s) kept; at least 2 are needed for a train and a validation split")
     assert read == kept + sum(rejected.values()), "every document read must be kept or rejected"
     with stage.atomic_directory(output_dir) as tmp:
         for split, columns in rows.items():
@@ -237,6 +251,7 @@ def ingest_corpus(config: IngestConfig, output_dir: str | Path) -> Path:
             "read_per_source": dict(read_per_source),
             "kept_per_source": dict(kept_per_source),
             "documents_per_split": {s: len(c["doc_id"]) for s, c in rows.items()},
+            "split_rebalanced": moved,
             "sentences": sentences_total,
             "characters": chars_total,
             "config": config,

@@ -61,6 +61,18 @@ def _add_post_processor(backend: Tokenizer) -> None:
     )
 
 
+def _canonical_vocab(vocab: dict[str, int]) -> dict[str, int]:
+    """Renumber a trained vocabulary so that the same corpus always gives the same ids.
+
+    The trainer keeps its alphabet and equal-count merges in hash maps, so the same vocabulary comes out with
+    different ids on every run. WordPiece only needs the set of pieces, so the ids are reassigned in a fixed
+    order: the specials first (fixed ids), then pieces by length, word-initial before `##`, then alphabetically.
+    """
+    rest = sorted((t for t in vocab if t not in SPECIAL_TOKENS),
+                  key=lambda t: (len(t.removeprefix("##")), t.startswith("##"), t))
+    return {token: index for index, token in enumerate([*SPECIAL_TOKENS, *rest])}
+
+
 def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> PreTrainedTokenizerFast:
     """Train a BERT-style WordPiece tokenizer on `texts`."""
     backend = _backend(None, config.lowercase)
@@ -73,6 +85,7 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> PreTrained
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer=trainer)
+    backend = _backend(_canonical_vocab(backend.get_vocab()), config.lowercase)
     _add_post_processor(backend)
     for expected_id, token in enumerate(SPECIAL_TOKENS):
         if backend.token_to_id(token) != expected_id:

@@ -1,0 +1,61 @@
+"""Shared fixtures. Tests are hermetic: offline, temporary Prefect/MLflow state, tiny models built in-process."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_STATE = Path(tempfile.mkdtemp(prefix="bertflow-tests-"))
+# Set before prefect, mlflow or transformers are imported anywhere in the test session.
+os.environ.update({
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_HOME": str(_STATE / "prefect"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "BERTFLOW_HOME": str(_STATE / "bertflow"),
+    "TOKENIZERS_PARALLELISM": "false",
+    "TQDM_DISABLE": "1",
+})
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("PREFECT_API_URL", None)
+
+import pytest  # noqa: E402
+
+from bert_core.corpus import IngestConfig, ingest_corpus  # noqa: E402
+from bert_core.examples import ExamplesConfig, generate_examples  # noqa: E402
+from bert_core.pretrain import PretrainConfig  # noqa: E402
+from bert_core.tokenizer import TokenizerConfig  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_EXAMPLES = ExamplesConfig(max_seq_length=64, examples_per_shard=1000, tokenizer=TokenizerConfig(vocab_size=2000))
+
+
+@pytest.fixture(scope="session")
+def documents_dir(tmp_path_factory) -> Path:
+    """The bundled sample corpus, ingested once for the session."""
+    return ingest_corpus(IngestConfig(validation_fraction=0.1), tmp_path_factory.mktemp("ingest") / "documents")
+
+
+@pytest.fixture(scope="session")
+def examples_dir(documents_dir, tmp_path_factory) -> Path:
+    return generate_examples(TINY_EXAMPLES, documents_dir, tmp_path_factory.mktemp("examples") / "examples")
+
+
+def tiny_pretrain_config(examples_dir: Path, output_dir: Path, **overrides) -> PretrainConfig:
+    values = dict(shards_dir=str(examples_dir), output_dir=str(output_dir), preset="bert-tiny", max_seq_length=64,
+                  per_device_train_batch_size=16, learning_rate=1e-3, num_warmup_steps=2, max_train_steps=30,
+                  logging_steps=5, eval_steps=15, checkpointing_steps=15, seed=7)
+    values.update(overrides)
+    return PretrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def pretrained(examples_dir, tmp_path_factory) -> dict:
+    """A bert-tiny pretrained for 30 steps on the tiny shards (its training summary)."""
+    from bert_core.pretrain import pretrain
+
+    return pretrain(tiny_pretrain_config(examples_dir, tmp_path_factory.mktemp("pretrain") / "run"))

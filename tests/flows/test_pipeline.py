@@ -1,0 +1,71 @@
+"""The whole pipeline as a user runs it, on tiny settings, under a temporary Prefect backend."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from flows.pipeline import bert_pipeline, render_summary
+
+TINY = dict(vocab_size=2000, max_seq_length=64, max_train_steps=40, num_warmup_steps=4, eval_steps=20,
+            checkpointing_steps=20, per_device_train_batch_size=16, finetune_num_train_epochs=1,
+            registered_model_prefix="flowtest")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    os.environ["BERTFLOW_HOME"] = str(home)
+    summary = bert_pipeline(**TINY)
+    return home, summary
+
+
+def test_pipeline_runs_every_stage(run):
+    home, summary = run
+    work = Path(summary["work_dir"])
+    assert work == home / "work"
+    assert summary["corpus"]["documents_read"] == summary["corpus"]["documents_kept"] + sum(
+        summary["corpus"]["documents_rejected"].values())
+    assert summary["examples"]["train"]["num_examples"] > 1000
+    assert summary["pretrained"]["eval_mlm_loss"] < summary["pretrained"]["initial_eval_mlm_loss"]
+    assert 0 <= summary["classifier"]["eval_accuracy"] <= 1
+    assert (work / "pretrain" / "bert-tiny" / "final" / "model.safetensors").is_file()
+    assert (work / "reports" / "pretraining_curves.png").is_file()
+    assert (work / "reports" / "classifier" / "confusion_matrix.png").is_file()
+    registered = summary["registered"]
+    assert registered["pretrained"]["name"] == "flowtest-bert-tiny"
+    assert registered["classifier"]["name"] == "flowtest-sst2"
+    assert "champion" in registered["classifier"]["aliases"]
+    text = render_summary(summary)
+    assert "flowtest-sst2 v1" in text and "mlflow ui --backend-store-uri sqlite:///" in text
+
+
+def test_registered_classifier_predicts_in_a_fresh_process(run):
+    home, summary = run
+    script = textwrap.dedent(f"""
+        import mlflow
+        mlflow.set_tracking_uri("sqlite:///{home / 'mlflow.db'}")
+        model = mlflow.pyfunc.load_model("models:/flowtest-sst2@champion")
+        out = model.predict(["an utterly charming and hilarious film", "a tedious , joyless slog"])
+        assert len(out) == 2 and set(out["label"]) <= {{"negative", "positive"}}, out
+        version = mlflow.MlflowClient().get_model_version_by_alias("flowtest-sst2", "champion")
+        tags = version.tags
+        for key in ("bertflow.tokenizer_sha256", "bertflow.train_shards_manifest_sha256", "bertflow.git_commit",
+                    "bertflow.parent_model", "prefect.flow_run_id", "bertflow.metric.eval_accuracy"):
+            assert key in tags, key
+        print("OK")
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0 and result.stdout.strip() == "OK", result.stderr[-3000:]
+
+
+def test_rerun_reuses_every_stage_and_version(run):
+    home, summary = run
+    again = bert_pipeline(**TINY)
+    assert again["registered"]["classifier"]["version"] == summary["registered"]["classifier"]["version"]
+    assert again["registered"]["pretrained"]["version"] == summary["registered"]["pretrained"]["version"]
+    assert again["pretrained"] == summary["pretrained"]

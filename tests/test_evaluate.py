@@ -1,0 +1,36 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bert_core.evaluate import classification_metrics, evaluate_pretrained, write_pretraining_report
+
+
+def test_classification_metrics_by_hand():
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 1])
+    preds = np.array([1, 1, 0, 0, 0, 1, 0, 1])
+    m = classification_metrics(labels, preds, 2)
+    assert m["confusion_matrix"] == [[3, 1], [1, 3]]
+    assert m["accuracy"] == pytest.approx(0.75)
+    assert m["f1"] == pytest.approx(0.75)
+    assert m["matthews_correlation"] == pytest.approx(0.5)
+
+
+def test_constant_prediction_has_zero_mcc():
+    m = classification_metrics(np.array([0, 1, 1, 0]), np.array([1, 1, 1, 1]), 2)
+    assert m["matthews_correlation"] == 0.0 and m["accuracy"] == 0.5
+
+
+def test_evaluate_pretrained_matches_the_training_run(pretrained, examples_dir):
+    metrics = evaluate_pretrained(pretrained["final_dir"], examples_dir / "validation")
+    assert metrics["mlm_loss"] == pytest.approx(pretrained["eval_mlm_loss"], rel=1e-4)
+    assert metrics["nsp_accuracy"] == pytest.approx(pretrained["eval_nsp_accuracy"])
+
+
+def test_pretraining_report_plots(pretrained, tmp_path):
+    paths = write_pretraining_report(Path(pretrained["final_dir"]).parent / "metrics.jsonl", tmp_path)
+    png = paths.plots[0].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    report = json.loads(paths.json.read_text())
+    assert report["held_out"][0]["step"] == 0 and report["held_out"][-1]["step"] == 30

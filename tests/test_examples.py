@@ -1,0 +1,126 @@
+import random
+
+import numpy as np
+import pytest
+
+from bert_core.examples import create_pairs_from_document, truncate_seq_pair
+from bert_core.shards import read_manifest, verify_shards
+from bert_core.data import ShardDataset
+
+
+def _synthetic_documents(num_docs=40, sentences=12, rng=None):
+    """Token ids that encode (document, sentence): doc d, sentence s -> ids d*10000 + s*100 + k."""
+    rng = rng or random.Random(0)
+    return [[[d * 10000 + s * 100 + k for k in range(rng.randint(3, 25))] for s in range(sentences)]
+            for d in range(num_docs)]
+
+
+def _origin(token):
+    return token // 10000, (token % 10000) // 100
+
+
+def test_truncate_seq_pair_trims_the_longer_side():
+    a, b = list(range(10)), list(range(100, 103))
+    truncate_seq_pair(a, b, 8, random.Random(0))
+    assert len(a) + len(b) == 8 and len(b) == 3
+
+
+def test_nsp_pairs_follow_the_google_algorithm():
+    docs = _synthetic_documents()
+    rng = random.Random(1)
+    pairs = [p for _ in range(5) for i in range(len(docs))
+             for p in create_pairs_from_document(docs, i, max_seq_length=64, short_seq_prob=0.1, rng=rng)]
+    share_random = np.mean([p.is_random_next for p in pairs])
+    assert 0.45 < share_random < 0.56, share_random
+    for p in pairs:
+        assert 2 <= len(p.tokens_a) + len(p.tokens_b) <= 61
+        doc_a = {_origin(t)[0] for t in p.tokens_a}
+        doc_b = {_origin(t)[0] for t in p.tokens_b}
+        assert len(doc_a) == 1 and len(doc_b) == 1
+        if p.is_random_next:
+            assert doc_a != doc_b  # the random segment comes from another document
+        else:
+            assert doc_a == doc_b
+            # B continues A: its first sentence comes right after A's last one (truncation only trims the ends).
+            assert _origin(p.tokens_b[0])[1] >= _origin(p.tokens_a[-1])[1]
+    # short_seq_prob makes some examples much shorter than the maximum.
+    lengths = np.array([len(p.tokens_a) + len(p.tokens_b) for p in pairs])
+    assert (lengths < 30).mean() > 0.02
+
+
+def test_generation_is_deterministic(examples_dir, documents_dir, tmp_path):
+    from bert_core.examples import generate_examples
+    from tests.conftest import TINY_EXAMPLES
+
+    again = generate_examples(TINY_EXAMPLES, documents_dir, tmp_path / "again")
+    for split in ("train", "validation"):
+        a, b = read_manifest(examples_dir / split), read_manifest(again / split)
+        assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+
+
+def test_examples_stage_outputs(examples_dir):
+    for split in ("train", "validation"):
+        verify_shards(examples_dir / split)
+        manifest = read_manifest(examples_dir / split)
+        quality = manifest["quality"]
+        assert manifest["max_seq_length"] == 64 and quality["max_length"] <= 64
+        assert abs(quality["masked_share_of_maskable"] - 0.15) < 0.01
+        assert quality["special_tokens_masked"] == 0
+        if split == "train":
+            assert 0.45 < quality["nsp_random_next_share"] < 0.56
+            assert abs(quality["mask_token_share"] - 0.8) < 0.02
+            assert abs(quality["random_token_share"] - 0.1) < 0.02
+        dataset = ShardDataset(examples_dir / split)
+        assert len(dataset) == manifest["num_examples"]
+        item = dataset[0]
+        ids = item["input_ids"]
+        assert ids[0] == 2 and ids[-1] == 3 and (ids == 3).sum() == 2
+        sep = int(np.flatnonzero(ids == 3)[0])
+        assert (item["token_type_ids"][: sep + 1] == 0).all() and (item["token_type_ids"][sep + 1 :] == 1).all()
+        assert item["masked_lm_positions"].size == item["masked_lm_labels"].size > 0
+
+
+def test_tokenizer_is_saved_with_the_shards(examples_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(examples_dir / "tokenizer")
+    assert len(tokenizer) == read_manifest(examples_dir / "train")["vocab_size"] == 2000
+
+
+def test_dynamic_masking_stores_unmasked_examples(documents_dir, tmp_path):
+    from dataclasses import replace
+
+    from bert_core.examples import generate_examples
+    from tests.conftest import TINY_EXAMPLES
+
+    out = generate_examples(replace(TINY_EXAMPLES, masking="dynamic"), documents_dir, tmp_path / "dyn")
+    train = read_manifest(out / "train")
+    assert train["masking"] == "dynamic" and "masked_lm_positions" not in train["schema"]
+    assert read_manifest(out / "validation")["masking"] == "static"  # held-out evaluation stays fixed
+    assert 4 not in ShardDataset(out / "train")[0]["input_ids"]
+
+
+def test_rerun_with_same_inputs_is_skipped(examples_dir, documents_dir):
+    from bert_core.examples import generate_examples
+    from tests.conftest import TINY_EXAMPLES
+
+    before = (examples_dir / "stage.json").stat().st_mtime_ns
+    generate_examples(TINY_EXAMPLES, documents_dir, examples_dir)
+    assert (examples_dir / "stage.json").stat().st_mtime_ns == before
+
+
+def test_too_few_documents_is_a_clear_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bert_core.examples import ExamplesConfig, generate_examples
+    from bert_core.tokenizer import TokenizerConfig
+
+    schema = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("sentences", pa.list_(pa.string()))])
+    for split in ("train", "validation"):
+        pq.write_table(pa.table({"doc_id": ["a"], "source": ["s"], "sentences": [["One sentence here.", "Two."]]},
+                                schema=schema), tmp_path / f"documents-{split}.parquet")
+    with pytest.raises(ValueError, match="NSP needs 2"):
+        generate_examples(ExamplesConfig(tokenizer=TokenizerConfig(vocab_size=100, min_frequency=1)), tmp_path,
+                          tmp_path / "out")
+    assert not (tmp_path / "out").exists()
