@@ -153,7 +153,7 @@ def write_confusion_matrix_plot(confusion: list[list[int]], label_names: list[st
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, str(value), ha="center", va="center", color="black")
+        ax.text(j, i, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
     ax.set_title("Confusion matrix (dev)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

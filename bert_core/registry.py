@@ -35,13 +35,25 @@ def bertflow_home() -> Path:
     return Path(os.environ.get("BERTFLOW_HOME", Path.home() / ".bertflow")).expanduser().resolve()
 
 
+# mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI; remember what we set so that a user's own value
+# can be told apart from ours.
+_own_tracking_uri: str | None = None
+
+
 def configure_tracking(home: str | Path | None = None) -> str:
-    """Point MLflow at `MLFLOW_TRACKING_URI` if set, else at `<home>/mlflow.db`; return the tracking URI."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
+    """Point MLflow at the user's `MLFLOW_TRACKING_URI`, else at `<home>/mlflow.db`; return the tracking URI.
+
+    An explicit `home` always wins (tests and embedded runs); with none, `BERTFLOW_HOME` decides.
+    """
+    global _own_tracking_uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    users = env if env and env != _own_tracking_uri else None
+    if users and home is None:
+        uri = users
+    else:
         root = Path(home) if home else bertflow_home()
         root.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{root / 'mlflow.db'}"
+        uri = _own_tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -52,12 +64,16 @@ def artifact_root(home: str | Path | None = None) -> Path:
 
 
 def ensure_experiment(name: str, home: str | Path | None = None) -> str:
-    """The experiment's id, creating it with its artifact root under the data directory."""
+    """The experiment's id, creating it if needed.
+
+    With a local store the artifact root goes under the data directory (MLflow's default is ./mlruns relative to
+    whatever the current directory is); a tracking server keeps its own artifact settings.
+    """
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else artifact_root(home).as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    local = mlflow.get_tracking_uri().startswith(("sqlite:", "file:", "/"))
+    return mlflow.create_experiment(name, artifact_location=artifact_root(home).as_uri() if local else None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,12 +178,13 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
         for chunk in range(0, len(params), 100):
             mlflow.log_params(dict(list(params.items())[chunk : chunk + 100]))
         scalar_metrics = {k: float(v) for k, v in config.metrics.items() if isinstance(v, (int, float))}
-        mlflow.log_metrics(scalar_metrics)
+        last_step = 0
         if config.metrics_history:
             for line in Path(config.metrics_history).read_text().splitlines():
                 record = json.loads(line)
-                step = int(record.pop("step"))
+                step = last_step = int(record.pop("step"))
                 mlflow.log_metrics({k: float(v) for k, v in record.items() if isinstance(v, (int, float))}, step=step)
+        mlflow.log_metrics(scalar_metrics, step=last_step)  # the final figures, at the run's last step
         for path in config.artifacts:
             (mlflow.log_artifacts if Path(path).is_dir() else mlflow.log_artifact)(path)
         mlflow.set_tags({**config.tags, "bertflow.model_hash": model_hash, "bertflow.kind": config.kind})

@@ -66,3 +66,27 @@ def _copy_with_marker(src, dst, marker):
 
     shutil.copytree(src, dst)
     (dst / "MARKER").write_text(marker)  # a different directory content -> a different model hash
+
+
+def test_artifacts_go_under_the_data_directory_not_the_cwd(classifier, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path / "home"
+    info = register_model(RegisterConfig(model_dir=classifier["final_dir"], registered_model_name="where-test",
+                                         home=str(home), metrics={"eval_accuracy": 0.5}))
+    artifact_uri = mlflow.get_run(info["run_id"]).info.artifact_uri
+    assert artifact_uri.startswith((home / "mlartifacts").as_uri()), artifact_uri
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_tracking_uri_precedence(tmp_path, monkeypatch):
+    from bert_core.registry import configure_tracking
+
+    monkeypatch.setenv("BERTFLOW_HOME", str(tmp_path / "a"))
+    assert configure_tracking() == f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}"
+    monkeypatch.setenv("BERTFLOW_HOME", str(tmp_path / "b"))  # our own earlier URI does not stick
+    assert configure_tracking() == f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")  # a user's server wins...
+    assert configure_tracking() == "http://127.0.0.1:5999"
+    assert configure_tracking(tmp_path / "c") == f"sqlite:///{tmp_path / 'c' / 'mlflow.db'}"  # ...unless home is explicit
