@@ -40,9 +40,9 @@ def _finetune(args) -> object:
 
 
 def _evaluate(args) -> object:
-    from bert_core.evaluate import evaluate_pretrained
+    from bert_core.evaluate import EvaluateConfig, evaluate_models
 
-    return evaluate_pretrained(args.model_dir, args.shards_dir)
+    return evaluate_models(stage.load_config(EvaluateConfig, args.config))
 
 
 def _register(args) -> object:
@@ -76,9 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True, help="FinetuneConfig JSON")
     p.set_defaults(run=_finetune)
 
-    p = sub.add_parser("evaluate", help="held-out MLM/NSP metrics of a pretrained model on static-masked shards")
-    p.add_argument("--model-dir", type=Path, required=True)
-    p.add_argument("--shards-dir", type=Path, required=True, help="e.g. <examples>/validation")
+    p = sub.add_parser("evaluate", help="held-out MLM/NSP metrics of a pretrained model; dev metrics of a classifier")
+    p.add_argument("--config", type=Path, required=True, help="EvaluateConfig JSON")
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("register", help="log a model to MLflow, register it and apply the promotion gate")

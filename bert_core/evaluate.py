@@ -53,6 +53,41 @@ def evaluate_objective(objective, dataset, collator, *, batch_size: int, device,
     }
 
 
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig:
+    """What `python -m bert_core evaluate --config` scores: a pretrained model and/or a classifier."""
+
+    model_dir: str | None = None  # a BertForPreTraining save_pretrained directory...
+    shards_dir: str | None = None  # ...scored on this static-masked split (e.g. <examples>/validation)
+    classifier_dir: str | None = None  # a sequence classifier...
+    data_file: str | None = None  # ...scored on this labelled file
+    output_dir: str | None = None  # where classifier reports go
+    text_column: str = "sentence"
+    label_column: str = "label"
+    max_seq_length: int = 128
+    per_device_eval_batch_size: int = 64
+
+
+def evaluate_models(config: EvaluateConfig) -> dict[str, Any]:
+    """Run whichever evaluations the config names; return {"pretrained": ..., "classifier": ...}."""
+    results: dict[str, Any] = {}
+    if bool(config.model_dir) != bool(config.shards_dir):
+        raise ValueError("evaluate: model_dir and shards_dir go together")
+    if bool(config.classifier_dir) != bool(config.data_file):
+        raise ValueError("evaluate: classifier_dir and data_file go together")
+    if not config.model_dir and not config.classifier_dir:
+        raise ValueError("evaluate: name a pretrained model (model_dir + shards_dir) or a classifier (classifier_dir + data_file)")
+    if config.model_dir:
+        results["pretrained"] = evaluate_pretrained(config.model_dir, config.shards_dir,
+                                                    batch_size=config.per_device_eval_batch_size)
+    if config.classifier_dir:
+        output_dir = config.output_dir or str(Path(config.classifier_dir).parent / "evaluation")
+        results["classifier"] = evaluate_classifier(config.classifier_dir, config.data_file, output_dir,
+                                                    text_column=config.text_column, label_column=config.label_column,
+                                                    max_seq_length=config.max_seq_length)
+    return results
+
+
 def evaluate_pretrained(model_dir: str | Path, shards_dir: str | Path, *, batch_size: int = 64) -> dict[str, float]:
     """Held-out MLM/NSP metrics of a saved BertForPreTraining on one split of static-masked shards."""
     from transformers import BertForPreTraining

@@ -34,3 +34,24 @@ def test_pretraining_report_plots(pretrained, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     report = json.loads(paths.json.read_text())
     assert report["held_out"][0]["step"] == 0 and report["held_out"][-1]["step"] == 30
+
+
+def test_evaluate_cli(pretrained, examples_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    (tmp_path / "c.json").write_text(json.dumps({"model_dir": pretrained["final_dir"],
+                                                 "shards_dir": str(examples_dir / "validation")}))
+    out = subprocess.run([sys.executable, "-m", "bert_core", "evaluate", "--config", str(tmp_path / "c.json")],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["pretrained"]["mlm_loss"] == pytest.approx(pretrained["eval_mlm_loss"], rel=1e-4)
+
+
+def test_evaluate_config_must_name_something():
+    from bert_core.evaluate import EvaluateConfig, evaluate_models
+
+    with pytest.raises(ValueError, match="name a pretrained model"):
+        evaluate_models(EvaluateConfig())
