@@ -16,7 +16,7 @@ from bert_core import stage
 
 
 def _ingest(args) -> object:
-    from bert_core.corpus import IngestConfig, ingest_corpus
+    from bert_core.ingest import IngestConfig, ingest_corpus
 
     return str(ingest_corpus(stage.load_config(IngestConfig, args.config), args.output_dir))
 

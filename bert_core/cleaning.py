@@ -1,18 +1,16 @@
-"""Text cleaning: normalise, filter, deduplicate and split documents into sentences.
+"""Text cleaning: normalise, filter and split documents into sentences, counting every rejection by reason.
 
-Every document that does not survive is counted under one reason, so that `read == kept + sum(rejected)` holds
-for every run and a user can see why text went missing. The sentence splitter is a rule-based one that needs no
-model download (it must work offline); it splits after `.`, `!` or `?` (plus closing quotes or brackets) when the
-next word starts like a sentence, and not after common abbreviations or single-letter initials.
+Each document is cleaned on its own (so input files can be processed in parallel); corpus-wide decisions such as
+deduplication live in `dedup`. Sentence splitting defaults to Bling Fire (`blingfire`), an offline finite-state
+splitter chosen by `bench/ingest.py`: on 346 CoNLL-2003 paragraphs (1,518 gold sentences) it split 92.8% of the
+paragraphs exactly at 17.6 MB/s, against syntok 92.2% at 1.4 MB/s, pysbd 79.2% at 0.26 MB/s and the rule-based
+fallback here ("regex", no dependency) 67.9% at 40 MB/s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
-from collections import Counter
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 REJECT_READ_ERROR = "read_error"
@@ -22,6 +20,8 @@ REJECT_TOO_LONG = "too_long"
 REJECT_NOT_TEXT = "mostly_non_text"
 REJECT_FEW_SENTENCES = "too_few_sentences"
 REJECT_DUPLICATE = "exact_duplicate"
+REJECT_NEAR_DUPLICATE = "near_duplicate"
+REJECT_CONTAMINATED = "eval_contamination"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,8 +31,8 @@ class CleaningConfig:
     min_alpha_fraction: float = 0.6
     min_sentences: int = 2
     min_sentence_chars: int = 2
-    deduplicate: bool = True
     strip_gutenberg: bool = True
+    sentence_splitter: str = "blingfire"  # "blingfire" or "regex"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,70 +79,72 @@ def normalize_text(text: str) -> str:
     return "\n".join(line.strip() for line in text.split("\n")).strip()
 
 
-def split_sentences(text: str, *, min_sentence_chars: int = 2) -> list[str]:
+def _split_regex(paragraph: str) -> list[str]:
+    sentences = []
+    start = 0
+    for match in _BOUNDARY.finditer(paragraph):
+        end = match.end(1)
+        candidate = paragraph[start:end]
+        last_word = candidate.rstrip(".!?\"'\u201d\u2019)]").rsplit(" ", 1)[-1].lower()
+        if match.group(1).startswith(".") and (last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha())):
+            continue
+        sentences.append(candidate.strip())
+        start = match.end()
+    sentences.append(paragraph[start:].strip())
+    return sentences
+
+
+def _split_blingfire(paragraph: str) -> list[str]:
+    import blingfire
+
+    return blingfire.text_to_sentences(paragraph).split("\n")
+
+
+_SPLITTERS = {"regex": _split_regex, "blingfire": _split_blingfire}
+
+
+def split_sentences(text: str, *, splitter: str = "blingfire", min_sentence_chars: int = 2) -> list[str]:
     """Split normalised text into sentences; paragraphs (blank-line separated) never share a sentence."""
+    if splitter not in _SPLITTERS:
+        raise ValueError(f"unknown sentence_splitter {splitter!r}; choose one of {sorted(_SPLITTERS)}")
+    split = _SPLITTERS[splitter]
     sentences: list[str] = []
     for paragraph in _PARAGRAPH_BREAK.split(text):
         paragraph = " ".join(paragraph.split())
-        if not paragraph:
-            continue
-        start = 0
-        for match in _BOUNDARY.finditer(paragraph):
-            end = match.end(1)
-            candidate = paragraph[start:end]
-            last_word = candidate.rstrip(".!?\"'\u201d\u2019)]").rsplit(" ", 1)[-1].lower()
-            if match.group(1).startswith(".") and (last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha())):
-                continue
-            sentences.append(candidate.strip())
-            start = match.end()
-        sentences.append(paragraph[start:].strip())
+        if paragraph:
+            sentences.extend(s.strip() for s in split(paragraph))
     return [s for s in sentences if len(s) >= min_sentence_chars]
 
 
+_NOT_LETTER_OR_SPACE = re.compile(r"[^\w\s]|[\d_]")
+
+
 def _alpha_fraction(text: str) -> float:
+    """Share of characters that are letters or whitespace (counted by the regex engine, not a Python loop)."""
     if not text:
         return 0.0
-    letters = sum(ch.isalpha() or ch.isspace() for ch in text)
-    return letters / len(text)
+    return 1.0 - len(_NOT_LETTER_OR_SPACE.findall(text)) / len(text)
 
 
-def clean_documents(
-    documents: Iterable, config: CleaningConfig, rejected: Counter, seen_hashes: set[str] | None = None
-) -> Iterator[CleanDocument]:
-    """Yield cleaned, sentence-split documents; count each rejected one under `rejected[reason]`.
-
-    `documents` yields `corpus.Document`s. `seen_hashes` carries exact-dedup state across calls so that duplicates
-    are found across the whole corpus, not per file.
-    """
-    seen = seen_hashes if seen_hashes is not None else set()
-    for doc in documents:
-        if doc.error:
-            rejected[REJECT_READ_ERROR] += 1
-            continue
-        text = doc.text
-        if len(text) > config.max_chars:
-            rejected[REJECT_TOO_LONG] += 1
-            continue
-        if config.strip_gutenberg:
-            text = strip_gutenberg(text)
-        text = normalize_text(text)
-        if not text:
-            rejected[REJECT_EMPTY] += 1
-            continue
-        if len(text) < config.min_chars:
-            rejected[REJECT_TOO_SHORT] += 1
-            continue
-        if _alpha_fraction(text) < config.min_alpha_fraction:
-            rejected[REJECT_NOT_TEXT] += 1
-            continue
-        if config.deduplicate:
-            digest = hashlib.sha1(" ".join(text.lower().split()).encode("utf-8")).hexdigest()
-            if digest in seen:
-                rejected[REJECT_DUPLICATE] += 1
-                continue
-            seen.add(digest)
-        sentences = split_sentences(text, min_sentence_chars=config.min_sentence_chars)
-        if len(sentences) < config.min_sentences:
-            rejected[REJECT_FEW_SENTENCES] += 1
-            continue
-        yield CleanDocument(id=doc.id, source=doc.source, sentences=tuple(sentences))
+def clean_document(doc, config: CleaningConfig) -> tuple[CleanDocument | None, str | None]:
+    """(cleaned document, None) or (None, rejection reason) for one `corpus.Document`."""
+    if doc.error:
+        return None, REJECT_READ_ERROR
+    if doc.skip:
+        return None, doc.skip
+    text = doc.text
+    if len(text) > config.max_chars:
+        return None, REJECT_TOO_LONG
+    if config.strip_gutenberg:
+        text = strip_gutenberg(text)
+    text = normalize_text(text)
+    if not text:
+        return None, REJECT_EMPTY
+    if len(text) < config.min_chars:
+        return None, REJECT_TOO_SHORT
+    if _alpha_fraction(text) < config.min_alpha_fraction:
+        return None, REJECT_NOT_TEXT
+    sentences = split_sentences(text, splitter=config.sentence_splitter, min_sentence_chars=config.min_sentence_chars)
+    if len(sentences) < config.min_sentences:
+        return None, REJECT_FEW_SENTENCES
+    return CleanDocument(id=doc.id, source=doc.source, sentences=tuple(sentences)), None

@@ -1,12 +1,15 @@
-"""Corpus reading and the ingest stage: sources -> cleaned, sentence-split documents in Parquet.
+"""Corpus sources: local files, Wikipedia dumps, books and Hugging Face datasets -> `Document`s.
 
-Sources are local files, directories or globs in plain text, JSONL or Parquet (optionally gzip/bz2/xz
-compressed), WikiExtractor `<doc>` files, or Hugging Face datasets by name (`hf:NAME[:CONFIG][:SPLIT]`, loaded with
-`datasets.load_dataset`, which needs the dataset in the local cache when the hub is offline). A file that cannot
-be read is not fatal: it becomes a document with an `error`, and the cleaning step counts it as rejected.
-
-The stage writes `documents-train.parquet` and `documents-validation.parquet` (a deterministic split by document
-id hash) plus `manifest.json` with counts per source and rejections by reason, so that read = kept + rejected.
+A source is a file, a directory (read recursively), a glob, or `hf:NAME[:CONFIG][:SPLIT]` (loaded with
+`datasets.load_dataset(..., streaming=True)`; NAME may be a local dataset directory; with the hub offline it must be
+in the local cache). File formats, by suffix, optionally compressed with gzip, bz2, xz or zstd:
+- `.jsonl`/`.json`/`.ndjson` and `.parquet`: one document per row, text in `text_column` (id in `id_column`);
+- `.xml` (MediaWiki XML dumps such as `enwiki-*-pages-articles.xml.bz2`): one document per article, wiki markup
+  removed with mwparserfromhell; redirects and non-article namespaces are skipped and counted;
+- any other file: plain text, one document per file (books; Project Gutenberg headers are stripped when cleaning)
+  or one per blank-line separated paragraph; WikiExtractor `<doc>` files are recognised by their content.
+Reading never raises on bad input: an unreadable file or record becomes a `Document` with an `error`, and the
+cleaning step counts it as rejected.
 """
 
 from __future__ import annotations
@@ -14,30 +17,36 @@ from __future__ import annotations
 import bz2
 import glob
 import gzip
-import hashlib
 import json
 import logging
 import lzma
 import re
-from collections import Counter
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from bert_core import stage
-from bert_core.cleaning import CleaningConfig, clean_documents
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 SAMPLE_SOURCES = (str(SAMPLE_DIR / "corpus" / "wikipedia"), str(SAMPLE_DIR / "corpus" / "books"))
 
-_COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-_TEXT_SUFFIXES = {".txt", ".text", ""}
+SKIP_REDIRECT = "wiki_redirect"
+SKIP_NAMESPACE = "wiki_non_article"
+
+
+def _open_zstd(path, mode, **kwargs):
+    import zstandard
+
+    return zstandard.open(path, mode, **kwargs)
+
+
+_COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".zst": _open_zstd, ".zstd": _open_zstd}
 _WIKI_DOC_OPEN = re.compile(r'<doc id="(?P<id>[^"]*)"[^>]*?title="(?P<title>[^"]*)"[^>]*>')
+_WIKI_DROP_LINKS = re.compile(r"^\s*:?\s*(file|image|category|media):", re.I)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,18 +54,15 @@ class Document:
     id: str
     source: str
     text: str = ""
-    error: str | None = None
+    error: str | None = None  # the file or record could not be read
+    skip: str | None = None  # deliberately not a document (a redirect, a talk page): counted under this reason
 
 
 @dataclass(frozen=True, kw_only=True)
-class IngestConfig:
-    sources: tuple[str, ...] = SAMPLE_SOURCES
+class ReadConfig:
     text_column: str = "text"
     id_column: str | None = None
-    text_document_boundary: str = "file"  # "file": one document per text file; "blank_line": paragraphs
-    validation_fraction: float = 0.05
-    seed: int = 0
-    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
+    text_document_boundary: str = "file"  # "file": one document per text file; "blank_line": per paragraph
 
 
 def _base_suffix(path: Path) -> tuple[str, str]:
@@ -65,6 +71,11 @@ def _base_suffix(path: Path) -> tuple[str, str]:
     compression = suffixes[-1] if suffixes and suffixes[-1] in _COMPRESSED else ""
     rest = suffixes[:-1] if compression else suffixes
     return (rest[-1] if rest else ""), compression
+
+
+def _open_binary(path: Path):
+    _, compression = _base_suffix(path)
+    return _COMPRESSED[compression](path, "rb") if compression else open(path, "rb")
 
 
 def _open_text(path: Path):
@@ -78,7 +89,7 @@ def expand_source(source: str) -> list[Path]:
     """Files named by a path, a directory (recursively) or a glob, sorted for determinism."""
     path = Path(source)
     if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        files = [p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts)]
     elif any(ch in source for ch in "*?["):
         files = [Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file()]
     elif path.is_file():
@@ -88,80 +99,148 @@ def expand_source(source: str) -> list[Path]:
     return sorted(files)
 
 
-def _read_wikiextractor(handle, source: str) -> Iterator[Document]:
-    current_id, title, lines = None, None, []
-    for line in handle:
+def wikitext_to_text(wikitext: str) -> str:
+    """Plain text of a MediaWiki article: templates, refs, tables, files, categories and headings removed, links
+    replaced by their text, one paragraph per block."""
+    import mwparserfromhell
+
+    code = mwparserfromhell.parse(wikitext)
+    for node in list(code.ifilter_tags(recursive=True)):
+        if str(node.tag).lower() in {"table", "ref", "gallery", "math", "timeline", "references"}:
+            _remove(code, node)
+    for node in list(code.ifilter_wikilinks(recursive=True)):
+        if _WIKI_DROP_LINKS.match(str(node.title)):
+            _remove(code, node)
+    for node in list(code.ifilter_headings(recursive=True)):
+        _remove(code, node)
+    text = code.strip_code(normalize=True, collapse=True, keep_template_params=False)
+    lines = [line.strip() for line in text.split("\n")]
+    # List bullets and indentation markers survive strip_code as leading characters.
+    lines = [re.sub(r"^[*#:;]+\s*", "", line) for line in lines]
+    return "\n\n".join(line for line in lines if line)
+
+
+def _remove(code, node) -> None:
+    try:
+        code.remove(node)
+    except ValueError:
+        pass  # already gone with a parent that was removed first
+
+
+def _read_wiki_xml(path: Path, source: str) -> Iterator[Document]:
+    with _open_binary(path) as handle:
+        page: dict[str, str | bool] = {}
+        for event, elem in ET.iterparse(handle, events=("end",)):
+            tag = elem.tag.rsplit("}", 1)[-1]
+            if tag in {"title", "ns", "id"} and tag not in page:
+                page[tag] = elem.text or ""
+            elif tag == "redirect":
+                page["redirect"] = True
+            elif tag == "text":
+                page["text"] = elem.text or ""
+            elif tag == "page":
+                doc_id = f"wiki:{page.get('id', '')}"
+                if page.get("ns", "0") != "0":
+                    yield Document(id=doc_id, source=source, skip=SKIP_NAMESPACE)
+                elif page.get("redirect") or str(page.get("text", "")).lstrip().lower().startswith("#redirect"):
+                    yield Document(id=doc_id, source=source, skip=SKIP_REDIRECT)
+                else:
+                    try:
+                        yield Document(id=doc_id, source=source, text=wikitext_to_text(str(page.get("text", ""))))
+                    except Exception as err:  # noqa: BLE001 - a page the parser chokes on is one rejected page
+                        yield Document(id=doc_id, source=source, error=f"wikitext: {type(err).__name__}: {err}")
+                page = {}
+                elem.clear()
+            if tag == "revision":
+                elem.clear()
+
+
+def _read_wikiextractor(lines, source: str) -> Iterator[Document]:
+    current_id, title, body = None, None, []
+    for line in lines:
         match = _WIKI_DOC_OPEN.match(line)
         if match:
-            current_id, title, lines = match["id"], match["title"], []
+            current_id, title, body = match["id"], match["title"], []
             continue
         if line.startswith("</doc>") and current_id is not None:
-            body = [ln.strip() for ln in lines]
-            if body and body[0] == title:
-                body = body[1:]  # WikiExtractor repeats the title as the first line
-            # One paragraph per line in WikiExtractor output: keep them as paragraphs.
-            yield Document(id=f"wiki:{current_id}", source=source, text="\n\n".join(b for b in body if b))
+            paragraphs = [ln.strip() for ln in body]
+            if paragraphs and paragraphs[0] == title:
+                paragraphs = paragraphs[1:]  # WikiExtractor repeats the title as the first line
+            yield Document(id=f"wiki:{current_id}", source=source, text="\n\n".join(p for p in paragraphs if p))
             current_id = None
             continue
         if current_id is not None:
-            lines.append(line)
+            body.append(line)
 
 
-def _read_file(path: Path, config: IngestConfig) -> Iterator[Document]:
+def _read_rows(path: Path, config: ReadConfig) -> Iterator[Document]:
     fmt, _ = _base_suffix(path)
     source = str(path)
     if fmt == ".parquet":
-        table = pq.read_table(path)
-        if config.text_column not in table.column_names:
-            raise ValueError(f"{path}: no column {config.text_column!r} (columns: {table.column_names})")
-        ids = table.column(config.id_column).to_pylist() if config.id_column else None
-        for row, text in enumerate(table.column(config.text_column).to_pylist()):
-            doc_id = f"{path.name}:{ids[row] if ids else row}"
-            if not isinstance(text, str):
-                yield Document(id=doc_id, source=source, error="text_not_a_string")
-            else:
-                yield Document(id=doc_id, source=source, text=text)
+        parquet = pq.ParquetFile(path)
+        if config.text_column not in parquet.schema_arrow.names:
+            raise ValueError(f"{path}: no column {config.text_column!r} (columns: {parquet.schema_arrow.names})")
+        row = 0
+        columns = [config.text_column] + ([config.id_column] if config.id_column else [])
+        for batch in parquet.iter_batches(batch_size=1024, columns=columns):
+            ids = batch.column(config.id_column).to_pylist() if config.id_column else None
+            for i, text in enumerate(batch.column(config.text_column).to_pylist()):
+                doc_id = f"{path.name}:{ids[i] if ids else row}"
+                row += 1
+                if isinstance(text, str):
+                    yield Document(id=doc_id, source=source, text=text)
+                else:
+                    yield Document(id=doc_id, source=source, error="text_not_a_string")
         return
     with _open_text(path) as handle:
-        if fmt in {".jsonl", ".json", ".ndjson"}:
-            for row, line in enumerate(handle):
-                if not line.strip():
-                    continue
-                doc_id = f"{path.name}:{row}"
-                try:
-                    record = json.loads(line)
-                    text = record[config.text_column]
-                    if config.id_column:
-                        doc_id = f"{path.name}:{record[config.id_column]}"
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    yield Document(id=doc_id, source=source, error=f"bad_json_line: {err}")
-                    continue
-                if not isinstance(text, str):
-                    yield Document(id=doc_id, source=source, error="text_not_a_string")
-                else:
-                    yield Document(id=doc_id, source=source, text=text)
-            return
-        head = handle.read(4096)
-        rest = handle.read()
-        text = head + rest
-    if head.lstrip().startswith("<doc "):
-        yield from _read_wikiextractor(iter(text.splitlines(keepends=True)), source)
+        for row, line in enumerate(handle):
+            if not line.strip():
+                continue
+            doc_id = f"{path.name}:{row}"
+            try:
+                record = json.loads(line)
+                text = record[config.text_column]
+                if config.id_column:
+                    doc_id = f"{path.name}:{record[config.id_column]}"
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                yield Document(id=doc_id, source=source, error=f"bad_json_line: {err}")
+                continue
+            if isinstance(text, str):
+                yield Document(id=doc_id, source=source, text=text)
+            else:
+                yield Document(id=doc_id, source=source, error="text_not_a_string")
+
+
+def _read_file(path: Path, config: ReadConfig) -> Iterator[Document]:
+    fmt, _ = _base_suffix(path)
+    if fmt in {".parquet", ".jsonl", ".json", ".ndjson"}:
+        yield from _read_rows(path, config)
+        return
+    if fmt == ".xml":
+        yield from _read_wiki_xml(path, str(path))
+        return
+    with _open_text(path) as handle:
+        text = handle.read()
+    if text.lstrip().startswith("<doc "):
+        yield from _read_wikiextractor(iter(text.splitlines(keepends=True)), str(path))
     elif config.text_document_boundary == "blank_line":
         for row, paragraph in enumerate(re.split(r"\n\s*\n", text)):
             if paragraph.strip():
-                yield Document(id=f"{path.name}:{row}", source=source, text=paragraph)
+                yield Document(id=f"{path.name}:{row}", source=str(path), text=paragraph)
     else:
-        yield Document(id=path.name, source=source, text=text)
+        yield Document(id=path.name, source=str(path), text=text)
 
 
-def _read_hf(source: str, config: IngestConfig) -> Iterator[Document]:
+def _read_hf(source: str, config: ReadConfig) -> Iterator[Document]:
     import datasets  # imported lazily: only this source type needs it
 
     parts = source[len("hf:"):].split(":")
-    name, ds_config, split = parts[0], (parts[1] or None) if len(parts) > 1 else None, parts[2] if len(parts) > 2 else "train"
+    name = parts[0]
+    ds_config = parts[1] or None if len(parts) > 1 else None
+    split = parts[2] if len(parts) > 2 and parts[2] else "train"
     dataset = datasets.load_dataset(name, ds_config, split=split, streaming=True)
     for row, record in enumerate(dataset):
-        doc_id = f"{name}:{record[config.id_column] if config.id_column else row}"
+        doc_id = f"{Path(name).name}:{record[config.id_column] if config.id_column else row}"
         text = record.get(config.text_column)
         if isinstance(text, str):
             yield Document(id=doc_id, source=source, text=text)
@@ -169,108 +248,34 @@ def _read_hf(source: str, config: IngestConfig) -> Iterator[Document]:
             yield Document(id=doc_id, source=source, error="text_not_a_string")
 
 
-def read_documents(source: str, config: IngestConfig) -> Iterator[Document]:
-    """Documents from one source; unreadable files become documents with an error instead of crashing."""
-    if source.startswith("hf:"):
-        yield from _read_hf(source, config)
+def input_units(sources: tuple[str, ...] | list[str]) -> list[str]:
+    """The independent inputs of a corpus: one per file (sources expanded), one per Hugging Face dataset."""
+    units: list[str] = []
+    for source in sources:
+        units.extend([source] if source.startswith("hf:") else [str(p) for p in expand_source(source)])
+    if not units:
+        raise ValueError(f"the corpus sources {list(sources)} name no files")
+    return units
+
+
+def read_unit(unit: str, config: ReadConfig) -> Iterator[Document]:
+    """Documents of one input unit (a file or an `hf:` dataset); unreadable input becomes error documents."""
+    if unit.startswith("hf:"):
+        yield from _read_hf(unit, config)
         return
-    for path in expand_source(source):
-        try:
-            yield from _read_file(path, config)
-        except (UnicodeDecodeError, OSError, EOFError, lzma.LZMAError, pa.ArrowException, ValueError) as err:
-            logger.warning("cannot read %s: %s", path, err)
-            yield Document(id=path.name, source=str(path), error=f"{type(err).__name__}: {err}")
+    path = Path(unit)
+    count = 0
+    try:
+        for doc in _read_file(path, config):
+            count += 1
+            yield doc
+    except (UnicodeDecodeError, OSError, EOFError, lzma.LZMAError, ET.ParseError, pa.ArrowException, ValueError) as err:
+        logger.warning("cannot read %s: %s", path, err)
+        yield Document(id=f"{path.name}:{count}", source=unit, error=f"{type(err).__name__}: {err}")
 
 
-def _split_point(doc_id: str, config: IngestConfig) -> float:
-    """A number in [0, 1) fixed by the document id and seed: documents below validation_fraction are held out."""
-    digest = hashlib.sha256(f"{config.seed}:{doc_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def _ensure_both_splits(rows: dict[str, dict[str, list]], points: dict[str, list[float]]) -> bool:
-    """On a small corpus the hash split can leave one side empty: move the nearest document over (deterministic)."""
-    for empty, full, pick in (("validation", "train", min), ("train", "validation", max)):
-        if not rows[empty]["doc_id"] and len(rows[full]["doc_id"]) >= 2:
-            index = points[full].index(pick(points[full]))
-            for column in rows[full]:
-                rows[empty][column].append(rows[full][column].pop(index))
-            points[empty].append(points[full].pop(index))
-            return True
-    return False
-
-
-def _source_files(config: IngestConfig) -> list[Path]:
-    return [p for s in config.sources if not s.startswith("hf:") for p in expand_source(s)]
-
-
-def ingest_corpus(config: IngestConfig, output_dir: str | Path) -> Path:
-    """Run the ingest stage; skip it when `output_dir` already holds the output of the same inputs and config."""
-    output_dir = Path(output_dir)
-    key = stage.hash_json({"config": config, "inputs": stage.hash_files(_source_files(config)), "version": 1})
-    if stage.completed_stage(output_dir, key):
-        logger.info("ingest: %s is up to date, skipping", output_dir)
-        return output_dir
-
-    schema = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("sentences", pa.list_(pa.string()))])
-    rows: dict[str, dict[str, list]] = {s: {"doc_id": [], "source": [], "sentences": []} for s in ("train", "validation")}
-    points: dict[str, list[float]] = {"train": [], "validation": []}
-    rejected: Counter = Counter()
-    read_per_source: Counter = Counter()
-    kept_per_source: Counter = Counter()
-    sentences_total = chars_total = 0
-    seen: set[str] = set()
-    for source in config.sources:
-        counted = _count_reads(read_documents(source, config), read_per_source, source)
-        for doc in clean_documents(counted, config.cleaning, rejected, seen):
-            point = _split_point(doc.id, config)
-            split = "validation" if point < config.validation_fraction else "train"
-            points[split].append(point)
-            rows[split]["doc_id"].append(doc.id)
-            rows[split]["source"].append(doc.source)
-            rows[split]["sentences"].append(list(doc.sentences))
-            kept_per_source[source] += 1
-            sentences_total += len(doc.sentences)
-            chars_total += sum(len(s) for s in doc.sentences)
-
-    read = sum(read_per_source.values())
-    kept = sum(kept_per_source.values())
-    if kept == 0:
-        raise ValueError(f"ingest: no document survived cleaning ({read} read, rejected: {dict(rejected)})")
-    moved = _ensure_both_splits(rows, points) if config.validation_fraction > 0 else False
-    if not rows["validation"]["doc_id"] or not rows["train"]["doc_id"]:
-        raise ValueError(f"ingest: {kept} document(s) kept; at least 2 are needed for a train and a validation split")
-    assert read == kept + sum(rejected.values()), "every document read must be kept or rejected"
-    with stage.atomic_directory(output_dir) as tmp:
-        for split, columns in rows.items():
-            pq.write_table(pa.table(columns, schema=schema), tmp / f"documents-{split}.parquet")
-        manifest = {
-            "documents_read": read,
-            "documents_kept": kept,
-            "documents_rejected": dict(rejected),
-            "read_per_source": dict(read_per_source),
-            "kept_per_source": dict(kept_per_source),
-            "documents_per_split": {s: len(c["doc_id"]) for s, c in rows.items()},
-            "split_rebalanced": moved,
-            "sentences": sentences_total,
-            "characters": chars_total,
-            "config": config,
-        }
-        stage.write_json(tmp / "manifest.json", manifest)
-        stage.write_stage_record(tmp, key=key, stage="ingest", config=config, outputs={"manifest": "manifest.json"})
-    logger.info("ingest: %d read, %d kept, rejected %s -> %s", read, kept, dict(rejected), output_dir)
-    return output_dir
-
-
-def _count_reads(documents: Iterator[Document], counter: Counter, source: str) -> Iterator[Document]:
-    for doc in documents:
-        counter[source] += 1
-        yield doc
-
-
-def read_ingested(documents_dir: str | Path, split: str) -> list[list[str]]:
-    """The sentences of each document of one split of an ingest output."""
-    path = Path(documents_dir) / f"documents-{split}.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the ingest stage first")
-    return pq.read_table(path, columns=["sentences"]).column("sentences").to_pylist()
+def read_documents(source: str, config: ReadConfig | None = None) -> Iterator[Document]:
+    """Documents from every input unit of one source."""
+    config = config or ReadConfig()
+    for unit in input_units([source]):
+        yield from read_unit(unit, config)

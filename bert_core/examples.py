@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bert_core import stage
-from bert_core.corpus import read_ingested
+from bert_core.ingest import read_ingested
 from bert_core.masking import MaskingConfig, mask_sequence
 from bert_core.shards import write_shards
 from bert_core.tokenizer import (

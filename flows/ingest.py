@@ -1,30 +1,82 @@
-"""Flow: ingest a corpus into cleaned, sentence-split documents."""
+"""Flow: ingest a corpus into cleaned, deduplicated, sentence-split documents.
+
+Input files are processed in parallel (`process_input` mapped over them), on threads by default, or on a Dask
+cluster through prefect-dask: `n_workers > 1` starts a local cluster of that many processes, `dask_address`
+joins an existing scheduler (e.g. "tcp://scheduler:8786"). The corpus-wide merge then runs in this process.
+"""
 
 from __future__ import annotations
 
-from prefect import flow
+from pathlib import Path
 
-from bert_core.corpus import SAMPLE_SOURCES, IngestConfig
+from prefect import flow, unmapped
+from prefect.client.orchestration import get_client
+
+from bert_core import stage
+from bert_core.cleaning import CleaningConfig
+from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, input_units
+from bert_core.dedup import DedupConfig
+from bert_core.ingest import IngestConfig, ingest_key, part_key, parts_dir_for
 from flows import default_work_dir
-from tasks.corpus import ingest_corpus
+from tasks.ingest import merge_parts, process_input, report_ingest
+
+
+@flow(name="ingest-inputs")
+def process_inputs_flow(units: list[str], config: dict, parts_dir: str) -> list[dict]:
+    """Clean every input unit into a part file (in parallel on the flow's task runner)."""
+    futures = process_input.map(units, config=unmapped(config), parts_dir=unmapped(parts_dir))
+    return [future.result() for future in futures]
+
+
+def dask_task_runner(n_workers: int, dask_address: str | None):
+    """A DaskTaskRunner on an existing scheduler, or on a local cluster of `n_workers` single-threaded processes."""
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    # Workers must report to this run's Prefect API; without it each would start a temporary server of its own.
+    with get_client(sync_client=True) as client:
+        api_url = str(client.api_url).rstrip("/")
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None, "env": {"PREFECT_API_URL": api_url}})
 
 
 @flow(name="ingest")
 def ingest_flow(
     sources: list[str] | None = None,
     work_dir: str | None = None,
-    text_column: str = IngestConfig.text_column,
-    text_document_boundary: str = IngestConfig.text_document_boundary,
+    text_column: str = ReadConfig.text_column,
+    text_document_boundary: str = ReadConfig.text_document_boundary,
+    sentence_splitter: str = CleaningConfig.sentence_splitter,
+    min_chars: int = CleaningConfig.min_chars,
+    near_dedup_threshold: float = DedupConfig.near_dedup_threshold,
+    decontamination_files: list[str] | None = None,
     validation_fraction: float = IngestConfig.validation_fraction,
+    n_workers: int = 1,
+    dask_address: str | None = None,
 ) -> str:
     """Read `sources` (files, directories, globs, `hf:NAME:CONFIG:SPLIT`; default: the bundled sample)."""
     config = IngestConfig(
         sources=tuple(sources) if sources else SAMPLE_SOURCES,
-        text_column=text_column,
-        text_document_boundary=text_document_boundary,
+        read=ReadConfig(text_column=text_column, text_document_boundary=text_document_boundary),
+        cleaning=CleaningConfig(sentence_splitter=sentence_splitter, min_chars=min_chars),
+        dedup=DedupConfig(near_dedup_threshold=near_dedup_threshold),
+        decontamination_files=tuple(decontamination_files or ()),
         validation_fraction=validation_fraction,
     )
-    return ingest_corpus(config, str(default_work_dir(work_dir) / "ingest"))
+    output_dir = default_work_dir(work_dir) / "ingest"
+    units = input_units(config.sources)
+    key = ingest_key(config, [part_key(u, config) for u in units])
+    if stage.completed_stage(output_dir, key):
+        report_ingest(output_dir)
+        return str(output_dir)
+    parts_dir = str(parts_dir_for(output_dir))
+    config_dict = stage.to_jsonable(config)
+    inputs_flow = process_inputs_flow
+    if n_workers > 1 or dask_address:
+        inputs_flow = process_inputs_flow.with_options(task_runner=dask_task_runner(n_workers, dask_address))
+    records = inputs_flow(units, config_dict, parts_dir)
+    return merge_parts(records, config_dict, parts_dir, str(output_dir), key)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ def bert_pipeline(
     sources: list[str] | None = None,
     work_dir: str | None = None,
     validation_fraction: float = 0.05,
+    decontamination_files: list[str] | None = None,
+    ingest_workers: int = 1,
+    dask_address: str | None = None,
     vocab_size: int = 8192,
     max_seq_length: int = 128,
     dupe_factor: int = 1,
@@ -62,7 +65,11 @@ def bert_pipeline(
     """Raw text to registered, evaluated BERT models. Defaults run on the bundled sample in a few minutes on CPU."""
     started = time.perf_counter()
     work = default_work_dir(work_dir)
-    documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction)
+    # The fine-tuning task's dev set is always kept out of the pretraining corpus.
+    decontaminate = [f"{task_validation_file}::{text_column}", *(decontamination_files or [])]
+    documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction,
+                                decontamination_files=decontaminate, n_workers=ingest_workers,
+                                dask_address=dask_address)
     examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), vocab_size=vocab_size,
                                  max_seq_length=max_seq_length, dupe_factor=dupe_factor,
                                  whole_word_mask=whole_word_mask)

@@ -25,7 +25,7 @@ os.environ.pop("PREFECT_API_URL", None)
 
 import pytest  # noqa: E402
 
-from bert_core.corpus import IngestConfig, ingest_corpus  # noqa: E402
+from bert_core.ingest import IngestConfig, ingest_corpus  # noqa: E402
 from bert_core.examples import ExamplesConfig, generate_examples  # noqa: E402
 from bert_core.pretrain import PretrainConfig  # noqa: E402
 from bert_core.tokenizer import TokenizerConfig  # noqa: E402

@@ -119,7 +119,7 @@ def test_too_few_documents_is_a_clear_error(tmp_path):
     schema = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("sentences", pa.list_(pa.string()))])
     for split in ("train", "validation"):
         pq.write_table(pa.table({"doc_id": ["a"], "source": ["s"], "sentences": [["One sentence here.", "Two."]]},
-                                schema=schema), tmp_path / f"documents-{split}.parquet")
+                                schema=schema), tmp_path / f"documents-{split}-00000.parquet")
     with pytest.raises(ValueError, match="NSP needs 2"):
         generate_examples(ExamplesConfig(tokenizer=TokenizerConfig(vocab_size=100, min_frequency=1)), tmp_path,
                           tmp_path / "out")

@@ -1,0 +1,168 @@
+"""Corpus-wide deduplication and evaluation-set decontamination.
+
+Documents are compared as sequences of normalised words (lower-cased, apostrophes and PTB contraction splits
+undone, punctuation dropped), each word hashed to a stable 64-bit value:
+- exact duplicates: the same normalised word sequence (sha1 of it);
+- near duplicates: MinHash over word 5-gram shingles with LSH banding (datasketch), a candidate confirmed when its
+  estimated Jaccard similarity reaches `near_dedup_threshold`; the first document in corpus order is kept;
+- contamination: any word n-gram (13 by default, as in GPT-3's decontamination) shared with a downstream evaluation
+  text; evaluation texts shorter than n words (but at least `min_eval_words`) are matched whole.
+Signatures are computed per document (in parallel, per input file); the index that compares them across the whole
+corpus holds one 128 x 64-bit signature per kept document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_WORD = re.compile(r"[a-z0-9]+")
+_PTB_CONTRACTION = re.compile(r" (n't|'s|'re|'ve|'ll|'d|'m)\b")
+_GRAM_BASE = np.uint64(0x100000001B3)  # FNV prime: mixes word hashes into n-gram hashes
+
+
+@dataclass(frozen=True, kw_only=True)
+class DedupConfig:
+    exact: bool = True
+    near: bool = True
+    near_dedup_threshold: float = 0.8
+    num_perm: int = 128
+    shingle_size: int = 5
+    seed: int = 1
+    decontamination_ngram: int = 13
+    min_eval_words: int = 8
+
+
+_word_cache: dict[str, int] = {}
+
+
+def normalized_words(text: str) -> list[str]:
+    text = _PTB_CONTRACTION.sub(r"\1", text.lower()).replace("'", "").replace("\u2019", "")
+    return _WORD.findall(text)
+
+
+def word_hashes(words: list[str]) -> np.ndarray:
+    """A stable 64-bit hash per word (cached: corpora repeat their vocabulary)."""
+    cache = _word_cache
+    for w in set(words).difference(cache):
+        if len(cache) >= 2_000_000:
+            cache.clear()  # bound the cache on corpora with huge vocabularies
+        cache[w] = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
+    return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
+
+
+def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
+    """Polynomial hashes of every window of n word hashes (wrapping uint64 arithmetic)."""
+    count = hashes.size - n + 1
+    if count <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    acc = np.zeros(count, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            acc = acc * _GRAM_BASE + hashes[k : k + count]
+    return acc
+
+
+def content_hash(words: list[str]) -> str:
+    return hashlib.sha1(" ".join(words).encode()).hexdigest()
+
+
+def minhash_signature(hashes: np.ndarray, config: DedupConfig) -> np.ndarray:
+    """The MinHash signature (num_perm uint64) of a document's word shingles."""
+    from datasketch import MinHash
+
+    shingles = ngram_hashes(hashes, min(config.shingle_size, max(1, hashes.size)))
+    minhash = MinHash(num_perm=config.num_perm, seed=config.seed, hashfunc=int, scheme="affine32")
+    # datasketch's permutations expect 32-bit input hashes.
+    minhash.update_batch((shingles & np.uint64(0xFFFFFFFF)).tolist())
+    return minhash.hashvalues.astype(np.uint64)
+
+
+class NearDuplicateIndex:
+    """MinHash LSH over the documents kept so far; `seen_before` answers and then remembers."""
+
+    def __init__(self, config: DedupConfig):
+        from datasketch import MinHashLSH
+
+        self.config = config
+        self._lsh = MinHashLSH(threshold=config.near_dedup_threshold, num_perm=config.num_perm)
+        self._signatures: dict[str, np.ndarray] = {}
+
+    def seen_before(self, key: str, signature: np.ndarray) -> bool:
+        from datasketch import LeanMinHash
+
+        minhash = LeanMinHash(seed=self.config.seed, hashvalues=signature, scheme="affine32")
+        for candidate in self._lsh.query(minhash):
+            if float(np.mean(self._signatures[candidate] == signature)) >= self.config.near_dedup_threshold:
+                return True
+        self._lsh.insert(key, minhash)
+        self._signatures[key] = signature
+        return False
+
+
+class ContaminationIndex:
+    """Word n-grams of downstream evaluation texts; `overlaps(hashes)` counts a document's shared n-grams."""
+
+    def __init__(self, texts: Iterable[str], config: DedupConfig):
+        n = config.decontamination_ngram
+        grams: dict[int, set[int]] = {}
+        self.texts = self.too_short = 0
+        for text in texts:
+            hashes = word_hashes(normalized_words(text))
+            self.texts += 1
+            if hashes.size < config.min_eval_words:
+                self.too_short += 1
+                continue
+            length = min(n, hashes.size)
+            grams.setdefault(length, set()).update(ngram_hashes(hashes, length).tolist())
+        self._grams = {length: np.array(sorted(values), dtype=np.uint64) for length, values in grams.items()}
+
+    def __len__(self) -> int:
+        return sum(g.size for g in self._grams.values())
+
+    def overlaps(self, hashes: np.ndarray) -> int:
+        total = 0
+        for length, grams in self._grams.items():
+            query = ngram_hashes(hashes, length)
+            if query.size and grams.size:
+                # Binary search in the sorted evaluation n-grams: no sort of the (much longer) document side.
+                found = grams[np.minimum(np.searchsorted(grams, query), grams.size - 1)] == query
+                total += int(found.sum())
+        return total
+
+
+def read_eval_texts(spec: str) -> list[str]:
+    """Texts of an evaluation file named as "path" or "path::column1,column2" (TSV/CSV/JSONL/Parquet, gzip ok).
+
+    Without columns, the first of `sentence`, `text`, `question`, `context` that exists is used.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    path, _, columns = spec.partition("::")
+    suffixes = [s.lower() for s in Path(path).suffixes if s.lower() not in {".gz", ".bz2"}]
+    kind = suffixes[-1] if suffixes else ""
+    with pa.input_stream(path, compression="detect") as stream:
+        if kind == ".parquet":
+            table = pq.read_table(path)
+        elif kind in {".jsonl", ".json"}:
+            table = pajson.read_json(stream)
+        elif kind in {".tsv", ".csv"}:
+            parse = pacsv.ParseOptions(delimiter="\t" if kind == ".tsv" else ",", quote_char=False if kind == ".tsv" else '"')
+            table = pacsv.read_csv(stream, parse_options=parse,
+                                   read_options=pacsv.ReadOptions(encoding="utf-8"))
+        else:
+            raise ValueError(f"{path}: unsupported evaluation file type")
+    names = [c for c in columns.split(",") if c] or [
+        next((c for c in ("sentence", "text", "question", "context") if c in table.column_names), table.column_names[0])]
+    missing = [c for c in names if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: no column(s) {missing} (columns: {table.column_names})")
+    return [str(v) for c in names for v in table.column(c).to_pylist() if v is not None]

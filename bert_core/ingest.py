@@ -1,0 +1,342 @@
+"""The ingest stage: corpus sources -> cleaned, deduplicated, decontaminated, sentence-split document shards.
+
+It runs in two steps so that input files can be processed in parallel and a crashed or extended run redoes only
+what changed:
+1. `process_input` (one call per file or `hf:` dataset, independent, safe to run on many workers): read, clean,
+   split sentences, and compute each document's exact-content hash, MinHash signature and evaluation-set overlap.
+   The result is a part file under `<output_dir>-parts/`, keyed by the input's content and the config; an
+   existing part with the same key is reused.
+2. `merge_parts` (one process, corpus order): drop contaminated documents, then exact and near duplicates across
+   the whole corpus, split train/validation deterministically by document id, and write
+   `documents-{train,validation}-NNNNN.parquet` plus `manifest.json`. Memory holds one part at a time plus the
+   dedup index (one signature per kept document).
+Every document read is accounted for: read = kept + rejected, by reason, per source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bert_core import stage
+from bert_core.cleaning import (
+    REJECT_CONTAMINATED,
+    REJECT_DUPLICATE,
+    REJECT_NEAR_DUPLICATE,
+    CleaningConfig,
+    clean_document,
+)
+from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, input_units, read_unit
+from bert_core.dedup import (
+    ContaminationIndex,
+    DedupConfig,
+    NearDuplicateIndex,
+    content_hash,
+    minhash_signature,
+    normalized_words,
+    word_hashes,
+)
+
+logger = logging.getLogger(__name__)
+
+PART_SCHEMA_VERSION = 1
+_PART_SCHEMA = pa.schema([
+    ("doc_id", pa.string()), ("source", pa.string()), ("sentences", pa.list_(pa.string())),
+    ("characters", pa.int64()), ("content_hash", pa.string()), ("signature", pa.binary()),
+    ("contamination", pa.int32()),
+])
+DOCUMENT_SCHEMA = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("sentences", pa.list_(pa.string()))])
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestConfig:
+    sources: tuple[str, ...] = SAMPLE_SOURCES
+    read: ReadConfig = field(default_factory=ReadConfig)
+    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    # Downstream evaluation texts to keep out of the pretraining corpus: "path" (column "sentence"/"text") or
+    # "path::column1,column2" for TSV/CSV/JSONL/Parquet files.
+    decontamination_files: tuple[str, ...] = ()
+    validation_fraction: float = 0.05
+    seed: int = 0
+    documents_per_shard: int = 10_000
+
+
+def parts_dir_for(output_dir: str | Path) -> Path:
+    output_dir = Path(output_dir)
+    return output_dir.with_name(f"{output_dir.name}-parts")
+
+
+def _decontamination_digest(config: IngestConfig) -> str:
+    files = [spec.split("::", 1)[0] for spec in config.decontamination_files]
+    return stage.hash_json([config.decontamination_files, stage.hash_files(files) if files else ""])
+
+
+_contamination_cache: dict[str, ContaminationIndex] = {}
+
+
+def contamination_index(config: IngestConfig) -> ContaminationIndex | None:
+    """The n-gram index of the evaluation texts (built once per process)."""
+    if not config.decontamination_files:
+        return None
+    key = stage.hash_json([_decontamination_digest(config), config.dedup])
+    if key not in _contamination_cache:
+        from bert_core.dedup import read_eval_texts
+
+        texts = [t for spec in config.decontamination_files for t in read_eval_texts(spec)]
+        _contamination_cache[key] = ContaminationIndex(texts, config.dedup)
+    return _contamination_cache[key]
+
+
+def part_key(unit: str, config: IngestConfig) -> str:
+    content = unit if unit.startswith("hf:") else stage.hash_file(unit)
+    return stage.hash_json({"unit": Path(unit).name if not unit.startswith("hf:") else unit, "content": content,
+                            "read": config.read, "cleaning": config.cleaning, "dedup": config.dedup,
+                            "decontamination": _decontamination_digest(config), "version": PART_SCHEMA_VERSION})
+
+
+def process_input(unit: str, config: IngestConfig, parts_dir: str | Path) -> dict[str, Any]:
+    """Read and clean one input unit into a part file; reuse an existing part with the same key. Return its record."""
+    parts_dir = Path(parts_dir)
+    key = part_key(unit, config)
+    record_path = parts_dir / f"part-{key[:20]}.json"
+    if record_path.is_file():
+        return stage.read_json(record_path)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    contamination = contamination_index(config)
+    rejected: Counter = Counter()
+    read = kept = sentences = characters = 0
+    part_path = parts_dir / f"part-{key[:20]}.parquet"
+    tmp = parts_dir / f".{part_path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    columns: dict[str, list] = {name: [] for name in _PART_SCHEMA.names}
+    with pq.ParquetWriter(tmp, _PART_SCHEMA) as writer:
+        for doc in read_unit(unit, config.read):
+            read += 1
+            clean, reason = clean_document(doc, config.cleaning)
+            if clean is None:
+                rejected[reason] += 1
+                continue
+            words = normalized_words(" ".join(clean.sentences))
+            hashes = word_hashes(words)
+            columns["doc_id"].append(clean.id)
+            columns["source"].append(clean.source)
+            columns["sentences"].append(list(clean.sentences))
+            columns["characters"].append(sum(len(s) for s in clean.sentences))
+            columns["content_hash"].append(content_hash(words))
+            columns["signature"].append(minhash_signature(hashes, config.dedup).tobytes() if config.dedup.near else b"")
+            columns["contamination"].append(contamination.overlaps(hashes) if contamination else 0)
+            kept += 1
+            sentences += len(clean.sentences)
+            characters += columns["characters"][-1]
+            if len(columns["doc_id"]) >= 256:
+                writer.write_table(pa.table(columns, schema=_PART_SCHEMA))
+                columns = {name: [] for name in _PART_SCHEMA.names}
+        if columns["doc_id"]:
+            writer.write_table(pa.table(columns, schema=_PART_SCHEMA))
+    tmp.replace(part_path)
+    record = {"unit": unit, "key": key, "part": part_path.name, "read": read, "cleaned": kept,
+              "rejected": dict(rejected), "sentences": sentences, "characters": characters}
+    stage.write_json(record_path, record)
+    return record
+
+
+def _split_point(doc_id: str, seed: int) -> float:
+    """A number in [0, 1) fixed by the document id and seed: documents below validation_fraction are held out."""
+    digest = hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class _ShardWriter:
+    def __init__(self, directory: Path, split: str, documents_per_shard: int):
+        self.directory, self.split, self.per_shard = directory, split, documents_per_shard
+        self.index = self.in_shard = self.total = 0
+        self.writer: pq.ParquetWriter | None = None
+        self.buffer: dict[str, list] = {name: [] for name in DOCUMENT_SCHEMA.names}
+
+    def add(self, doc_id: str, source: str, sentences: list[str]) -> None:
+        self.buffer["doc_id"].append(doc_id)
+        self.buffer["source"].append(source)
+        self.buffer["sentences"].append(sentences)
+        self.in_shard += 1
+        self.total += 1
+        if len(self.buffer["doc_id"]) >= 512 or self.in_shard >= self.per_shard:
+            self._flush()
+        if self.in_shard >= self.per_shard:
+            self.writer.close()
+            self.writer, self.in_shard = None, 0
+            self.index += 1
+
+    def _flush(self) -> None:
+        if not self.buffer["doc_id"]:
+            return
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.directory / f"documents-{self.split}-{self.index:05d}.parquet",
+                                           DOCUMENT_SCHEMA)
+        self.writer.write_table(pa.table(self.buffer, schema=DOCUMENT_SCHEMA))
+        self.buffer = {name: [] for name in DOCUMENT_SCHEMA.names}
+
+    def close(self) -> None:
+        self._flush()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def merge_parts(records: list[dict[str, Any]], config: IngestConfig, parts_dir: str | Path,
+                output_dir: str | Path, *, key: str) -> Path:
+    """Corpus-wide decontamination, dedup and split over finished parts; write the document shards + manifest."""
+    parts_dir, output_dir = Path(parts_dir), Path(output_dir)
+    rejected: Counter = Counter()
+    per_source: dict[str, Counter] = {}
+    decisions: list[np.ndarray] = []  # per part: 0 reject, 1 train, 2 validation
+    points: list[np.ndarray] = []
+    near = NearDuplicateIndex(config.dedup) if config.dedup.near else None
+    seen: set[str] = set()
+    for record in records:
+        source = _source_of(record["unit"], config.sources)
+        counts = per_source.setdefault(source, Counter())
+        counts["read"] += record["read"]
+        for reason, n in record["rejected"].items():
+            rejected[reason] += n
+            counts[f"rejected_{reason}"] += n
+        table = pq.read_table(parts_dir / record["part"], columns=["doc_id", "content_hash", "signature", "contamination"])
+        decision = np.zeros(table.num_rows, dtype=np.int8)
+        point = np.zeros(table.num_rows)
+        ids = table.column("doc_id").to_pylist()
+        hashes = table.column("content_hash").to_pylist()
+        signatures = table.column("signature").to_pylist()
+        contamination = table.column("contamination").to_numpy()
+        for i, doc_id in enumerate(ids):
+            reason = None
+            if contamination[i] > 0:
+                reason = REJECT_CONTAMINATED
+            elif config.dedup.exact and hashes[i] in seen:
+                reason = REJECT_DUPLICATE
+            elif near is not None and near.seen_before(f"{record['key']}:{i}", np.frombuffer(signatures[i], dtype=np.uint64)):
+                reason = REJECT_NEAR_DUPLICATE
+            if reason:
+                rejected[reason] += 1
+                counts[f"rejected_{reason}"] += 1
+                continue
+            seen.add(hashes[i])
+            point[i] = _split_point(doc_id, config.seed)
+            decision[i] = 2 if point[i] < config.validation_fraction else 1
+            counts["kept"] += 1
+        decisions.append(decision)
+        points.append(point)
+
+    read = sum(r["read"] for r in records)
+    kept = int(sum((d > 0).sum() for d in decisions))
+    if kept == 0:
+        raise ValueError(f"ingest: no document survived cleaning ({read} read, rejected: {dict(rejected)})")
+    rebalanced = _ensure_both_splits(decisions, points) if config.validation_fraction > 0 else False
+    per_split = {"train": int(sum((d == 1).sum() for d in decisions)),
+                 "validation": int(sum((d == 2).sum() for d in decisions))}
+    if not per_split["train"] or not per_split["validation"]:
+        raise ValueError(f"ingest: {kept} document(s) kept; at least 2 are needed for a train and a validation split")
+    assert read == kept + sum(rejected.values()), "every document read must be kept or rejected"
+
+    sentences = characters = 0
+    lengths: list[int] = []
+    with stage.atomic_directory(output_dir) as tmp:
+        writers = {1: _ShardWriter(tmp, "train", config.documents_per_shard),
+                   2: _ShardWriter(tmp, "validation", config.documents_per_shard)}
+        for record, decision in zip(records, decisions):
+            if not (decision > 0).any():
+                continue
+            part = pq.ParquetFile(parts_dir / record["part"])
+            row = 0
+            for batch in part.iter_batches(batch_size=512, columns=["doc_id", "source", "sentences", "characters"]):
+                for doc_id, source, sents, chars in zip(*(batch.column(c).to_pylist() for c in
+                                                          ("doc_id", "source", "sentences", "characters"))):
+                    if decision[row]:
+                        writers[int(decision[row])].add(doc_id, source, sents)
+                        sentences += len(sents)
+                        characters += chars
+                        lengths.append(chars)
+                    row += 1
+        for writer in writers.values():
+            writer.close()
+        manifest = {
+            "documents_read": read,
+            "documents_kept": kept,
+            "documents_rejected": dict(sorted(rejected.items())),
+            "per_source": {s: dict(c) for s, c in per_source.items()},
+            "documents_per_split": per_split,
+            "split_rebalanced": rebalanced,
+            "sentences": sentences,
+            "characters": characters,
+            "document_characters_histogram": _histogram(lengths),
+            "shards": sorted(p.name for p in tmp.glob("documents-*.parquet")),
+            "parts": [{"unit": r["unit"], "key": r["key"]} for r in records],
+            "config": config,
+        }
+        stage.write_json(tmp / "manifest.json", manifest)
+        stage.write_stage_record(tmp, key=key, stage="ingest", config=config, outputs={"manifest": "manifest.json"})
+    logger.info("ingest: %d read, %d kept, rejected %s -> %s", read, kept, dict(rejected), output_dir)
+    return output_dir
+
+
+def _histogram(lengths: list[int]) -> list[list]:
+    """Documents by size in characters: [[bucket, count], ...] in bucket order."""
+    edges = [0, 1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000]
+    counts = np.histogram(np.asarray(lengths), bins=[*edges, np.inf])[0] if lengths else np.zeros(len(edges))
+    names = [f"{lo:,}-{hi:,}" for lo, hi in zip(edges, edges[1:])] + [f">={edges[-1]:,}"]
+    return [[name, int(c)] for name, c in zip(names, counts)]
+
+
+def _source_of(unit: str, sources: tuple[str, ...]) -> str:
+    for source in sources:
+        if unit == source or unit.startswith(source.rstrip("/") + "/"):
+            return source
+    return next((s for s in sources if any(ch in s for ch in "*?[")), unit)
+
+
+def _ensure_both_splits(decisions: list[np.ndarray], points: list[np.ndarray]) -> bool:
+    """On a small corpus the hash split can leave one side empty: move the nearest document over (deterministic)."""
+    for empty, full, pick in ((2, 1, np.argmin), (1, 2, np.argmax)):
+        if any((d == empty).any() for d in decisions):
+            continue
+        candidates = [(p[d == full][pick(p[d == full])], k) for k, (d, p) in enumerate(zip(decisions, points))
+                      if (d == full).any()]
+        if sum(int((d == full).sum()) for d in decisions) < 2 or not candidates:
+            return False
+        value, k = (min if empty == 2 else max)(candidates)
+        index = int(np.flatnonzero((decisions[k] == full) & (points[k] == value))[0])
+        decisions[k][index] = empty
+        return True
+    return False
+
+
+def ingest_key(config: IngestConfig, records_or_keys: list[str]) -> str:
+    return stage.hash_json({"config": config, "parts": records_or_keys, "version": 2})
+
+
+def ingest_corpus(config: IngestConfig, output_dir: str | Path) -> Path:
+    """Run the whole stage in this process (the Prefect flow runs step 1 in parallel instead)."""
+    output_dir = Path(output_dir)
+    units = input_units(config.sources)
+    parts_dir = parts_dir_for(output_dir)
+    keys = [part_key(u, config) for u in units]
+    key = ingest_key(config, keys)
+    if stage.completed_stage(output_dir, key):
+        logger.info("ingest: %s is up to date, skipping", output_dir)
+        return output_dir
+    records = [process_input(u, config, parts_dir) for u in units]
+    return merge_parts(records, config, parts_dir, output_dir, key=key)
+
+
+def read_ingested(documents_dir: str | Path, split: str) -> list[list[str]]:
+    """The sentences of each document of one split of an ingest output, in shard order."""
+    shards = sorted(Path(documents_dir).glob(f"documents-{split}-*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"no documents-{split}-*.parquet in {documents_dir}: run the ingest stage first")
+    return [doc for shard in shards for doc in pq.read_table(shard, columns=["sentences"]).column("sentences").to_pylist()]

@@ -1,0 +1,56 @@
+"""Prefect tasks for the ingest stage: one `process_input` per input file (mapped, parallel), then `merge_parts`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from bert_core import ingest, stage
+
+
+@task(name="process_input", cache_policy=NO_CACHE, retries=1)
+def process_input(unit: str, config: dict, parts_dir: str) -> dict:
+    record = ingest.process_input(unit, stage.config_from_dict(ingest.IngestConfig, config), parts_dir)
+    get_run_logger().info("%s: %d read, %d cleaned, rejected %s", Path(unit).name, record["read"], record["cleaned"],
+                          record["rejected"])
+    return record
+
+
+@task(name="merge_parts", cache_policy=NO_CACHE)
+def merge_parts(records: list[dict], config: dict, parts_dir: str, output_dir: str, key: str) -> str:
+    path = ingest.merge_parts(records, stage.config_from_dict(ingest.IngestConfig, config), parts_dir, output_dir,
+                              key=key)
+    report_ingest(path)
+    return str(path)
+
+
+def report_ingest(output_dir: str | Path) -> None:
+    """Table and markdown artifacts of an ingest output: counts, rejection reasons, document-length histogram."""
+    manifest = stage.read_json(Path(output_dir) / "manifest.json")
+    rows = [{"what": "documents read", "count": manifest["documents_read"]},
+            {"what": "documents kept", "count": manifest["documents_kept"]},
+            *({"what": f"rejected: {reason}", "count": n} for reason, n in manifest["documents_rejected"].items()),
+            *({"what": f"kept in {split}", "count": n} for split, n in manifest["documents_per_split"].items()),
+            {"what": "sentences", "count": manifest["sentences"]},
+            {"what": "characters", "count": manifest["characters"]}]
+    create_table_artifact(key="ingest-counts", table=rows, description="Ingest: documents read, kept and rejected")
+    histogram = manifest["document_characters_histogram"]
+    peak = max((c for _, c in histogram), default=1) or 1
+    sources = "".join(f"| `{s}` | {c.get('read', 0)} | {c.get('kept', 0)} | "
+                      + ", ".join(f"{k.removeprefix('rejected_')} {v}" for k, v in sorted(c.items())
+                                  if k.startswith("rejected_")) + " |\n"
+                      for s, c in manifest["per_source"].items())
+    create_markdown_artifact(
+        key="ingest-report",
+        markdown=(f"## Ingest\n\n{manifest['documents_read']:,} documents read, {manifest['documents_kept']:,} kept, "
+                  f"{manifest['sentences']:,} sentences, {manifest['characters']:,} characters.\n\n"
+                  "| source | read | kept | rejected |\n|---|---:|---:|---|\n" + sources
+                  + "\n### Document length (characters)\n\n| bucket | documents | |\n|---|---:|---|\n"
+                  + "".join(f"| {b} | {c} | {'█' * round(30 * c / peak)} |\n" for b, c in histogram)),
+        description="Ingest report",
+    )
+    get_run_logger().info("ingest: %d read, %d kept, rejected %s", manifest["documents_read"],
+                          manifest["documents_kept"], manifest["documents_rejected"])
