@@ -49,9 +49,11 @@ def normalized_words(text: str) -> list[str]:
 def word_hashes(words: list[str]) -> np.ndarray:
     """A stable 64-bit hash per word (cached: corpora repeat their vocabulary)."""
     cache = _word_cache
-    for w in set(words).difference(cache):
-        if len(cache) >= 2_000_000:
-            cache.clear()  # bound the cache on corpora with huge vocabularies
+    missing = set(words).difference(cache)
+    if len(cache) + len(missing) > 50_000:
+        cache.clear()  # keep memory flat however large the corpus vocabulary grows
+        missing = set(words)
+    for w in missing:
         cache[w] = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
     return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bert_core import stage
@@ -125,13 +126,14 @@ def process_input(unit: str, config: IngestConfig, parts_dir: str | Path) -> dic
             if clean is None:
                 rejected[reason] += 1
                 continue
-            words = normalized_words(" ".join(clean.sentences))
-            hashes = word_hashes(words)
+            if config.dedup.exact or config.dedup.near or contamination:
+                words = normalized_words(" ".join(clean.sentences))
+                hashes = word_hashes(words)
             columns["doc_id"].append(clean.id)
             columns["source"].append(clean.source)
             columns["sentences"].append(list(clean.sentences))
             columns["characters"].append(sum(len(s) for s in clean.sentences))
-            columns["content_hash"].append(content_hash(words))
+            columns["content_hash"].append(content_hash(words) if config.dedup.exact else "")
             columns["signature"].append(minhash_signature(hashes, config.dedup).tobytes() if config.dedup.near else b"")
             columns["contamination"].append(contamination.overlaps(hashes) if contamination else 0)
             kept += 1
@@ -156,36 +158,30 @@ def _split_point(doc_id: str, seed: int) -> float:
 
 
 class _ShardWriter:
+    """Appends Arrow tables of documents to `documents-{split}-NNNNN.parquet`, `per_shard` documents a file."""
+
     def __init__(self, directory: Path, split: str, documents_per_shard: int):
         self.directory, self.split, self.per_shard = directory, split, documents_per_shard
         self.index = self.in_shard = self.total = 0
         self.writer: pq.ParquetWriter | None = None
-        self.buffer: dict[str, list] = {name: [] for name in DOCUMENT_SCHEMA.names}
 
-    def add(self, doc_id: str, source: str, sentences: list[str]) -> None:
-        self.buffer["doc_id"].append(doc_id)
-        self.buffer["source"].append(source)
-        self.buffer["sentences"].append(sentences)
-        self.in_shard += 1
-        self.total += 1
-        if len(self.buffer["doc_id"]) >= 512 or self.in_shard >= self.per_shard:
-            self._flush()
-        if self.in_shard >= self.per_shard:
-            self.writer.close()
-            self.writer, self.in_shard = None, 0
-            self.index += 1
-
-    def _flush(self) -> None:
-        if not self.buffer["doc_id"]:
-            return
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.directory / f"documents-{self.split}-{self.index:05d}.parquet",
-                                           DOCUMENT_SCHEMA)
-        self.writer.write_table(pa.table(self.buffer, schema=DOCUMENT_SCHEMA))
-        self.buffer = {name: [] for name in DOCUMENT_SCHEMA.names}
+    def add(self, table: pa.Table) -> None:
+        while table.num_rows:
+            if self.writer is None:
+                # No dictionary for the text columns: sentences are nearly all unique.
+                self.writer = pq.ParquetWriter(self.directory / f"documents-{self.split}-{self.index:05d}.parquet",
+                                               DOCUMENT_SCHEMA, use_dictionary=["source"])
+            take = min(table.num_rows, self.per_shard - self.in_shard)
+            self.writer.write_table(table.slice(0, take))
+            table = table.slice(take)
+            self.in_shard += take
+            self.total += take
+            if self.in_shard >= self.per_shard:
+                self.close()
+                self.writer, self.in_shard = None, 0
+                self.index += 1
 
     def close(self) -> None:
-        self._flush()
         if self.writer is not None:
             self.writer.close()
 
@@ -252,17 +248,20 @@ def merge_parts(records: list[dict[str, Any]], config: IngestConfig, parts_dir: 
         for record, decision in zip(records, decisions):
             if not (decision > 0).any():
                 continue
-            part = pq.ParquetFile(parts_dir / record["part"])
             row = 0
-            for batch in part.iter_batches(batch_size=512, columns=["doc_id", "source", "sentences", "characters"]):
-                for doc_id, source, sents, chars in zip(*(batch.column(c).to_pylist() for c in
-                                                          ("doc_id", "source", "sentences", "characters"))):
-                    if decision[row]:
-                        writers[int(decision[row])].add(doc_id, source, sents)
-                        sentences += len(sents)
-                        characters += chars
-                        lengths.append(chars)
-                    row += 1
+            # Arrow all the way (filter, slice, write): no Python strings, so memory stays flat as the corpus grows.
+            for batch in pq.ParquetFile(parts_dir / record["part"]).iter_batches(
+                    batch_size=512, columns=["doc_id", "source", "sentences", "characters"]):
+                mask = decision[row : row + batch.num_rows]
+                row += batch.num_rows
+                kept_rows = pa.Table.from_batches([batch]).filter(pa.array(mask > 0))
+                sentences += int(pc.sum(pc.list_value_length(kept_rows.column("sentences"))).as_py() or 0)
+                lengths.extend(kept_rows.column("characters").to_pylist())
+                for code, writer in writers.items():
+                    chosen = pa.Table.from_batches([batch]).filter(pa.array(mask == code))
+                    if chosen.num_rows:
+                        writer.add(chosen.select(DOCUMENT_SCHEMA.names).cast(DOCUMENT_SCHEMA))
+        characters = int(sum(lengths))
         for writer in writers.values():
             writer.close()
         manifest = {

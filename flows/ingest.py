@@ -18,14 +18,32 @@ from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, input_units
 from bert_core.dedup import DedupConfig
 from bert_core.ingest import IngestConfig, ingest_key, part_key, parts_dir_for
 from flows import default_work_dir
-from tasks.ingest import merge_parts, process_input, report_ingest
+from tasks.ingest import merge_parts, process_inputs, report_ingest
+
+
+def batch_units(units: list[str], num_batches: int) -> list[list[str]]:
+    """Split inputs into about `num_batches` batches of similar size in bytes, keeping corpus order inside each.
+
+    One Prefect task per batch instead of per file keeps the orchestration overhead (API calls, state changes)
+    small next to the work when a corpus has thousands of small files.
+    """
+    sizes = [Path(u).stat().st_size if Path(u).is_file() else 1 for u in units]
+    loads = [0] * max(1, min(num_batches, len(units)))
+    batches: list[list[int]] = [[] for _ in loads]
+    for index in sorted(range(len(units)), key=lambda i: -sizes[i]):
+        target = loads.index(min(loads))
+        batches[target].append(index)
+        loads[target] += sizes[index]
+    return [[units[i] for i in sorted(batch)] for batch in batches if batch]
 
 
 @flow(name="ingest-inputs")
-def process_inputs_flow(units: list[str], config: dict, parts_dir: str) -> list[dict]:
-    """Clean every input unit into a part file (in parallel on the flow's task runner)."""
-    futures = process_input.map(units, config=unmapped(config), parts_dir=unmapped(parts_dir))
-    return [future.result() for future in futures]
+def process_inputs_flow(units: list[str], config: dict, parts_dir: str, num_batches: int = 8) -> list[dict]:
+    """Clean every input unit into a part file, batches in parallel on the flow's task runner; records in order."""
+    batches = batch_units(units, num_batches)
+    futures = process_inputs.map(batches, config=unmapped(config), parts_dir=unmapped(parts_dir))
+    by_unit = {r["unit"]: r for future in futures for r in future.result()}
+    return [by_unit[u] for u in units]
 
 
 def dask_task_runner(n_workers: int, dask_address: str | None):
@@ -75,7 +93,7 @@ def ingest_flow(
     inputs_flow = process_inputs_flow
     if n_workers > 1 or dask_address:
         inputs_flow = process_inputs_flow.with_options(task_runner=dask_task_runner(n_workers, dask_address))
-    records = inputs_flow(units, config_dict, parts_dir)
+    records = inputs_flow(units, config_dict, parts_dir, num_batches=4 * max(1, n_workers))
     return merge_parts(records, config_dict, parts_dir, str(output_dir), key)
 
 

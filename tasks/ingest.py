@@ -11,12 +11,14 @@ from prefect.cache_policies import NO_CACHE
 from bert_core import ingest, stage
 
 
-@task(name="process_input", cache_policy=NO_CACHE, retries=1)
-def process_input(unit: str, config: dict, parts_dir: str) -> dict:
-    record = ingest.process_input(unit, stage.config_from_dict(ingest.IngestConfig, config), parts_dir)
-    get_run_logger().info("%s: %d read, %d cleaned, rejected %s", Path(unit).name, record["read"], record["cleaned"],
-                          record["rejected"])
-    return record
+@task(name="process_inputs", cache_policy=NO_CACHE, retries=1)
+def process_inputs(units: list[str], config: dict, parts_dir: str) -> list[dict]:
+    """`bert_core.ingest.process_input` over a batch of input units (one part file each)."""
+    ingest_config = stage.config_from_dict(ingest.IngestConfig, config)
+    records = [ingest.process_input(unit, ingest_config, parts_dir) for unit in units]
+    get_run_logger().info("%d input(s): %d read, %d cleaned", len(records), sum(r["read"] for r in records),
+                          sum(r["cleaned"] for r in records))
+    return records
 
 
 @task(name="merge_parts", cache_policy=NO_CACHE)
