@@ -51,6 +51,12 @@ def _register(args) -> object:
     return register_model(stage.load_config(RegisterConfig, args.config))
 
 
+def _inspect(args) -> None:
+    from bert_core.examples import describe_examples
+
+    print(describe_examples(args.shards_dir, args.n))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bert_core", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--documents-dir", type=Path, required=True, help="an ingest output directory")
     p.add_argument("--output-dir", type=Path, required=True)
     p.set_defaults(run=_examples)
+
+    p = sub.add_parser("inspect-shards", help="print decoded examples with their masks (<target>) and labels")
+    p.add_argument("shards_dir", type=Path, help="an examples directory or one of its splits")
+    p.add_argument("--n", type=int, default=3, help="how many examples")
+    p.set_defaults(run=_inspect)
 
     p = sub.add_parser("pretrain", help="pretrain BertForPreTraining (MLM+NSP) with Accelerate")
     p.add_argument("--config", type=Path, required=True, help="PretrainConfig JSON")
@@ -90,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = args.run(args)
-    json.dump(stage.to_jsonable(result), sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    if result is not None:
+        json.dump(stage.to_jsonable(result), sys.stdout, indent=2)
+        sys.stdout.write("\n")
     return 0
 
 

@@ -16,10 +16,12 @@ with the same inputs and config are skipped.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,10 +45,12 @@ logger = logging.getLogger(__name__)
 class ExamplesConfig:
     max_seq_length: int = 128
     short_seq_prob: float = 0.1
+    pair_objective: str = "nsp"  # "nsp": B is the actual next segment or a random one; "sop": A and B swapped or not
     dupe_factor: int = 1
     masking: str = "static"  # "static": masks in the shards; "dynamic": stored unmasked, masked per batch
     examples_per_shard: int = 8192
     seed: int = 12345
+    quality_gates: bool = True  # fail the stage when the examples are not what BERT expects (see check_quality)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     mlm: MaskingConfig = field(default_factory=MaskingConfig)
 
@@ -55,7 +59,7 @@ class ExamplesConfig:
 class PairExample:
     tokens_a: list[int]
     tokens_b: list[int]
-    is_random_next: bool
+    is_random_next: bool  # the pair label: NSP, B is a random segment; SOP, A and B are swapped
 
 
 def truncate_seq_pair(tokens_a: list[int], tokens_b: list[int], max_num_tokens: int, rng: random.Random) -> None:
@@ -75,8 +79,15 @@ def create_pairs_from_document(
     max_seq_length: int,
     short_seq_prob: float,
     rng: random.Random,
+    pair_objective: str = "nsp",
 ) -> list[PairExample]:
-    """NSP pairs from one document (a list of tokenized sentences), google-research/bert's algorithm."""
+    """Sentence pairs from one document (a list of tokenized sentences), google-research/bert's algorithm.
+
+    With `pair_objective="sop"` (ALBERT's sentence-order prediction) B is always the actual continuation and the
+    two segments are swapped with probability 0.5 (label 1 = swapped).
+    """
+    if pair_objective not in {"nsp", "sop"}:
+        raise ValueError(f"unknown pair_objective {pair_objective!r}; choose 'nsp' or 'sop'")
     document = documents[document_index]
     max_num_tokens = max_seq_length - 3  # [CLS], [SEP], [SEP]
     target_seq_length = max_num_tokens
@@ -96,23 +107,29 @@ def create_pairs_from_document(
                 a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
                 tokens_a = [t for s in chunk[:a_end] for t in s]
                 tokens_b: list[int] = []
-                if len(chunk) == 1 and len(document) > 1 and rng.random() < 0.5:
+                single = len(chunk) == 1
+                if single and len(document) > 1 and (pair_objective == "sop" or rng.random() < 0.5):
                     # A one-sentence chunk: google-research/bert always pairs it with a random segment, which
                     # skews the labels towards random-next when sentences are long relative to max_seq_length.
                     # Here it draws the coin too; its actual-next pair is the following sentence(s) or, at the
                     # end of the document, the preceding sentence(s) followed by it.
                     is_random_next = False
+                    # At least one neighbouring sentence, even when A alone already fills the target length
+                    # (truncation trims the pair); otherwise long sentences would lose their actual-next pairs.
                     if i + 1 < len(document):
-                        while i + 1 < len(document) and len(tokens_a) + len(tokens_b) < target_seq_length:
+                        while i + 1 < len(document) and (not tokens_b or len(tokens_a) + len(tokens_b) < target_seq_length):
                             i += 1
                             tokens_b.extend(document[i])
                     else:
                         tokens_b, tokens_a = tokens_a, []
                         j = i
-                        while j > 0 and len(tokens_a) + len(tokens_b) < target_seq_length:
+                        while j > 0 and (not tokens_a or len(tokens_a) + len(tokens_b) < target_seq_length):
                             j -= 1
                             tokens_a[:0] = document[j]
-                elif len(chunk) == 1 or rng.random() < 0.5:
+                elif pair_objective == "sop":
+                    is_random_next = False
+                    tokens_b = [t for s in chunk[a_end:] for t in s]  # empty for a one-sentence document: skipped
+                elif single or rng.random() < 0.5:
                     is_random_next = True
                     target_b_length = target_seq_length - len(tokens_a)
                     random_index = document_index
@@ -129,6 +146,8 @@ def create_pairs_from_document(
                 else:
                     is_random_next = False
                     tokens_b = [t for s in chunk[a_end:] for t in s]
+                if pair_objective == "sop" and tokens_b and rng.random() < 0.5:
+                    tokens_a, tokens_b, is_random_next = tokens_b, tokens_a, True
                 truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
                 if tokens_a and tokens_b:
                     pairs.append(PairExample(tokens_a, tokens_b, is_random_next))
@@ -163,7 +182,8 @@ def build_examples(
         for index in range(len(documents)):
             pairs.extend(
                 create_pairs_from_document(
-                    documents, index, max_seq_length=config.max_seq_length, short_seq_prob=config.short_seq_prob, rng=rng
+                    documents, index, max_seq_length=config.max_seq_length, short_seq_prob=config.short_seq_prob, rng=rng,
+                    pair_objective=config.pair_objective,
                 )
             )
     rng.shuffle(pairs)
@@ -196,16 +216,20 @@ def build_examples(
     return columns
 
 
-def example_quality(columns: dict[str, list], tokenizer) -> dict[str, float]:
-    """Figures that show whether the examples are what BERT expects: NSP balance, mask rate, 80/10/10, lengths."""
+def example_quality(columns: dict[str, list], tokenizer, max_seq_length: int) -> dict[str, Any]:
+    """Figures that show whether the examples are what BERT expects: pair balance, mask rate, 80/10/10, lengths."""
     labels = np.asarray(columns["next_sentence_label"])
     lengths = np.fromiter((len(r) for r in columns["input_ids"]), dtype=np.int64)
     ids = np.concatenate(columns["input_ids"])
-    quality = {
+    edges = list(range(0, max_seq_length + 16, 16))
+    histogram = np.histogram(lengths, bins=[*edges[:-1], max_seq_length + 1])[0]
+    quality: dict[str, Any] = {
+        "num_examples": int(len(lengths)),
         "nsp_random_next_share": float(labels.mean()),
         "mean_length": float(lengths.mean()),
         "max_length": int(lengths.max()),
         "unk_rate": float((ids == tokenizer.unk_token_id).mean()),
+        "length_histogram": [[f"{lo}-{min(lo + 15, max_seq_length)}", int(c)] for lo, c in zip(edges, histogram)],
     }
     if "masked_lm_positions" in columns:
         positions = columns["masked_lm_positions"]
@@ -214,6 +238,8 @@ def example_quality(columns: dict[str, list], tokenizer) -> dict[str, float]:
         replaced = np.concatenate([ids_[p] for ids_, p in zip(columns["input_ids"], positions)])
         originals = np.concatenate(columns["masked_lm_labels"])
         quality.update({
+            "num_masked": num_masked,
+            "num_maskable": maskable,
             "masked_share_of_maskable": num_masked / max(1, maskable),
             "mask_token_share": float((replaced == tokenizer.mask_token_id).mean()),
             "unchanged_share": float((replaced == originals).mean()),
@@ -221,6 +247,39 @@ def example_quality(columns: dict[str, list], tokenizer) -> dict[str, float]:
             "special_tokens_masked": int((originals < len(SPECIAL_TOKENS)).sum()),
         })
     return quality
+
+
+def check_quality(quality: dict[str, Any], config: ExamplesConfig) -> list[str]:
+    """The quality gates a split must pass; returns the failures (empty when it passes).
+
+    Shares must lie within the stated tolerance of their target, widened to 4 standard errors on small splits
+    (a 70-example validation split cannot show a 50% +- 2 pair balance even when generated correctly).
+    """
+    def tolerance(stated: float, p: float, n: int) -> float:
+        return max(stated, 4 * math.sqrt(p * (1 - p) / max(1, n)))
+
+    failures = []
+    if quality["max_length"] > config.max_seq_length:
+        failures.append(f"an example has {quality['max_length']} tokens > max_seq_length {config.max_seq_length}")
+    share, n = quality["nsp_random_next_share"], quality["num_examples"]
+    if abs(share - 0.5) > tolerance(0.02, 0.5, n):
+        failures.append(f"{config.pair_objective} label share {share:.3f} is not 0.5 +- {tolerance(0.02, 0.5, n):.3f}")
+    if "num_masked" in quality:
+        mlm = config.mlm
+        if quality["special_tokens_masked"]:
+            failures.append(f"{quality['special_tokens_masked']} special tokens were masked")
+        rate = quality["masked_share_of_maskable"]
+        tol = tolerance(0.005, mlm.mlm_probability, quality["num_maskable"])
+        if abs(rate - mlm.mlm_probability) > tol:
+            failures.append(f"masked share {rate:.4f} is not {mlm.mlm_probability} +- {tol:.4f}")
+        keep = 1 - mlm.mask_replace_prob - mlm.random_replace_prob
+        for name, target in (("mask_token_share", mlm.mask_replace_prob), ("random_token_share", mlm.random_replace_prob),
+                             ("unchanged_share", keep)):
+            tol = tolerance(0.02, target, quality["num_masked"])
+            # A random replacement can draw the original token (1 / vocab): it then counts as unchanged.
+            if abs(quality[name] - target) > tol + 1e-3:
+                failures.append(f"{name} {quality[name]:.3f} is not {target} +- {tol:.3f}")
+    return failures
 
 
 def generate_examples(config: ExamplesConfig, documents_dir: str | Path, output_dir: str | Path) -> Path:
@@ -252,6 +311,11 @@ def generate_examples(config: ExamplesConfig, documents_dir: str | Path, output_
             # Held-out evaluation always uses fixed (static) masks so that every model is scored on the same task.
             static = config.masking == "static" or split == "validation"
             columns = build_examples(tokenized, tokenizer, config, seed=config.seed + seed_offset, static_masks=static)
+            quality = example_quality(columns, tokenizer, config.max_seq_length)
+            failures = check_quality(quality, config)
+            if failures and config.quality_gates:
+                raise ValueError(f"examples: the {split} split fails its quality gates: " + "; ".join(failures)
+                                 + " (set quality_gates=false to write it anyway)")
             manifest = write_shards(
                 columns,
                 tmp / split,
@@ -264,11 +328,12 @@ def generate_examples(config: ExamplesConfig, documents_dir: str | Path, output_
                     "tokenizer_hash": tok_hash,
                     "documents": len(tokenized),
                     "input_hash": inputs,
-                    "quality": example_quality(columns, tokenizer),
+                    "quality": quality,
                     "config": stage.to_jsonable(config),
                 },
             )
             outputs[split] = {k: manifest[k] for k in ("num_examples", "num_tokens", "num_shards", "quality")}
+            outputs[split]["quality_failures"] = failures
         stage.write_stage_record(tmp, key=key, stage="examples", config=config, outputs=outputs)
     logger.info("examples: %s", outputs)
     return output_dir
@@ -277,3 +342,35 @@ def generate_examples(config: ExamplesConfig, documents_dir: str | Path, output_
 def _tokenizer_files(path: str) -> list[Path]:
     p = Path(path)
     return sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
+
+
+def describe_examples(shards_dir: str | Path, n: int = 3) -> str:
+    """Human-readable view of the first `n` examples of a split: tokens, masks with their targets, the pair label.
+
+    `shards_dir` is a split directory (`<examples>/train`) or an examples directory (its train split is shown).
+    """
+    from bert_core.data import ShardDataset
+    from bert_core.shards import read_manifest
+
+    shards_dir = Path(shards_dir)
+    if (shards_dir / "train").is_dir():
+        shards_dir = shards_dir / "train"
+    tokenizer = load_tokenizer(shards_dir.parent / "tokenizer")
+    manifest = read_manifest(shards_dir)
+    dataset = ShardDataset(shards_dir)
+    objective = manifest.get("config", {}).get("pair_objective", "nsp")
+    label_names = {"nsp": ("actual next", "random next"), "sop": ("in order", "swapped")}[objective]
+    lines = [f"{shards_dir}: {manifest['num_examples']:,} examples in {manifest['num_shards']} shard(s), "
+             f"{manifest['num_tokens']:,} tokens, masking {manifest['masking']}, objective {objective}"]
+    for index in range(min(n, len(dataset))):
+        item = dataset[index]
+        tokens = tokenizer.convert_ids_to_tokens([int(t) for t in item["input_ids"]])
+        targets = {}
+        if "masked_lm_positions" in item:
+            originals = tokenizer.convert_ids_to_tokens([int(t) for t in item["masked_lm_labels"]])
+            targets = dict(zip((int(p) for p in item["masked_lm_positions"]), originals))
+        shown = [f"{tok}<{targets[i]}>" if i in targets else tok for i, tok in enumerate(tokens)]
+        lines += ["", f"example {index}: {len(tokens)} tokens, label {int(item['next_sentence_label'])} "
+                      f"({label_names[int(item['next_sentence_label'])]}), {len(targets)} MLM targets",
+                  " ".join(shown)]
+    return "\n".join(lines)

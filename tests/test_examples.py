@@ -124,3 +124,54 @@ def test_too_few_documents_is_a_clear_error(tmp_path):
         generate_examples(ExamplesConfig(tokenizer=TokenizerConfig(vocab_size=100, min_frequency=1)), tmp_path,
                           tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_sentence_order_prediction_pairs():
+    docs = _synthetic_documents()
+    rng = random.Random(3)
+    pairs = [p for _ in range(5) for i in range(len(docs))
+             for p in create_pairs_from_document(docs, i, max_seq_length=64, short_seq_prob=0.1, rng=rng,
+                                                 pair_objective="sop")]
+    assert 0.45 < np.mean([p.is_random_next for p in pairs]) < 0.55
+    for p in pairs:
+        (doc_a,), (doc_b,) = {_origin(t)[0] for t in p.tokens_a}, {_origin(t)[0] for t in p.tokens_b}
+        assert doc_a == doc_b  # SOP never draws from another document
+        first_b, last_a = _origin(p.tokens_b[0])[1], _origin(p.tokens_a[-1])[1]
+        # In order: B starts at or after A's last sentence; swapped: the other way round.
+        assert (first_b >= last_a) if not p.is_random_next else (_origin(p.tokens_a[0])[1] >= _origin(p.tokens_b[-1])[1])
+
+
+def test_long_sentences_keep_their_actual_next_pairs():
+    """A sentence longer than the target still gets an actual-next partner (google's code drops the pair)."""
+    rng = random.Random(0)
+    docs = [[[d * 10000 + s * 100 + k for k in range(90)] for s in range(30)] for d in range(20)]  # 90-token sentences
+    pairs = [p for i in range(len(docs)) for p in create_pairs_from_document(docs, i, max_seq_length=64,
+                                                                             short_seq_prob=0.0, rng=rng)]
+    assert 0.45 < np.mean([p.is_random_next for p in pairs]) < 0.55
+
+
+def test_quality_gates_report_what_is_off():
+    from bert_core.examples import ExamplesConfig, check_quality
+
+    good = {"num_examples": 10_000, "nsp_random_next_share": 0.503, "max_length": 128, "num_masked": 100_000,
+            "num_maskable": 660_000, "masked_share_of_maskable": 0.1515, "mask_token_share": 0.80,
+            "random_token_share": 0.10, "unchanged_share": 0.10, "special_tokens_masked": 0}
+    assert check_quality(good, ExamplesConfig()) == []
+    bad = {**good, "nsp_random_next_share": 0.58, "max_length": 130, "special_tokens_masked": 3,
+           "mask_token_share": 0.7, "unchanged_share": 0.2}
+    failures = check_quality(bad, ExamplesConfig())
+    assert len(failures) == 5 and any("label share 0.580" in f for f in failures)
+    small = {**good, "num_examples": 70, "nsp_random_next_share": 0.6}  # 0.1 off is within 4 s.e. of 70 coins
+    assert check_quality(small, ExamplesConfig()) == []
+
+
+def test_inspect_shards_cli(examples_dir):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = subprocess.run([sys.executable, "-m", "bert_core", "inspect-shards", str(examples_dir), "--n", "2"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("\nexample ") == 2 and "[CLS]" in out.stdout and "[MASK]<" in out.stdout
