@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from bert_core import examples, shards
@@ -18,9 +18,20 @@ def generate_examples(config: examples.ExamplesConfig, documents_dir: str, outpu
     rows = []
     for split in ("train", "validation"):
         manifest = shards.read_manifest(Path(path) / split)
+        quality = manifest["quality"]
         rows.append({"split": split, "examples": manifest["num_examples"], "tokens": manifest["num_tokens"],
-                     "shards": manifest["num_shards"], **{k: round(v, 4) for k, v in manifest["quality"].items()}})
+                     "shards": manifest["num_shards"],
+                     **{k: round(v, 4) for k, v in quality.items() if isinstance(v, (int, float))}})
         logger.info("%s: %d examples, %d tokens in %d shards; quality %s", split, manifest["num_examples"],
-                    manifest["num_tokens"], manifest["num_shards"], manifest["quality"])
+                    manifest["num_tokens"], manifest["num_shards"],
+                    {k: v for k, v in quality.items() if k != "length_histogram"})
+    histogram = shards.read_manifest(Path(path) / "train")["quality"]["length_histogram"]
+    peak = max(c for _, c in histogram) or 1
+    create_markdown_artifact(
+        key="example-lengths",
+        markdown="## Train example lengths (tokens)\n\n| tokens | examples | |\n|---|---:|---|\n"
+                 + "".join(f"| {b} | {c} | {'█' * round(30 * c / peak)} |\n" for b, c in histogram),
+        description="Length histogram of the training examples",
+    )
     create_table_artifact(key="example-shards", table=rows, description="NSP/MLM example shards and quality figures")
     return str(path)
