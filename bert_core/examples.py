@@ -63,13 +63,19 @@ class PairExample:
 
 
 def truncate_seq_pair(tokens_a: list[int], tokens_b: list[int], max_num_tokens: int, rng: random.Random) -> None:
-    """Trim the longer segment, one token at a time from its front or back at random, until the pair fits."""
+    """Trim the longer segment, one token at a time from its front or back at random, until the pair fits.
+
+    Same distribution as google-research/bert's token-by-token loop, done in runs: while one side is longer, the
+    next k removals all hit it, so k coins are drawn at once and the front and back are cut in one slice each.
+    """
     while len(tokens_a) + len(tokens_b) > max_num_tokens:
-        longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
-        if rng.random() < 0.5:
-            del longer[0]
-        else:
-            longer.pop()
+        longer, shorter = (tokens_a, tokens_b) if len(tokens_a) > len(tokens_b) else (tokens_b, tokens_a)
+        excess = len(tokens_a) + len(tokens_b) - max_num_tokens
+        steps = max(1, min(excess, len(longer) - len(shorter)))
+        front = bin(rng.getrandbits(steps)).count("1")
+        del longer[:front]
+        if steps - front:
+            del longer[len(longer) - (steps - front):]
 
 
 def create_pairs_from_document(

@@ -44,30 +44,30 @@ def mask_sequence(
     """Mask one sequence. `is_special`/`is_continuation` are boolean lookups over the vocabulary."""
     ids = np.asarray(input_ids)
     maskable = np.flatnonzero(~is_special[ids])
-    # Candidate units: single tokens, or whole words when continuation pieces join the unit before them.
-    if config.whole_word_mask and is_continuation is not None and maskable.size:
-        starts = ~is_continuation[ids[maskable]]
-        starts[0] = True
-        # A continuation piece right after a special token cannot join it: start a new unit there.
-        starts[1:] |= np.diff(maskable) != 1
-        units = np.split(maskable, np.flatnonzero(starts)[1:])
-    else:
-        units = [maskable[i : i + 1] for i in range(maskable.size)]
-    num_to_predict = min(config.max_predictions_per_seq, max(1, int(round(maskable.size * config.mlm_probability))))
     if not maskable.size:
         return MaskedSequence(ids.copy(), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=ids.dtype))
-
-    chosen: list[np.ndarray] = []
-    count = 0
-    for unit_index in rng.permutation(len(units)):
-        if count >= num_to_predict:
-            break
-        unit = units[unit_index]
-        if count + unit.size > num_to_predict:
-            continue
-        chosen.append(unit)
-        count += unit.size
-    positions = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+    num_to_predict = min(config.max_predictions_per_seq, max(1, int(round(maskable.size * config.mlm_probability))))
+    if config.whole_word_mask and is_continuation is not None:
+        # Candidate units are whole words: continuation pieces join the unit before them (a piece right after a
+        # special token starts a unit of its own). Units are taken in random order while they fit the budget.
+        starts = ~is_continuation[ids[maskable]]
+        starts[0] = True
+        starts[1:] |= np.diff(maskable) != 1
+        units = np.split(maskable, np.flatnonzero(starts)[1:])
+        chosen: list[np.ndarray] = []
+        count = 0
+        for unit_index in rng.permutation(len(units)):
+            if count >= num_to_predict:
+                break
+            unit = units[unit_index]
+            if count + unit.size > num_to_predict:
+                continue
+            chosen.append(unit)
+            count += unit.size
+        positions = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+    else:
+        # Single tokens: a uniform random subset of the maskable positions.
+        positions = np.sort(rng.choice(maskable, size=min(num_to_predict, maskable.size), replace=False))
     labels = ids[positions].copy()
     masked = ids.copy()
     draw = rng.random(positions.size)

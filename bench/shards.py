@@ -1,0 +1,208 @@
+"""Benchmark of example generation. Run with no arguments: `python bench/shards.py` (about 3-5 minutes on 2 cores).
+
+On the same ~15 MB of Wikipedia sentences (the team's WikiExtractor files, ingested by bertflow) and the same
+30,522-token WordPiece vocabulary, seq 128, dupe_factor 1, each in a fresh process (time and peak RSS):
+- floor: the fast tokenizer's `encode_batch` over every sentence (no example is built);
+- bertflow: `generate_examples` (tokenize, NSP pairs, static 80/10/10 masks, quality gates, equal-size Arrow
+  shards with checksums);
+- google-research/bert: `create_training_instances` from create_pretraining_data.py as published on PyPI in
+  bert-tensorflow 1.0.4 (downloaded into a temporary directory; TensorFlow, used there only for file reading, flags
+  and logging, is stood in for by the standard library; TFRecord writing is replaced by the same id conversion);
+- Hugging Face run_mlm way: `datasets` text loader, batched `map` tokenize, `group_texts` into 128-token blocks,
+  `save_to_disk`.
+LDDL is not run: lddl 0.1.0 on PyPI pins transformers==4.16.2, dask==2021.7.1 and mpi4py==3.1.3 (an MPI
+installation), which cannot live beside this project's pins. Prints a table, writes bench/results/shards.json and
+prints one JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("BERTFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
+WIKI = SHARED / "corpus" / "wikipedia" / "enwiki_2015_extract" / "AA"
+TARGET_MB = 15.0
+
+FLOOR = r"""
+import json, resource, sys, time
+from bert_core.tokenizer import load_tokenizer
+tokenizer = load_tokenizer(sys.argv[1])
+sentences = [l.rstrip("\n") for l in open(sys.argv[2], encoding="utf-8") if l.strip()]
+start = time.perf_counter()
+encodings = tokenizer.backend_tokenizer.encode_batch_fast(sentences, add_special_tokens=False)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "tokens": sum(len(e.ids) for e in encodings),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+BERTFLOW = r"""
+import json, resource, sys, time
+from bert_core.examples import ExamplesConfig, generate_examples
+from bert_core.tokenizer import TokenizerConfig
+config = ExamplesConfig(max_seq_length=128, dupe_factor=1, tokenizer=TokenizerConfig(tokenizer_path=sys.argv[1]))
+start = time.perf_counter()
+out = generate_examples(config, sys.argv[2], sys.argv[3])
+seconds = time.perf_counter() - start
+manifests = [json.load(open(f"{out}/{s}/manifest.json")) for s in ("train", "validation")]
+print(json.dumps({"seconds": seconds, "examples": sum(m["num_examples"] for m in manifests),
+                  "tokens": sum(m["num_tokens"] for m in manifests),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+GOOGLE = r"""
+import json, logging, random, resource, sys, time, types
+# Stand-ins for the TensorFlow pieces create_pretraining_data.py touches: flags, file reading, logging.
+class _Flags:
+    def __getattr__(self, name): return None
+def _define(*args, **kwargs): pass
+flags = types.SimpleNamespace(FLAGS=_Flags(), DEFINE_string=_define, DEFINE_integer=_define, DEFINE_bool=_define,
+                              DEFINE_float=_define, DEFINE_boolean=_define, mark_flag_as_required=_define)
+v1 = types.SimpleNamespace(flags=flags, gfile=types.SimpleNamespace(GFile=open, Glob=lambda p: [p]),
+                           logging=logging, app=types.SimpleNamespace(run=lambda: None))
+tf = types.ModuleType("tensorflow"); tf.compat = types.SimpleNamespace(v1=v1)
+compat = types.ModuleType("tensorflow.compat"); compat.v1 = v1
+sys.modules.update({"tensorflow": tf, "tensorflow.compat": compat, "tensorflow.compat.v1": v1})
+absl = types.ModuleType("absl"); absl.flags = flags
+sys.modules.setdefault("absl", absl); sys.modules.setdefault("absl.flags", flags)
+sys.path.insert(0, sys.argv[1])
+from bert import create_pretraining_data as cpd, tokenization
+tokenizer = tokenization.FullTokenizer(vocab_file=sys.argv[2], do_lower_case=True)
+start = time.perf_counter()
+instances = cpd.create_training_instances([sys.argv[3]], tokenizer, 128, 1, 0.1, 0.15, 20, random.Random(12345))
+tokens = 0
+for instance in instances:  # what write_instance_to_example_files does before building tf.train.Example
+    ids = tokenizer.convert_tokens_to_ids(instance.tokens)
+    labels = tokenizer.convert_tokens_to_ids(instance.masked_lm_labels)
+    tokens += len(ids)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "examples": len(instances), "tokens": tokens,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+HF = r"""
+import json, resource, sys, time
+start = time.perf_counter()
+import datasets
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+raw = datasets.load_dataset("text", data_files=sys.argv[2], split="train", cache_dir=sys.argv[3])
+raw = raw.filter(lambda b: [bool(t.strip()) for t in b["text"]], batched=True)
+tokenized = raw.map(lambda b: tokenizer(b["text"], return_special_tokens_mask=True), batched=True,
+                    remove_columns=["text"])
+def group_texts(examples, size=128):
+    concatenated = {k: sum(examples[k], []) for k in examples}
+    total = len(concatenated["input_ids"]) // size * size
+    return {k: [v[i : i + size] for i in range(0, total, size)] for k, v in concatenated.items()}
+grouped = tokenized.map(group_texts, batched=True)
+grouped.save_to_disk(sys.argv[4])
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "examples": len(grouped), "tokens": len(grouped) * 128,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run(code: str, *args: str) -> dict:
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                         env=env)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def google_code(work: Path) -> Path | None:
+    """bert-tensorflow 1.0.4 from PyPI, unpacked (no TensorFlow needed for the parts timed here)."""
+    wheels = work / "wheels"
+    got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels),
+                          "bert-tensorflow==1.0.4"], capture_output=True, text=True)
+    wheel = next(wheels.glob("bert_tensorflow-*.whl"), None) if got.returncode == 0 else None
+    if wheel is None:
+        print(f"bert-tensorflow 1.0.4 could not be downloaded: {got.stderr[-300:]}", file=sys.stderr)
+        return None
+    target = work / "bert-tensorflow"
+    zipfile.ZipFile(wheel).extractall(target)
+    return target
+
+
+def prepare(work: Path, files: list[str], name: str, limit_mb: float) -> tuple[Path, Path, float, int]:
+    """Ingest files until the sentences reach `limit_mb`; write google's input format (a sentence per line)."""
+    from bert_core.dedup import DedupConfig
+    from bert_core.ingest import IngestConfig, ingest_corpus, read_ingested
+
+    chosen, size = [], 0.0
+    for f in files:
+        chosen.append(f)
+        size += Path(f).stat().st_size * 2.9 / 1e6  # gzip ratio of these files, refined below
+        if size >= limit_mb * 1.1:
+            break
+    documents = ingest_corpus(IngestConfig(sources=tuple(chosen), validation_fraction=0.1,
+                                           dedup=DedupConfig(near=False)), work / name / "documents")
+    docs = read_ingested(documents, "train") + read_ingested(documents, "validation")
+    text = work / name / "sentences.txt"
+    with open(text, "w", encoding="utf-8") as out:
+        for doc in docs:
+            out.write("\n".join(doc) + "\n\n")
+    return documents, text, text.stat().st_size / 1e6, len(docs)
+
+
+def main() -> None:
+    from bert_core.tokenizer import TokenizerConfig, train_tokenizer
+
+    files = sorted(str(p) for p in WIKI.glob("wiki_*.gz"))
+    if not files:
+        sys.exit(f"shared data not found at {SHARED}; set BERTFLOW_SHARED_DATA")
+    work = Path(tempfile.mkdtemp(prefix="bertflow-bench-shards-"))
+    try:
+        documents, text, megabytes, num_docs = prepare(work, files, "10x", TARGET_MB)
+        small_docs, _, small_mb, _ = prepare(work, files, "1x", TARGET_MB / 10)
+        sentences = [line for line in text.read_text(encoding="utf-8").splitlines() if line.strip()]
+        tokenizer = train_tokenizer(sentences, TokenizerConfig(vocab_size=30522))
+        tokenizer.save_pretrained(work / "tokenizer")
+        vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+        (work / "vocab.txt").write_text("".join(tok + "\n" for tok, _ in vocab), encoding="utf-8")
+
+        floor = run(FLOOR, work / "tokenizer", text)
+        ours = run(BERTFLOW, work / "tokenizer", documents, work / "out-10x")
+        ours_small = run(BERTFLOW, work / "tokenizer", small_docs, work / "out-1x")
+        hf = run(HF, work / "tokenizer", text, work / "hf-cache", work / "hf-out")
+        code = google_code(work)
+        google = run(GOOGLE, code, work / "vocab.txt", text) if code else None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    rows = {"tokenizer floor (encode_batch)": floor, "bertflow generate_examples": ours,
+            "HF run_mlm way (map + group_texts)": hf}
+    if google:
+        rows["google-research/bert create_pretraining_data"] = google
+    print(f"\n{megabytes:.1f} MB of sentences, {num_docs} documents, vocab 30,522, seq 128, dupe_factor 1\n")
+    print(f"{'':46s} {'seconds':>8s} {'examples':>9s} {'tokens':>10s} {'ex/s':>8s} {'tok/s':>10s} {'RSS MB':>7s}")
+    for name, r in rows.items():
+        examples = r.get("examples", 0)
+        print(f"{name:46s} {r['seconds']:8.2f} {examples:9d} {r['tokens']:10d} {examples / r['seconds']:8.0f} "
+              f"{r['tokens'] / r['seconds']:10.0f} {r['peak_rss_mb']:7.0f}")
+    result = {
+        "sentences_mb": megabytes,
+        "ratio_vs_google": (ours["examples"] / ours["seconds"]) / (google["examples"] / google["seconds"]) if google else None,
+        "ratio_vs_hf": (ours["tokens"] / ours["seconds"]) / (hf["tokens"] / hf["seconds"]),
+        "fraction_of_tokenizer_floor": (ours["tokens"] / ours["seconds"]) / (floor["tokens"] / floor["seconds"]),
+        "rss_growth_10x": ours["peak_rss_mb"] / ours_small["peak_rss_mb"],
+        "bertflow": ours, "bertflow_1x": {**ours_small, "sentences_mb": small_mb}, "google": google, "hf": hf,
+        "floor": floor, "lddl": "not run: lddl 0.1.0 pins transformers==4.16.2, dask==2021.7.1, mpi4py==3.1.3",
+    }
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "shards.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}))
+
+
+if __name__ == "__main__":
+    main()
