@@ -19,6 +19,7 @@ def examples_flow(
     tokenizer_path: str | None = None,
     max_seq_length: int = ExamplesConfig.max_seq_length,
     short_seq_prob: float = ExamplesConfig.short_seq_prob,
+    pair_objective: str = ExamplesConfig.pair_objective,
     dupe_factor: int = ExamplesConfig.dupe_factor,
     masking: str = ExamplesConfig.masking,
     mlm_probability: float = MaskingConfig.mlm_probability,
@@ -30,6 +31,7 @@ def examples_flow(
     config = ExamplesConfig(
         max_seq_length=max_seq_length,
         short_seq_prob=short_seq_prob,
+        pair_objective=pair_objective,
         dupe_factor=dupe_factor,
         masking=masking,
         examples_per_shard=examples_per_shard,

@@ -40,6 +40,7 @@ def bert_pipeline(
     vocab_size: int = 8192,
     max_seq_length: int = 128,
     dupe_factor: int = 1,
+    pair_objective: str = "nsp",
     whole_word_mask: bool = False,
     preset: str = "bert-tiny",
     per_device_train_batch_size: int = 32,
@@ -72,7 +73,7 @@ def bert_pipeline(
                                 dask_address=dask_address)
     examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), vocab_size=vocab_size,
                                  max_seq_length=max_seq_length, dupe_factor=dupe_factor,
-                                 whole_word_mask=whole_word_mask)
+                                 pair_objective=pair_objective, whole_word_mask=whole_word_mask)
     pretrained = pretrain_flow(
         shards_dir=examples_dir, work_dir=str(work), preset=preset, max_seq_length=max_seq_length,
         per_device_train_batch_size=per_device_train_batch_size,
