@@ -140,7 +140,9 @@ def render_summary(summary: dict, *, markdown: bool = False) -> str:
         f"corpus:     {corpus['documents_read']} documents read, {corpus['documents_kept']} kept "
         f"(rejected: {rejected}); {corpus['sentences']:,} sentences",
         f"examples:   train {train['num_examples']:,} ({train['num_tokens']:,} tokens, {train['num_shards']} shards), "
-        f"validation {validation['num_examples']:,}; NSP random-next {quality['nsp_random_next_share']:.1%}, "
+        f"validation {validation['num_examples']:,}; "
+        f"{'SOP swapped' if train.get('config', {}).get('pair_objective') == 'sop' else 'NSP random-next'} "
+        f"{quality['nsp_random_next_share']:.1%}, "
         f"masked {quality.get('masked_share_of_maskable', float('nan')):.1%} of maskable tokens",
         f"pretrained: held-out MLM loss {pre['initial_eval_mlm_loss']:.3f} -> {pre['eval_mlm_loss']:.3f} "
         f"(MLM accuracy {pre['eval_mlm_accuracy']:.1%}, NSP accuracy {pre['eval_nsp_accuracy']:.1%})",
