@@ -171,8 +171,8 @@ def main() -> None:
         (work / "vocab.txt").write_text("".join(tok + "\n" for tok, _ in vocab), encoding="utf-8")
 
         floor = run(FLOOR, work / "tokenizer", text)
-        ours = run(BERTFLOW, work / "tokenizer", documents, work / "out-10x")
-        ours_small = run(BERTFLOW, work / "tokenizer", small_docs, work / "out-1x")
+        ours = run(BERTFLOW, work / "tokenizer", documents, work / "out-10x" / "examples")
+        ours_small = run(BERTFLOW, work / "tokenizer", small_docs, work / "out-1x" / "examples")
         hf = run(HF, work / "tokenizer", text, work / "hf-cache", work / "hf-out")
         code = google_code(work)
         google = run(GOOGLE, code, work / "vocab.txt", text) if code else None

@@ -26,17 +26,10 @@ from typing import Any
 import numpy as np
 
 from bert_core import stage
-from bert_core.ingest import read_ingested
 from bert_core.masking import MaskingConfig, mask_sequence
 from bert_core.shards import write_shards
-from bert_core.tokenizer import (
-    SPECIAL_TOKENS,
-    TokenizerConfig,
-    continuation_mask,
-    load_tokenizer,
-    tokenizer_hash,
-    train_tokenizer,
-)
+from bert_core.tokenizer import SPECIAL_TOKENS, TokenizerConfig, continuation_mask, load_tokenizer, tokenizer_hash
+from bert_core.tokens import TokenStore, tokenize_corpus, tokens_key
 
 logger = logging.getLogger(__name__)
 
@@ -163,23 +156,8 @@ def create_pairs_from_document(
     return pairs
 
 
-def tokenize_documents(tokenizer, documents: list[list[str]]) -> list[list[list[int]]]:
-    """Token ids per sentence per document (no special tokens); empty sentences and documents dropped."""
-    flat = [s for doc in documents for s in doc]
-    encodings = tokenizer.backend_tokenizer.encode_batch_fast(flat, add_special_tokens=False)
-    out: list[list[list[int]]] = []
-    k = 0
-    for doc in documents:
-        sentences = [encodings[k + j].ids for j in range(len(doc))]
-        k += len(doc)
-        sentences = [s for s in sentences if s]
-        if sentences:
-            out.append(sentences)
-    return out
-
-
 def build_examples(
-    documents: list[list[list[int]]], tokenizer, config: ExamplesConfig, *, seed: int, static_masks: bool
+    documents: Sequence[Sequence[Sequence[int]]], tokenizer, config: ExamplesConfig, *, seed: int, static_masks: bool
 ) -> dict[str, list]:
     """Pairs from all documents (dupe_factor passes), shuffled, as shard columns (masked if `static_masks`)."""
     rng = random.Random(seed)
@@ -288,35 +266,35 @@ def check_quality(quality: dict[str, Any], config: ExamplesConfig) -> list[str]:
     return failures
 
 
-def generate_examples(config: ExamplesConfig, documents_dir: str | Path, output_dir: str | Path) -> Path:
-    """Run the stage: `output_dir/{tokenizer,train,validation}` with shards and manifests. Skips if up to date."""
+def generate_examples(config: ExamplesConfig, documents_dir: str | Path, output_dir: str | Path,
+                      *, tokens_dir: str | Path | None = None) -> Path:
+    """Run the stage: `output_dir/{tokenizer,train,validation}` with shards and manifests. Skips if up to date.
+
+    The tokenized corpus goes to `tokens_dir` (default: a `tokens` directory beside `output_dir`) and is reused by
+    every run on the same documents and tokenizer settings, e.g. a second phase at max_seq_length 512.
+    """
     documents_dir, output_dir = Path(documents_dir), Path(output_dir)
-    inputs = stage.hash_files(sorted(documents_dir.glob("documents-*.parquet")))
-    if config.tokenizer.tokenizer_path:
-        inputs = stage.hash_json([inputs, stage.hash_files(_tokenizer_files(config.tokenizer.tokenizer_path))])
-    key = stage.hash_json({"config": config, "inputs": inputs, "version": 1})
+    tokens_dir = Path(tokens_dir) if tokens_dir else output_dir.with_name("tokens")
+    key = stage.hash_json({"config": config, "tokens": tokens_key(config.tokenizer, documents_dir), "version": 2})
     if stage.completed_stage(output_dir, key):
         logger.info("examples: %s is up to date, skipping", output_dir)
         return output_dir
 
-    train_docs = read_ingested(documents_dir, "train")
-    validation_docs = read_ingested(documents_dir, "validation")
-    if config.tokenizer.tokenizer_path:
-        tokenizer = load_tokenizer(config.tokenizer.tokenizer_path, lowercase=config.tokenizer.lowercase)
-    else:
-        tokenizer = train_tokenizer((s for doc in train_docs for s in doc), config.tokenizer)
+    tokenize_corpus(config.tokenizer, documents_dir, tokens_dir)
+    tokenizer = load_tokenizer(tokens_dir / "tokenizer")
     tok_hash = tokenizer_hash(tokenizer)
+    inputs = stage.hash_file(tokens_dir / "manifest.json")
 
     with stage.atomic_directory(output_dir) as tmp:
         tokenizer.save_pretrained(tmp / "tokenizer")
         outputs = {}
-        for split, docs, seed_offset in (("train", train_docs, 0), ("validation", validation_docs, 1)):
-            tokenized = tokenize_documents(tokenizer, docs)
-            if len(tokenized) < 2:
-                raise ValueError(f"examples: the {split} split has {len(tokenized)} usable documents; NSP needs 2+")
+        for split, seed_offset in (("train", 0), ("validation", 1)):
+            documents = TokenStore(tokens_dir / f"tokens-{split}.arrow")
+            if len(documents) < 2:
+                raise ValueError(f"examples: the {split} split has {len(documents)} usable documents; NSP needs 2+")
             # Held-out evaluation always uses fixed (static) masks so that every model is scored on the same task.
             static = config.masking == "static" or split == "validation"
-            columns = build_examples(tokenized, tokenizer, config, seed=config.seed + seed_offset, static_masks=static)
+            columns = build_examples(documents, tokenizer, config, seed=config.seed + seed_offset, static_masks=static)
             quality = example_quality(columns, tokenizer, config.max_seq_length)
             failures = check_quality(quality, config)
             if failures and config.quality_gates:
@@ -332,7 +310,7 @@ def generate_examples(config: ExamplesConfig, documents_dir: str | Path, output_
                     "masking": "static" if static else "dynamic",
                     "max_seq_length": config.max_seq_length,
                     "tokenizer_hash": tok_hash,
-                    "documents": len(tokenized),
+                    "documents": len(documents),
                     "input_hash": inputs,
                     "quality": quality,
                     "config": stage.to_jsonable(config),
@@ -343,11 +321,6 @@ def generate_examples(config: ExamplesConfig, documents_dir: str | Path, output_
         stage.write_stage_record(tmp, key=key, stage="examples", config=config, outputs=outputs)
     logger.info("examples: %s", outputs)
     return output_dir
-
-
-def _tokenizer_files(path: str) -> list[Path]:
-    p = Path(path)
-    return sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
 
 
 def describe_examples(shards_dir: str | Path, n: int = 3) -> str:

@@ -175,3 +175,37 @@ def test_inspect_shards_cli(examples_dir):
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("\nexample ") == 2 and "[CLS]" in out.stdout and "[MASK]<" in out.stdout
+
+
+def test_token_store_holds_the_tokenizer_output(examples_dir, documents_dir):
+    from bert_core.ingest import read_ingested
+    from bert_core.tokenizer import load_tokenizer
+    from bert_core.tokens import TokenStore
+
+    tokens_dir = examples_dir.with_name("tokens")
+    store = TokenStore(tokens_dir / "tokens-train.arrow")
+    tokenizer = load_tokenizer(tokens_dir / "tokenizer")
+    docs = read_ingested(documents_dir, "train")
+    assert len(store) == len(docs)
+    for index in (0, len(docs) // 2, len(docs) - 1):
+        expected = [e.ids for e in tokenizer.backend_tokenizer.encode_batch(docs[index], add_special_tokens=False)]
+        assert store[index] == [ids for ids in expected if ids]
+
+
+def test_a_second_phase_reuses_the_tokenization(documents_dir, tmp_path):
+    from dataclasses import replace
+
+    from bert_core.examples import generate_examples
+    from bert_core.masking import MaskingConfig
+    from tests.conftest import TINY_EXAMPLES
+
+    first = generate_examples(TINY_EXAMPLES, documents_dir, tmp_path / "phase1")
+    record = tmp_path / "tokens" / "stage.json"
+    before = record.stat().st_mtime_ns
+    second = generate_examples(replace(TINY_EXAMPLES, max_seq_length=256, mlm=MaskingConfig(max_predictions_per_seq=40)),
+                               documents_dir, tmp_path / "phase2")
+    assert record.stat().st_mtime_ns == before  # tokenized once, used by both phases
+    one, two = read_manifest(first / "train"), read_manifest(second / "train")
+    assert one["tokenizer_hash"] == two["tokenizer_hash"]
+    assert two["max_seq_length"] == 256 and 64 < two["quality"]["max_length"] <= 256
+    assert two["num_examples"] < one["num_examples"]  # longer examples, fewer of them
