@@ -248,6 +248,30 @@ def _read_hf(source: str, config: ReadConfig) -> Iterator[Document]:
             yield Document(id=doc_id, source=source, error="text_not_a_string")
 
 
+def read_table_file(path: str | Path, *, string_columns: tuple[str, ...] = ()) -> pa.Table:
+    """A whole TSV/CSV/JSONL/Parquet file (optionally gzip/bz2) as an Arrow table: task and evaluation files.
+
+    TSV is read without quoting, as GLUE's own readers do (its fields contain bare quotes); `string_columns` are
+    kept as text even when they look numeric.
+    """
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+
+    path = Path(path)
+    suffixes = [s.lower() for s in path.suffixes if s.lower() not in {".gz", ".bz2"}]
+    kind = suffixes[-1] if suffixes else ""
+    if kind == ".parquet":
+        return pq.read_table(path)
+    with pa.input_stream(str(path), compression="detect") as stream:
+        if kind in {".jsonl", ".json"}:
+            return pajson.read_json(stream)
+        if kind in {".tsv", ".csv"}:
+            parse = pacsv.ParseOptions(delimiter="\t" if kind == ".tsv" else ",", quote_char=False if kind == ".tsv" else '"')
+            convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in string_columns})
+            return pacsv.read_csv(stream, parse_options=parse, convert_options=convert)
+    raise ValueError(f"{path}: unsupported file type (use .tsv, .csv, .jsonl or .parquet)")
+
+
 def input_units(sources: tuple[str, ...] | list[str]) -> list[str]:
     """The independent inputs of a corpus: one per file (sources expanded), one per Hugging Face dataset."""
     units: list[str] = []

@@ -17,7 +17,6 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -143,25 +142,10 @@ def read_eval_texts(spec: str) -> list[str]:
 
     Without columns, the first of `sentence`, `text`, `question`, `context` that exists is used.
     """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
-    import pyarrow.parquet as pq
+    from bert_core.corpus import read_table_file
 
     path, _, columns = spec.partition("::")
-    suffixes = [s.lower() for s in Path(path).suffixes if s.lower() not in {".gz", ".bz2"}]
-    kind = suffixes[-1] if suffixes else ""
-    with pa.input_stream(path, compression="detect") as stream:
-        if kind == ".parquet":
-            table = pq.read_table(path)
-        elif kind in {".jsonl", ".json"}:
-            table = pajson.read_json(stream)
-        elif kind in {".tsv", ".csv"}:
-            parse = pacsv.ParseOptions(delimiter="\t" if kind == ".tsv" else ",", quote_char=False if kind == ".tsv" else '"')
-            table = pacsv.read_csv(stream, parse_options=parse,
-                                   read_options=pacsv.ReadOptions(encoding="utf-8"))
-        else:
-            raise ValueError(f"{path}: unsupported evaluation file type")
+    table = read_table_file(path, string_columns=tuple(c for c in columns.split(",") if c))
     names = [c for c in columns.split(",") if c] or [
         next((c for c in ("sentence", "text", "question", "context") if c in table.column_names), table.column_names[0])]
     missing = [c for c in names if c not in table.column_names]

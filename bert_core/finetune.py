@@ -17,10 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.json as pajson
-import pyarrow.parquet as pq
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -28,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
 
 from bert_core import stage
+from bert_core.corpus import read_table_file
 from bert_core.evaluate import classification_metrics
 
 logger = logging.getLogger(__name__)
@@ -57,22 +54,7 @@ class FinetuneConfig:
 
 def read_labelled_texts(path: str | Path, text_column: str, label_column: str) -> tuple[list[str], np.ndarray]:
     """Texts and integer labels from a TSV/CSV/JSONL/Parquet file (gzip allowed)."""
-    path = Path(path)
-    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
-    kind = suffixes[-1] if suffixes else ""
-    if kind == ".parquet":
-        table = pq.read_table(path)
-    elif kind in {".jsonl", ".json"}:
-        with pa.input_stream(str(path), compression="detect") as stream:
-            table = pajson.read_json(stream)
-    elif kind in {".tsv", ".csv"}:
-        # GLUE files carry quotes inside fields: read them literally (no quoting), as GLUE's own readers do.
-        parse = pacsv.ParseOptions(delimiter="\t" if kind == ".tsv" else ",", quote_char=False if kind == ".tsv" else '"')
-        convert = pacsv.ConvertOptions(column_types={text_column: pa.string()})
-        with pa.input_stream(str(path), compression="detect") as stream:
-            table = pacsv.read_csv(stream, parse_options=parse, convert_options=convert)
-    else:
-        raise ValueError(f"{path}: unsupported task file type (use .tsv, .csv, .jsonl, .parquet)")
+    table = read_table_file(path, string_columns=(text_column,))
     for column in (text_column, label_column):
         if column not in table.column_names:
             raise ValueError(f"{path}: no column {column!r} (columns: {table.column_names})")

@@ -15,6 +15,7 @@ Every document read is accounted for: read = kept + rejected, by reason, per sou
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import logging
 import uuid
@@ -293,10 +294,11 @@ def _histogram(lengths: list[int]) -> list[list]:
 
 
 def _source_of(unit: str, sources: tuple[str, ...]) -> str:
+    """The configured source an input unit came from (a directory, a glob, a file or an hf: spec)."""
     for source in sources:
-        if unit == source or unit.startswith(source.rstrip("/") + "/"):
+        if unit == source or unit.startswith(source.rstrip("/") + "/") or fnmatch.fnmatch(unit, source):
             return source
-    return next((s for s in sources if any(ch in s for ch in "*?[")), unit)
+    return unit
 
 
 def _ensure_both_splits(decisions: list[np.ndarray], points: list[np.ndarray]) -> bool:
@@ -315,8 +317,8 @@ def _ensure_both_splits(decisions: list[np.ndarray], points: list[np.ndarray]) -
     return False
 
 
-def ingest_key(config: IngestConfig, records_or_keys: list[str]) -> str:
-    return stage.hash_json({"config": config, "parts": records_or_keys, "version": 2})
+def ingest_key(config: IngestConfig, part_keys: list[str]) -> str:
+    return stage.hash_json({"config": config, "parts": part_keys, "version": 2})
 
 
 def ingest_corpus(config: IngestConfig, output_dir: str | Path) -> Path:

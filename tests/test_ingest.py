@@ -128,3 +128,14 @@ def test_bundled_sample_ingests(documents_dir):
     flat = " ".join(s for doc in docs for s in doc)
     assert "Down the Rabbit-Hole" in flat  # Alice's body is there...
     assert "START OF THE PROJECT GUTENBERG" not in flat and "END OF THE PROJECT GUTENBERG" not in flat  # ...not its licence
+
+
+def test_counts_per_source_follow_globs(tmp_path):
+    root = write_corpus(tmp_path / "corpus")
+    (root / "other.txt").write_text("Completely different words about mountains and rivers. " * 8)
+    glob_source = str(root / "*.txt")
+    manifest = json.loads((ingest_corpus(IngestConfig(sources=(glob_source, str(root / "a.jsonl")), seed=1,
+                                                      validation_fraction=0.3, cleaning=CleaningConfig(min_chars=50)),
+                                         tmp_path / "out") / "manifest.json").read_text())
+    assert set(manifest["per_source"]) == {glob_source, str(root / "a.jsonl")}
+    assert manifest["per_source"][glob_source]["read"] == 5  # bad, empty, other, wiki (2 docs)
