@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bert_core.masking import MaskingConfig, mask_sequence
+from bert_core.masking import MaskingConfig, mask_sequences
 from bert_core.shards import open_shards
 from bert_core.tokenizer import SPECIAL_TOKENS
 
@@ -86,25 +86,28 @@ class PretrainingCollator:
         token_type_ids = np.zeros((n, width), dtype=np.int64)
         attention_mask = np.zeros((n, width), dtype=np.int64)
         labels = np.full((n, width), -100, dtype=np.int64)
-        is_special = None
+        dynamic = [i for i, it in enumerate(items) if "masked_lm_positions" not in it]
+        masked_by_row = {}
+        if dynamic:
+            if self.masking is None or rng is None:
+                raise ValueError("unmasked shards need a MaskingConfig and an rng for dynamic masking")
+            is_special = np.zeros(self.vocab_size, dtype=bool)
+            is_special[: len(SPECIAL_TOKENS)] = True
+            masked = mask_sequences(
+                [np.asarray(items[i]["input_ids"], dtype=np.int64) for i in dynamic], config=self.masking, rng=rng,
+                mask_token_id=self.mask_token_id, vocab_size=self.vocab_size, num_special_tokens=len(SPECIAL_TOKENS),
+                is_special=is_special, is_continuation=self.is_continuation,
+            )
+            masked_by_row = dict(zip(dynamic, masked))
         for i, it in enumerate(items):
             ids = np.asarray(it["input_ids"], dtype=np.int64)
             length = ids.size
-            if "masked_lm_positions" in it:
+            if i in masked_by_row:
+                ids = masked_by_row[i].input_ids
+                labels[i, masked_by_row[i].positions] = masked_by_row[i].labels
+            else:
                 positions = np.asarray(it["masked_lm_positions"], dtype=np.int64)
                 labels[i, positions] = it["masked_lm_labels"]
-            else:
-                if self.masking is None or rng is None:
-                    raise ValueError("unmasked shards need a MaskingConfig and an rng for dynamic masking")
-                if is_special is None:
-                    is_special = np.zeros(self.vocab_size, dtype=bool)
-                    is_special[: len(SPECIAL_TOKENS)] = True
-                masked = mask_sequence(
-                    ids, config=self.masking, rng=rng, mask_token_id=self.mask_token_id, vocab_size=self.vocab_size,
-                    num_special_tokens=len(SPECIAL_TOKENS), is_special=is_special, is_continuation=self.is_continuation,
-                )
-                ids = masked.input_ids
-                labels[i, masked.positions] = masked.labels
             input_ids[i, :length] = ids
             token_type_ids[i, :length] = it["token_type_ids"]
             attention_mask[i, :length] = 1

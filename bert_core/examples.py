@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from bert_core import stage
-from bert_core.masking import MaskingConfig, mask_sequence
+from bert_core.masking import MaskingConfig, mask_sequences
 from bert_core.shards import write_shards
 from bert_core.tokenizer import SPECIAL_TOKENS, TokenizerConfig, continuation_mask, load_tokenizer, tokenizer_hash
 from bert_core.tokens import TokenStore, tokenize_corpus, tokens_key
@@ -181,22 +181,25 @@ def build_examples(
     if static_masks:
         columns["masked_lm_positions"] = []
         columns["masked_lm_labels"] = []
+    sequences = []
     for pair in pairs:
         ids = np.array([cls_id, *pair.tokens_a, sep_id, *pair.tokens_b, sep_id], dtype=np.int64)
         types = np.zeros(ids.size, dtype=np.int64)
         types[len(pair.tokens_a) + 2 :] = 1
-        if static_masks:
-            masked = mask_sequence(
-                ids, config=config.mlm, rng=np_rng, mask_token_id=mask_id, vocab_size=vocab_size,
-                num_special_tokens=len(SPECIAL_TOKENS), is_special=is_special, is_continuation=is_continuation,
-            )
-            ids = masked.input_ids
-            columns["masked_lm_positions"].append(masked.positions)
-            columns["masked_lm_labels"].append(masked.labels)
-        columns["input_ids"].append(ids)
+        sequences.append(ids)
         columns["token_type_ids"].append(types)
         # BertForPreTraining's convention: label 0 = B is the actual next segment, 1 = B is random.
         columns["next_sentence_label"].append(int(pair.is_random_next))
+    if static_masks:
+        for masked in mask_sequences(
+            sequences, config=config.mlm, rng=np_rng, mask_token_id=mask_id, vocab_size=vocab_size,
+            num_special_tokens=len(SPECIAL_TOKENS), is_special=is_special, is_continuation=is_continuation,
+        ):
+            columns["input_ids"].append(masked.input_ids)
+            columns["masked_lm_positions"].append(masked.positions)
+            columns["masked_lm_labels"].append(masked.labels)
+    else:
+        columns["input_ids"] = sequences
     return columns
 
 

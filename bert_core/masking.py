@@ -76,3 +76,54 @@ def mask_sequence(
     masked[positions[to_mask]] = mask_token_id
     masked[positions[to_random]] = rng.integers(num_special_tokens, vocab_size, size=int(to_random.sum()))
     return MaskedSequence(masked, positions.astype(np.int64), labels)
+
+
+def mask_sequences(
+    sequences: list[np.ndarray],
+    *,
+    config: MaskingConfig,
+    rng: np.random.Generator,
+    mask_token_id: int,
+    vocab_size: int,
+    num_special_tokens: int,
+    is_special: np.ndarray,
+    is_continuation: np.ndarray | None = None,
+    block_rows: int = 4096,
+) -> list[MaskedSequence]:
+    """`mask_sequence` over many sequences, vectorised over blocks of them when masking single tokens.
+
+    Same rule per sequence: round(mlm_probability * maskable) positions (capped), a uniform random subset of the
+    maskable ones, then 80/10/10. Whole-word masking keeps the per-sequence path (its units differ per sequence).
+    """
+    if config.whole_word_mask and is_continuation is not None:
+        return [mask_sequence(s, config=config, rng=rng, mask_token_id=mask_token_id, vocab_size=vocab_size,
+                              num_special_tokens=num_special_tokens, is_special=is_special,
+                              is_continuation=is_continuation) for s in sequences]
+    out: list[MaskedSequence] = []
+    for start in range(0, len(sequences), block_rows):
+        block = sequences[start : start + block_rows]
+        lengths = np.fromiter((len(s) for s in block), dtype=np.int64, count=len(block))
+        width = int(lengths.max()) if len(block) else 0
+        ids = np.zeros((len(block), width), dtype=np.int64)
+        valid = np.arange(width)[None, :] < lengths[:, None]
+        ids[valid] = np.concatenate(block) if len(block) else []
+        maskable = valid & ~is_special[ids]
+        counts = maskable.sum(axis=1)
+        budget = np.minimum(config.max_predictions_per_seq,
+                            np.maximum(1, np.rint(counts * config.mlm_probability).astype(np.int64)))
+        budget = np.where(counts > 0, np.minimum(budget, counts), 0)
+        # A uniform random subset of size `budget` per row: the `budget` smallest random keys among maskable slots.
+        keys = np.where(maskable, rng.random(ids.shape), 2.0)
+        ranks = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
+        chosen = ranks < budget[:, None]
+        draw = rng.random(ids.shape)
+        to_mask = chosen & (draw < config.mask_replace_prob)
+        to_random = chosen & (draw >= config.mask_replace_prob) & (draw < config.mask_replace_prob + config.random_replace_prob)
+        masked = ids.copy()
+        masked[to_mask] = mask_token_id
+        masked[to_random] = rng.integers(num_special_tokens, vocab_size, size=int(to_random.sum()))
+        for row, length in enumerate(lengths):
+            positions = np.flatnonzero(chosen[row])
+            out.append(MaskedSequence(masked[row, :length].astype(block[row].dtype if hasattr(block[row], "dtype") else np.int64),
+                                      positions.astype(np.int64), ids[row, positions]))
+    return out

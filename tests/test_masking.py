@@ -81,3 +81,29 @@ def test_sequences_with_nothing_to_mask(length):
     m = mask_sequence(ids, config=MaskingConfig(), rng=np.random.default_rng(0), mask_token_id=4, vocab_size=VOCAB,
                       num_special_tokens=5, is_special=IS_SPECIAL)
     assert m.positions.size == 0 and (m.input_ids == ids).all()
+
+
+def test_batched_masking_follows_the_same_rule():
+    from bert_core.masking import mask_sequences
+
+    rng = np.random.default_rng(5)
+    sequences = [_sequence(rng, length=int(n)) for n in rng.integers(64, 129, size=2000)]
+    results = mask_sequences(sequences, config=MaskingConfig(max_predictions_per_seq=128), rng=rng, mask_token_id=4,
+                             vocab_size=VOCAB, num_special_tokens=5, is_special=IS_SPECIAL, block_rows=300)
+    masked_total = maskable_total = 0
+    replaced, original = [], []
+    for ids, m in zip(sequences, results):
+        maskable = int((~IS_SPECIAL[ids]).sum())
+        assert len(m.positions) == max(1, round(maskable * 0.15))  # the same count rule as mask_sequence
+        assert (np.diff(m.positions) > 0).all() and not IS_SPECIAL[ids[m.positions]].any()
+        assert (m.labels == ids[m.positions]).all() and m.input_ids.size == ids.size
+        untouched = np.setdiff1d(np.arange(ids.size), m.positions)
+        assert (m.input_ids[untouched] == ids[untouched]).all()
+        masked_total += len(m.positions)
+        maskable_total += maskable
+        replaced.append(m.input_ids[m.positions])
+        original.append(m.labels)
+    replaced, original = np.concatenate(replaced), np.concatenate(original)
+    assert abs(masked_total / maskable_total - 0.15) < 0.005
+    assert abs((replaced == 4).mean() - 0.8) < 0.015
+    assert abs(((replaced != 4) & (replaced != original)).mean() - 0.1) < 0.015
