@@ -85,17 +85,12 @@ def predict_labels(model, tokenizer, texts: list[str], *, max_seq_length: int = 
     return np.concatenate(predictions), np.concatenate(probabilities)
 
 
-def _model_digest(model_dir: str | Path) -> str:
-    files = [p for p in Path(model_dir).iterdir() if p.is_file()] if Path(model_dir).is_dir() else []
-    return stage.hash_files(files) if files else str(model_dir)
-
-
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune and evaluate on the validation file; skip when the same inputs and config are done."""
     output_dir = Path(config.output_dir)
     fields = {k: v for k, v in stage.to_jsonable(config).items() if k != "output_dir"}
     key = stage.hash_json({"config": fields, "data": stage.hash_files([config.train_file, config.validation_file]),
-                           "model": _model_digest(config.model_name_or_path), "version": 1})
+                           "model": stage.hash_path(config.model_name_or_path) if Path(config.model_name_or_path).exists() else config.model_name_or_path, "version": 1})
     if stage.completed_stage(output_dir, key):
         logger.info("finetune: %s is up to date, skipping", output_dir)
         return stage.read_json(output_dir / "summary.json")

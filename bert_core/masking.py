@@ -41,33 +41,36 @@ def mask_sequence(
     is_special: np.ndarray,
     is_continuation: np.ndarray | None = None,
 ) -> MaskedSequence:
-    """Mask one sequence. `is_special`/`is_continuation` are boolean lookups over the vocabulary."""
+    """Mask one sequence. `is_special`/`is_continuation` are boolean lookups over the vocabulary.
+
+    Whole-word masking is handled here (its units differ per sequence); single tokens go through mask_sequences.
+    """
     ids = np.asarray(input_ids)
+    if not (config.whole_word_mask and is_continuation is not None):
+        # Single tokens: one rule for one sequence or many, implemented once in mask_sequences.
+        return mask_sequences([ids], config=config, rng=rng, mask_token_id=mask_token_id, vocab_size=vocab_size,
+                              num_special_tokens=num_special_tokens, is_special=is_special)[0]
     maskable = np.flatnonzero(~is_special[ids])
     if not maskable.size:
         return MaskedSequence(ids.copy(), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=ids.dtype))
     num_to_predict = min(config.max_predictions_per_seq, max(1, int(round(maskable.size * config.mlm_probability))))
-    if config.whole_word_mask and is_continuation is not None:
-        # Candidate units are whole words: continuation pieces join the unit before them (a piece right after a
-        # special token starts a unit of its own). Units are taken in random order while they fit the budget.
-        starts = ~is_continuation[ids[maskable]]
-        starts[0] = True
-        starts[1:] |= np.diff(maskable) != 1
-        units = np.split(maskable, np.flatnonzero(starts)[1:])
-        chosen: list[np.ndarray] = []
-        count = 0
-        for unit_index in rng.permutation(len(units)):
-            if count >= num_to_predict:
-                break
-            unit = units[unit_index]
-            if count + unit.size > num_to_predict:
-                continue
-            chosen.append(unit)
-            count += unit.size
-        positions = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
-    else:
-        # Single tokens: a uniform random subset of the maskable positions.
-        positions = np.sort(rng.choice(maskable, size=min(num_to_predict, maskable.size), replace=False))
+    # Candidate units are whole words: continuation pieces join the unit before them (a piece right after a
+    # special token starts a unit of its own). Units are taken in random order while they fit the budget.
+    starts = ~is_continuation[ids[maskable]]
+    starts[0] = True
+    starts[1:] |= np.diff(maskable) != 1
+    units = np.split(maskable, np.flatnonzero(starts)[1:])
+    chosen: list[np.ndarray] = []
+    count = 0
+    for unit_index in rng.permutation(len(units)):
+        if count >= num_to_predict:
+            break
+        unit = units[unit_index]
+        if count + unit.size > num_to_predict:
+            continue
+        chosen.append(unit)
+        count += unit.size
+    positions = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
     labels = ids[positions].copy()
     masked = ids.copy()
     draw = rng.random(positions.size)

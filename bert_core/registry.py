@@ -103,10 +103,6 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
 
 
-def _model_hash(model_dir: str | Path) -> str:
-    return stage.hash_files(sorted(p for p in Path(model_dir).iterdir() if p.is_file()))
-
-
 def _signature(kind: str) -> ModelSignature:
     # One unnamed string column: accepts a list of raw strings, one string, or a DataFrame with a text column.
     inputs = Schema([ColSpec("string")])
@@ -160,7 +156,7 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
     configure_tracking(config.home)
     client = MlflowClient()
     name = config.registered_model_name
-    model_hash = _model_hash(config.model_dir)
+    model_hash = stage.hash_path(config.model_dir)
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:

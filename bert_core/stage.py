@@ -60,6 +60,12 @@ def hash_files(paths: Iterable[str | Path]) -> str:
     return hash_json(entries)
 
 
+def hash_path(path: str | Path) -> str:
+    """A sha256 of a file, or of the names and contents of the files directly inside a directory."""
+    path = Path(path)
+    return hash_files(sorted(p for p in path.iterdir() if p.is_file())) if path.is_dir() else hash_file(path)
+
+
 def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Build a config dataclass from a dict (nested configs from nested dicts), rejecting unknown keys."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]

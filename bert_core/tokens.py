@@ -36,15 +36,10 @@ def iter_ingested(documents_dir: str | Path, split: str, batch_size: int = _BATC
             yield batch.column("sentences").to_pylist()
 
 
-def _tokenizer_files(path: str) -> list[Path]:
-    p = Path(path)
-    return sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
-
-
 def tokens_key(config: TokenizerConfig, documents_dir: str | Path) -> str:
     inputs = stage.hash_files(sorted(Path(documents_dir).glob("documents-*.parquet")))
     if config.tokenizer_path:
-        inputs = stage.hash_json([inputs, stage.hash_files(_tokenizer_files(config.tokenizer_path))])
+        inputs = stage.hash_json([inputs, stage.hash_path(config.tokenizer_path)])
     return stage.hash_json({"tokenizer": config, "inputs": inputs, "version": 1})
 
 
