@@ -43,17 +43,17 @@ def mask_sequence(
 ) -> MaskedSequence:
     """Mask one sequence. `is_special`/`is_continuation` are boolean lookups over the vocabulary.
 
-    Whole-word masking is handled here (its units differ per sequence); single tokens go through mask_sequences.
+    Whole-word masking is handled here (its units differ per sequence); single tokens go through mask_flat.
     """
     ids = np.asarray(input_ids)
     if not (config.whole_word_mask and is_continuation is not None):
-        # Single tokens: one rule for one sequence or many, implemented once in mask_sequences.
+        # Single tokens: one rule for one sequence or many, implemented once in mask_flat.
         return mask_sequences([ids], config=config, rng=rng, mask_token_id=mask_token_id, vocab_size=vocab_size,
                               num_special_tokens=num_special_tokens, is_special=is_special)[0]
     maskable = np.flatnonzero(~is_special[ids])
     if not maskable.size:
         return MaskedSequence(ids.copy(), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=ids.dtype))
-    num_to_predict = min(config.max_predictions_per_seq, max(1, int(round(maskable.size * config.mlm_probability))))
+    num_to_predict = int(_budgets(np.asarray([maskable.size]), config)[0])
     # Candidate units are whole words: continuation pieces join the unit before them (a piece right after a
     # special token starts a unit of its own). Units are taken in random order while they fit the budget.
     starts = ~is_continuation[ids[maskable]]
@@ -81,6 +81,79 @@ def mask_sequence(
     return MaskedSequence(masked, positions.astype(np.int64), labels)
 
 
+def _budgets(counts: np.ndarray, config: MaskingConfig) -> np.ndarray:
+    """Predictions per sequence: round(p * maskable), at least 1, at most max_predictions_per_seq and maskable."""
+    budget = np.minimum(config.max_predictions_per_seq, np.maximum(1, np.rint(counts * config.mlm_probability).astype(np.int64)))
+    return np.where(counts > 0, np.minimum(budget, counts), 0)
+
+
+def mask_flat(
+    ids: np.ndarray,
+    offsets: np.ndarray,
+    *,
+    config: MaskingConfig,
+    rng: np.random.Generator,
+    mask_token_id: int,
+    vocab_size: int,
+    num_special_tokens: int,
+    is_special: np.ndarray,
+    is_continuation: np.ndarray | None = None,
+    block_rows: int = 4096,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mask sequences stored flat (`ids[offsets[i]:offsets[i+1]]` is sequence i), as the shards store them.
+
+    Returns (masked ids, positions, position offsets, labels): the positions of sequence i (relative to its start,
+    sorted) are `positions[position_offsets[i]:position_offsets[i+1]]`, with their original ids in `labels`.
+    Single-token masking is vectorised over blocks of sequences: a uniform random subset of `budget` maskable
+    positions per row is the set of its `budget` smallest random keys. Whole-word masking goes sequence by sequence.
+    """
+    ids = np.asarray(ids)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    num_rows = len(offsets) - 1
+    masked = ids.copy()
+    if config.whole_word_mask and is_continuation is not None:
+        results = [mask_sequence(ids[offsets[r] : offsets[r + 1]], config=config, rng=rng, mask_token_id=mask_token_id,
+                                 vocab_size=vocab_size, num_special_tokens=num_special_tokens, is_special=is_special,
+                                 is_continuation=is_continuation) for r in range(num_rows)]
+        for r, m in enumerate(results):
+            masked[offsets[r] : offsets[r + 1]] = m.input_ids
+        counts = np.fromiter((m.positions.size for m in results), dtype=np.int64, count=num_rows)
+        position_offsets = np.concatenate([[0], np.cumsum(counts)])
+        positions = np.concatenate([m.positions for m in results]) if num_rows else np.zeros(0, np.int64)
+        labels = np.concatenate([m.labels for m in results]) if num_rows else np.zeros(0, ids.dtype)
+        return masked, positions.astype(np.int64), position_offsets, labels.astype(ids.dtype)
+
+    positions_out, counts_out, flat_chosen = [], [], []
+    for start in range(0, num_rows, block_rows):
+        stop = min(num_rows, start + block_rows)
+        lengths = offsets[start + 1 : stop + 1] - offsets[start:stop]
+        width = int(lengths.max()) if lengths.size else 0
+        columns = np.arange(width)
+        valid = columns[None, :] < lengths[:, None]
+        index = np.where(valid, offsets[start:stop, None] + columns[None, :], 0)
+        maskable = valid & ~is_special[ids[index]]
+        budget = _budgets(maskable.sum(axis=1), config)
+        keys = np.where(maskable, rng.random(maskable.shape), 2.0)
+        # The budget-th smallest key of each row is the threshold; keys are continuous, so ties do not occur.
+        threshold = np.take_along_axis(np.sort(keys, axis=1), np.maximum(budget - 1, 0)[:, None], axis=1)
+        chosen = maskable & (keys <= threshold) & (budget > 0)[:, None]
+        rows, cols = np.nonzero(chosen)  # row-major: positions come out sorted within each row
+        positions_out.append(cols)
+        counts_out.append(np.bincount(rows, minlength=stop - start))
+        flat_chosen.append(index[rows, cols])
+    chosen_flat = np.concatenate(flat_chosen) if flat_chosen else np.zeros(0, np.int64)
+    labels = ids[chosen_flat]
+    draw = rng.random(chosen_flat.size)
+    to_mask = draw < config.mask_replace_prob
+    to_random = ~to_mask & (draw < config.mask_replace_prob + config.random_replace_prob)
+    masked[chosen_flat[to_mask]] = mask_token_id
+    masked[chosen_flat[to_random]] = rng.integers(num_special_tokens, vocab_size, size=int(to_random.sum()))
+    counts = np.concatenate(counts_out) if counts_out else np.zeros(0, np.int64)
+    position_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    positions = np.concatenate(positions_out).astype(np.int64) if positions_out else np.zeros(0, np.int64)
+    return masked, positions, position_offsets, labels
+
+
 def mask_sequences(
     sequences: list[np.ndarray],
     *,
@@ -93,40 +166,14 @@ def mask_sequences(
     is_continuation: np.ndarray | None = None,
     block_rows: int = 4096,
 ) -> list[MaskedSequence]:
-    """`mask_sequence` over many sequences, vectorised over blocks of them when masking single tokens.
-
-    Same rule per sequence: round(mlm_probability * maskable) positions (capped), a uniform random subset of the
-    maskable ones, then 80/10/10. Whole-word masking keeps the per-sequence path (its units differ per sequence).
-    """
-    if config.whole_word_mask and is_continuation is not None:
-        return [mask_sequence(s, config=config, rng=rng, mask_token_id=mask_token_id, vocab_size=vocab_size,
-                              num_special_tokens=num_special_tokens, is_special=is_special,
-                              is_continuation=is_continuation) for s in sequences]
-    out: list[MaskedSequence] = []
-    for start in range(0, len(sequences), block_rows):
-        block = sequences[start : start + block_rows]
-        lengths = np.fromiter((len(s) for s in block), dtype=np.int64, count=len(block))
-        width = int(lengths.max()) if len(block) else 0
-        ids = np.zeros((len(block), width), dtype=np.int64)
-        valid = np.arange(width)[None, :] < lengths[:, None]
-        ids[valid] = np.concatenate(block) if len(block) else []
-        maskable = valid & ~is_special[ids]
-        counts = maskable.sum(axis=1)
-        budget = np.minimum(config.max_predictions_per_seq,
-                            np.maximum(1, np.rint(counts * config.mlm_probability).astype(np.int64)))
-        budget = np.where(counts > 0, np.minimum(budget, counts), 0)
-        # A uniform random subset of size `budget` per row: the `budget` smallest random keys among maskable slots.
-        keys = np.where(maskable, rng.random(ids.shape), 2.0)
-        ranks = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
-        chosen = ranks < budget[:, None]
-        draw = rng.random(ids.shape)
-        to_mask = chosen & (draw < config.mask_replace_prob)
-        to_random = chosen & (draw >= config.mask_replace_prob) & (draw < config.mask_replace_prob + config.random_replace_prob)
-        masked = ids.copy()
-        masked[to_mask] = mask_token_id
-        masked[to_random] = rng.integers(num_special_tokens, vocab_size, size=int(to_random.sum()))
-        for row, length in enumerate(lengths):
-            positions = np.flatnonzero(chosen[row])
-            out.append(MaskedSequence(masked[row, :length].astype(block[row].dtype if hasattr(block[row], "dtype") else np.int64),
-                                      positions.astype(np.int64), ids[row, positions]))
-    return out
+    """`mask_flat` over a list of sequences (the dynamic-masking collator's view), one MaskedSequence each."""
+    if not sequences:
+        return []
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])])
+    ids = np.concatenate([np.asarray(s) for s in sequences])
+    masked, positions, position_offsets, labels = mask_flat(
+        ids, offsets, config=config, rng=rng, mask_token_id=mask_token_id, vocab_size=vocab_size,
+        num_special_tokens=num_special_tokens, is_special=is_special, is_continuation=is_continuation,
+        block_rows=block_rows)
+    return [MaskedSequence(masked[offsets[i] : offsets[i + 1]], positions[position_offsets[i] : position_offsets[i + 1]],
+                           labels[position_offsets[i] : position_offsets[i + 1]]) for i in range(len(sequences))]

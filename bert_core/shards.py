@@ -10,13 +10,14 @@ of examples, so that data-parallel ranks never wait on one another; the remainde
 from __future__ import annotations
 
 import logging
+import mmap
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from bert_core import stage
 
@@ -27,6 +28,30 @@ MANIFEST = "manifest.json"
 _LIST_COLUMNS = ("input_ids", "token_type_ids", "masked_lm_positions", "masked_lm_labels")
 
 
+class MappedTable:
+    """An Arrow IPC file memory-mapped read-only: `table` is zero-copy over the mapping.
+
+    `release()` drops the pages this process touched from its resident set (they stay in the page cache and fault
+    back in on the next access), so streaming over files larger than memory keeps a flat footprint.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.table = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(self._mmap))).read_all()
+
+    def release(self) -> None:
+        self._mmap.madvise(mmap.MADV_DONTNEED)
+
+
+def write_table_file(path: str | Path, table: pa.Table, *, max_chunksize: int | None = None) -> None:
+    """Write an Arrow IPC file atomically (temporary name, then rename)."""
+    with stage.atomic_file(path) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=max_chunksize)
+
+
 def id_type(vocab_size: int) -> pa.DataType:
     """The narrowest unsigned integer type that holds every token id."""
     if vocab_size <= 1 << 8:
@@ -34,6 +59,27 @@ def id_type(vocab_size: int) -> pa.DataType:
     if vocab_size <= 1 << 16:
         return pa.uint16()
     return pa.uint32()
+
+
+def numpy_dtype(arrow_type: pa.DataType) -> np.dtype:
+    """The NumPy dtype of an Arrow integer type (without `to_pandas_dtype`, which imports pandas)."""
+    kind = "u" if pa.types.is_unsigned_integer(arrow_type) else "i"
+    return np.dtype(f"{kind}{arrow_type.bit_width // 8}")
+
+
+def arrow_array(values: np.ndarray, arrow_type: pa.DataType | None = None) -> pa.Array:
+    """A NumPy integer array as an Arrow array, zero-copy when the dtype already matches.
+
+    `pa.array(ndarray)` imports pandas on first use (about 0.4 s per process); building from the buffer does not.
+    """
+    arrow_type = arrow_type or pa.from_numpy_dtype(np.asarray(values).dtype)
+    values = np.ascontiguousarray(values, dtype=numpy_dtype(arrow_type))
+    return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(values)])
+
+
+def list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    """A list<value_type> array from int32 offsets and flat values."""
+    return pa.ListArray.from_arrays(arrow_array(offsets, pa.int32()), arrow_array(values, value_type))
 
 
 def shard_schema(vocab_size: int, max_seq_length: int, columns: set[str]) -> pa.Schema:
@@ -54,7 +100,70 @@ def _list_array(rows: list[np.ndarray], value_type: pa.DataType) -> pa.Array:
     offsets = np.zeros(len(rows) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     values = np.concatenate(rows) if rows else np.zeros(0)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(value_type.to_pandas_dtype())))
+    return list_array(offsets, values, value_type)
+
+
+class ShardWriter:
+    """Stream rows (Arrow tables in the shard schema, any batch sizes) into equal-size shards + manifest.
+
+    The total row count is known up front, so shard sizes are fixed before the first row arrives: `num_shards`
+    = max(1, total // examples_per_shard), each `total // num_shards` rows; the last `total % num_shards` rows are
+    dropped and counted. Each shard is written under a temporary name, renamed, then checksummed; only one shard's
+    rows are held at a time. Extra columns in the tables (e.g. a shuffle key) are not written.
+    """
+
+    def __init__(self, output_dir: str | Path, *, total: int, examples_per_shard: int, schema: pa.Schema):
+        if total <= 0:
+            raise ValueError(f"no examples to write into {output_dir}")
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.total = total
+        self.num_shards = max(1, total // examples_per_shard)
+        self.per_shard = total // self.num_shards
+        self.shards: list[dict[str, Any]] = []
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        if len(self.shards) == self.num_shards or table.num_rows == 0:
+            return
+        self._pending.append(table.select(self.schema.names).cast(self.schema))
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= self.per_shard and len(self.shards) < self.num_shards:
+            rows = pa.concat_tables(self._pending)
+            self._write(rows.slice(0, self.per_shard).combine_chunks())
+            rest = rows.slice(self.per_shard)
+            self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def _write(self, table: pa.Table) -> None:
+        name = f"shard-{len(self.shards):05d}.arrow"
+        write_table_file(self.output_dir / name, table, max_chunksize=max(1, table.num_rows))
+        self.shards.append({
+            "file": name,
+            "num_examples": table.num_rows,
+            "num_tokens": int(pa.compute.sum(table.column("length")).as_py() or 0),
+            "sha256": stage.hash_file(self.output_dir / name),
+        })
+
+    def finish(self, *, vocab_size: int, metadata: dict[str, Any]) -> dict[str, Any]:
+        """Write the manifest (after checking every shard is full); return it."""
+        if len(self.shards) != self.num_shards:
+            raise ValueError(f"{self.output_dir}: {len(self.shards)} of {self.num_shards} shards filled; "
+                             f"fewer rows arrived than the {self.total} announced")
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "schema": {f.name: str(f.type) for f in self.schema},
+            "vocab_size": vocab_size,
+            "num_shards": self.num_shards,
+            "num_examples": self.per_shard * self.num_shards,
+            "num_tokens": sum(s["num_tokens"] for s in self.shards),
+            "dropped_for_equal_shards": self.total - self.per_shard * self.num_shards,
+            "shards": self.shards,
+            **metadata,
+        }
+        stage.write_json(self.output_dir / MANIFEST, manifest)
+        return manifest
 
 
 def write_shards(
@@ -65,57 +174,26 @@ def write_shards(
     examples_per_shard: int,
     metadata: dict[str, Any],
 ) -> dict[str, Any]:
-    """Write equal-size shards plus `manifest.json` into `output_dir`; return the manifest."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    """Write in-memory columns (lists of per-example arrays / scalars) as equal-size shards; return the manifest."""
     total = len(columns["input_ids"])
     if total == 0:
         raise ValueError(f"no examples to write into {output_dir}")
-    num_shards = max(1, total // examples_per_shard)
-    per_shard = total // num_shards
-    dropped = total - per_shard * num_shards
     lengths = np.fromiter((len(r) for r in columns["input_ids"]), dtype=np.int64, count=total)
     max_seq_length = int(metadata.get("max_seq_length", lengths.max()))
     if lengths.max() > max_seq_length:
         raise ValueError(f"an example has {lengths.max()} tokens, over max_seq_length={max_seq_length}")
     schema = shard_schema(vocab_size, max_seq_length, set(columns) | {"length"})
-
-    shards = []
-    for index in range(num_shards):
-        lo, hi = index * per_shard, (index + 1) * per_shard
-        arrays = []
-        for f in schema:
-            if f.name == "length":
-                arrays.append(pa.array(lengths[lo:hi].astype(f.type.to_pandas_dtype())))
-            elif f.name in _LIST_COLUMNS:
-                arrays.append(_list_array(columns[f.name][lo:hi], f.type.value_type))
-            else:
-                arrays.append(pa.array(np.asarray(columns[f.name][lo:hi]), type=f.type))
-        table = pa.Table.from_arrays(arrays, schema=schema)
-        name = f"shard-{index:05d}.arrow"
-        tmp = output_dir / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            writer.write_table(table, max_chunksize=per_shard)
-        os.replace(tmp, output_dir / name)
-        shards.append({
-            "file": name,
-            "num_examples": hi - lo,
-            "num_tokens": int(lengths[lo:hi].sum()),
-            "sha256": stage.hash_file(output_dir / name),
-        })
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "schema": {f.name: str(f.type) for f in schema},
-        "vocab_size": vocab_size,
-        "num_shards": num_shards,
-        "num_examples": per_shard * num_shards,
-        "num_tokens": sum(s["num_tokens"] for s in shards),
-        "dropped_for_equal_shards": dropped,
-        "shards": shards,
-        **metadata,
-    }
-    stage.write_json(output_dir / MANIFEST, manifest)
-    return manifest
+    arrays = []
+    for f in schema:
+        if f.name == "length":
+            arrays.append(arrow_array(lengths, f.type))
+        elif f.name in _LIST_COLUMNS:
+            arrays.append(_list_array(columns[f.name], f.type.value_type))
+        else:
+            arrays.append(arrow_array(np.asarray(columns[f.name]), f.type))
+    writer = ShardWriter(output_dir, total=total, examples_per_shard=examples_per_shard, schema=schema)
+    writer.add(pa.Table.from_arrays(arrays, schema=schema))
+    return writer.finish(vocab_size=vocab_size, metadata=metadata)
 
 
 def read_manifest(shards_dir: str | Path) -> dict[str, Any]:
