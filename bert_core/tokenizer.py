@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +32,8 @@ class TokenizerConfig:
 
 
 def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
+    from transformers import PreTrainedTokenizerFast  # imported when needed: example workers never load it
+
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
@@ -74,7 +75,12 @@ def _canonical_vocab(vocab: dict[str, int]) -> dict[str, int]:
 
 
 def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> PreTrainedTokenizerFast:
-    """Train a BERT-style WordPiece tokenizer on `texts`."""
+    """Train a BERT-style WordPiece tokenizer on `texts` (a transformers tokenizer)."""
+    return _wrap(train_backend(texts, config))
+
+
+def train_backend(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
+    """Train a BERT-style WordPiece `tokenizers.Tokenizer` on `texts`."""
     backend = _backend(None, config.lowercase)
     trainer = trainers.WordPieceTrainer(
         vocab_size=config.vocab_size,
@@ -91,11 +97,17 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> PreTrained
         if backend.token_to_id(token) != expected_id:
             raise RuntimeError(f"special token {token} got id {backend.token_to_id(token)}, expected {expected_id}")
     logger.info("trained a WordPiece vocabulary of %d tokens", backend.get_vocab_size())
-    return _wrap(backend)
+    return backend
 
 
 def load_tokenizer(path: str | Path, *, lowercase: bool = True) -> PreTrainedTokenizerFast:
-    """Load a tokenizer from a directory (`save_pretrained` output), a `tokenizer.json`, or a BERT `vocab.txt`."""
+    """Load a transformers tokenizer from a directory, a `tokenizer.json`, or a BERT `vocab.txt`."""
+    return _wrap(load_backend(path, lowercase=lowercase))
+
+
+def load_backend(path: str | Path, *, lowercase: bool = True) -> Tokenizer:
+    """Load a `tokenizers.Tokenizer` from a directory (`save_pretrained`/`save_tokenizer` output), a
+    `tokenizer.json`, or a BERT `vocab.txt` (WordPiece with BERT's normaliser and pre-tokeniser)."""
     path = Path(path)
     if path.is_dir():
         if (path / "tokenizer.json").is_file():
@@ -115,12 +127,36 @@ def load_tokenizer(path: str | Path, *, lowercase: bool = True) -> PreTrainedTok
     for token in SPECIAL_TOKENS:
         if backend.token_to_id(token) is None:
             raise ValueError(f"tokenizer {path} has no {token} token")
-    return _wrap(backend)
+    return backend
 
 
-def tokenizer_hash(tokenizer: PreTrainedTokenizerFast) -> str:
+def save_tokenizer(backend: Tokenizer, directory: str | Path) -> Path:
+    """Write `tokenizer.json` + `tokenizer_config.json`: what `AutoTokenizer.from_pretrained(directory)` loads.
+
+    The data stages write tokenizers with this instead of `save_pretrained`, so that they never import
+    transformers (about a second of start-up per process). The config names `PreTrainedTokenizerFast`, the class
+    both transformers 4 and 5 load from a `tokenizer.json`.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    backend.save(str(directory / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
+        "model_max_length": 512,
+        "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return directory
+
+
+def _backend_of(tokenizer) -> Tokenizer:
+    return tokenizer if isinstance(tokenizer, Tokenizer) else tokenizer.backend_tokenizer
+
+
+def tokenizer_hash(tokenizer: PreTrainedTokenizerFast | Tokenizer) -> str:
     """A sha256 of the tokenizer's full definition (vocabulary, normaliser, pre-tokeniser)."""
-    blob = json.dumps(json.loads(tokenizer.backend_tokenizer.to_str()), sort_keys=True)
+    blob = json.dumps(json.loads(_backend_of(tokenizer).to_str()), sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -128,10 +164,11 @@ def special_ids(tokenizer: PreTrainedTokenizerFast) -> np.ndarray:
     return np.array(sorted(tokenizer.all_special_ids), dtype=np.int64)
 
 
-def continuation_mask(tokenizer: PreTrainedTokenizerFast) -> np.ndarray:
+def continuation_mask(tokenizer: PreTrainedTokenizerFast | Tokenizer) -> np.ndarray:
     """A boolean per vocabulary id: True for WordPiece continuation pieces (`##...`), for whole-word masking."""
-    mask = np.zeros(len(tokenizer), dtype=bool)
-    for token, index in tokenizer.get_vocab().items():
+    backend = _backend_of(tokenizer)
+    mask = np.zeros(backend.get_vocab_size(), dtype=bool)
+    for token, index in backend.get_vocab().items():
         if token.startswith("##"):
             mask[index] = True
     return mask
