@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def _ingest(args) -> object:
 def _examples(args) -> object:
     from bert_core.examples import ExamplesConfig, generate_examples
 
-    return str(generate_examples(stage.load_config(ExamplesConfig, args.config), args.documents_dir, args.output_dir))
+    return str(generate_examples(stage.load_config(ExamplesConfig, args.config), args.documents_dir, args.output_dir,
+                                 tokens_dir=args.tokens_dir, workers=args.workers))
 
 
 def _pretrain(args) -> object:
@@ -68,10 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, required=True)
     p.set_defaults(run=_ingest)
 
-    p = sub.add_parser("examples", help="train a WordPiece tokenizer and write NSP+MLM examples to Arrow shards")
+    p = sub.add_parser("examples", help="train a WordPiece tokenizer and write pretraining examples (NSP/SOP pairs or full sentences) to Arrow shards")
     p.add_argument("--config", type=Path, required=True, help="ExamplesConfig JSON")
     p.add_argument("--documents-dir", type=Path, required=True, help="an ingest output directory")
     p.add_argument("--output-dir", type=Path, required=True)
+    p.add_argument("--tokens-dir", type=Path, help="the token store (default: `tokens` beside the output)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes generating units (default: one per CPU; the output is the same for any number)")
     p.set_defaults(run=_examples)
 
     p = sub.add_parser("inspect-shards", help="print decoded examples with their masks (<target>) and labels")

@@ -111,10 +111,12 @@ class PretrainingCollator:
             input_ids[i, :length] = ids
             token_type_ids[i, :length] = it["token_type_ids"]
             attention_mask[i, :length] = 1
-        return {
+        batch = {
             "input_ids": torch.from_numpy(input_ids),
             "token_type_ids": torch.from_numpy(token_type_ids),
             "attention_mask": torch.from_numpy(attention_mask),
             "labels": torch.from_numpy(labels),
-            "next_sentence_label": torch.tensor([int(it["next_sentence_label"]) for it in items], dtype=torch.long),
         }
+        if "next_sentence_label" in items[0]:  # absent for pair_objective="none" (MLM only)
+            batch["next_sentence_label"] = torch.tensor([int(it["next_sentence_label"]) for it in items], dtype=torch.long)
+        return batch

@@ -42,13 +42,13 @@ def build_model(preset: str, *, vocab_size: int, **overrides) -> BertForPreTrain
 
 
 class PretrainingObjective(nn.Module):
-    """MLM + NSP loss and accuracy counts for a batch; the MLM head runs only where labels != -100."""
+    """MLM (+ NSP/SOP when the batch has pair labels) loss and accuracy counts; the MLM head runs only where labels != -100."""
 
     def __init__(self, model: BertForPreTraining):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, token_type_ids, labels, next_sentence_label) -> dict[str, torch.Tensor]:
+    def forward(self, input_ids, attention_mask, token_type_ids, labels, next_sentence_label=None) -> dict[str, torch.Tensor]:
         outputs = self.model.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         sequence_output, pooled_output = outputs[0], outputs[1]
         selected = labels != -100
@@ -56,13 +56,22 @@ class PretrainingObjective(nn.Module):
         mlm_logits = self.model.cls.predictions(sequence_output[selected])
         nsp_logits = self.model.cls.seq_relationship(pooled_output)
         mlm_loss = F.cross_entropy(mlm_logits.float(), targets)
-        nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label)
+        if next_sentence_label is None:
+            # MLM only (pair_objective "none"): the pair head takes no part, but a zero-weighted term keeps its
+            # parameters in the graph so that DistributedDataParallel does not wait for their gradients.
+            nsp_loss = nsp_logits.float().sum() * 0.0
+            nsp_correct = torch.zeros((), dtype=torch.long, device=targets.device)
+            nsp_count = torch.zeros((), dtype=torch.long, device=targets.device)
+        else:
+            nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label)
+            nsp_correct = (nsp_logits.argmax(-1) == next_sentence_label).sum().detach()
+            nsp_count = torch.tensor(next_sentence_label.numel(), device=targets.device)
         return {
             "loss": mlm_loss + nsp_loss,
             "mlm_loss": mlm_loss.detach(),
             "nsp_loss": nsp_loss.detach(),
             "mlm_correct": (mlm_logits.argmax(-1) == targets).sum().detach(),
             "mlm_count": torch.tensor(targets.numel(), device=targets.device),
-            "nsp_correct": (nsp_logits.argmax(-1) == next_sentence_label).sum().detach(),
-            "nsp_count": torch.tensor(next_sentence_label.numel(), device=targets.device),
+            "nsp_correct": nsp_correct,
+            "nsp_count": nsp_count,
         }
