@@ -12,3 +12,32 @@ def default_work_dir(work_dir: str | None) -> Path:
     from bert_core.registry import bertflow_home
 
     return Path(work_dir) if work_dir else bertflow_home() / "work"
+
+
+def dask_task_runner(n_workers: int, dask_address: str | None):
+    """A DaskTaskRunner on an existing scheduler, or on a local cluster of `n_workers` single-threaded processes."""
+    from prefect.client.orchestration import get_client
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    # Workers must report to this run's Prefect API; without it each would start a temporary server of its own.
+    with get_client(sync_client=True) as client:
+        api_url = str(client.api_url).rstrip("/")
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None, "env": {"PREFECT_API_URL": api_url}})
+
+
+def balanced_batches(items: list, sizes: list[float], num_batches: int) -> list[list]:
+    """Split items into about `num_batches` batches of similar total size, keeping their order inside each.
+
+    One Prefect task per batch instead of per item keeps the orchestration overhead (API calls, state changes)
+    small next to the work when there are thousands of small items.
+    """
+    loads = [0.0] * max(1, min(num_batches, len(items)))
+    batches: list[list[int]] = [[] for _ in loads]
+    for index in sorted(range(len(items)), key=lambda i: -sizes[i]):
+        target = loads.index(min(loads))
+        batches[target].append(index)
+        loads[target] += sizes[index]
+    return [[items[i] for i in sorted(batch)] for batch in batches if batch]

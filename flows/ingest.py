@@ -10,31 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, unmapped
-from prefect.client.orchestration import get_client
 
 from bert_core import stage
 from bert_core.cleaning import CleaningConfig
 from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, input_units
 from bert_core.dedup import DedupConfig
 from bert_core.ingest import IngestConfig, ingest_key, part_key, parts_dir_for
-from flows import default_work_dir
+from flows import balanced_batches, dask_task_runner, default_work_dir
 from tasks.ingest import merge_parts, process_inputs, report_ingest
 
 
 def batch_units(units: list[str], num_batches: int) -> list[list[str]]:
-    """Split inputs into about `num_batches` batches of similar size in bytes, keeping corpus order inside each.
-
-    One Prefect task per batch instead of per file keeps the orchestration overhead (API calls, state changes)
-    small next to the work when a corpus has thousands of small files.
-    """
-    sizes = [Path(u).stat().st_size if Path(u).is_file() else 1 for u in units]
-    loads = [0] * max(1, min(num_batches, len(units)))
-    batches: list[list[int]] = [[] for _ in loads]
-    for index in sorted(range(len(units)), key=lambda i: -sizes[i]):
-        target = loads.index(min(loads))
-        batches[target].append(index)
-        loads[target] += sizes[index]
-    return [[units[i] for i in sorted(batch)] for batch in batches if batch]
+    """Input files in about `num_batches` batches of similar size in bytes."""
+    return balanced_batches(units, [Path(u).stat().st_size if Path(u).is_file() else 1 for u in units], num_batches)
 
 
 @flow(name="ingest-inputs")
@@ -44,19 +32,6 @@ def process_inputs_flow(units: list[str], config: dict, parts_dir: str, num_batc
     futures = process_inputs.map(batches, config=unmapped(config), parts_dir=unmapped(parts_dir))
     by_unit = {r["unit"]: r for future in futures for r in future.result()}
     return [by_unit[u] for u in units]
-
-
-def dask_task_runner(n_workers: int, dask_address: str | None):
-    """A DaskTaskRunner on an existing scheduler, or on a local cluster of `n_workers` single-threaded processes."""
-    from prefect_dask import DaskTaskRunner
-
-    if dask_address:
-        return DaskTaskRunner(address=dask_address)
-    # Workers must report to this run's Prefect API; without it each would start a temporary server of its own.
-    with get_client(sync_client=True) as client:
-        api_url = str(client.api_url).rstrip("/")
-    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None, "env": {"PREFECT_API_URL": api_url}})
 
 
 @flow(name="ingest")

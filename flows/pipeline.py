@@ -35,7 +35,7 @@ def bert_pipeline(
     work_dir: str | None = None,
     validation_fraction: float = 0.05,
     decontamination_files: list[str] | None = None,
-    ingest_workers: int = 1,
+    data_workers: int = 1,
     dask_address: str | None = None,
     vocab_size: int = 8192,
     max_seq_length: int = 128,
@@ -69,11 +69,12 @@ def bert_pipeline(
     # The fine-tuning task's dev set is always kept out of the pretraining corpus.
     decontaminate = [f"{task_validation_file}::{text_column}", *(decontamination_files or [])]
     documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction,
-                                decontamination_files=decontaminate, n_workers=ingest_workers,
+                                decontamination_files=decontaminate, n_workers=data_workers,
                                 dask_address=dask_address)
     examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), vocab_size=vocab_size,
                                  max_seq_length=max_seq_length, dupe_factor=dupe_factor,
-                                 pair_objective=pair_objective, whole_word_mask=whole_word_mask)
+                                 pair_objective=pair_objective, whole_word_mask=whole_word_mask,
+                                 n_workers=data_workers, dask_address=dask_address)
     pretrained = pretrain_flow(
         shards_dir=examples_dir, work_dir=str(work), preset=preset, max_seq_length=max_seq_length,
         per_device_train_batch_size=per_device_train_batch_size,

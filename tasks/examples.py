@@ -1,4 +1,4 @@
-"""Prefect task for the tokenizer + example generation stage."""
+"""Prefect tasks for the tokenizer + example generation stage: plan, units (mapped, parallel), finish + report."""
 
 from __future__ import annotations
 
@@ -8,13 +8,36 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bert_core import examples, shards
+from bert_core import examples, shards, stage
 
 
-@task(name="generate_examples", cache_policy=NO_CACHE)
-def generate_examples(config: examples.ExamplesConfig, documents_dir: str, output_dir: str) -> str:
+@task(name="plan_examples", cache_policy=NO_CACHE)
+def plan_examples(config: dict, documents_dir: str, output_dir: str) -> dict:
+    """Tokenize the corpus (once; reused by later phases) and cut each split into units of work."""
+    plan = examples.plan_examples(stage.config_from_dict(examples.ExamplesConfig, config), documents_dir, output_dir)
+    get_run_logger().info("examples: %s", "up to date" if plan["up_to_date"] else
+                          f"{len(plan['units'])} units over {plan['splits']}")
+    return plan
+
+
+@task(name="generate_units", cache_policy=NO_CACHE, retries=1)
+def generate_units(specs: list[dict]) -> list[dict]:
+    """`bert_core.examples.generate_unit` over a batch of units (a finished unit is not generated again)."""
+    stats = [examples.generate_unit(spec) for spec in specs]
+    get_run_logger().info("%d unit(s): %d examples", len(stats), sum(s["num_examples"] for s in stats))
+    return stats
+
+
+@task(name="finish_examples", cache_policy=NO_CACHE)
+def finish_examples(plan: dict, stats: list[dict]) -> str:
+    path = examples.finish_examples(plan, stats)
+    report_examples(path)
+    return str(path)
+
+
+def report_examples(path: str | Path) -> None:
+    """Table and markdown artifacts: counts and quality figures per split, the length histogram."""
     logger = get_run_logger()
-    path = examples.generate_examples(config, documents_dir, output_dir)
     rows = []
     for split in ("train", "validation"):
         manifest = shards.read_manifest(Path(path) / split)
@@ -33,5 +56,4 @@ def generate_examples(config: examples.ExamplesConfig, documents_dir: str, outpu
                  + "".join(f"| {b} | {c} | {'█' * round(30 * c / peak)} |\n" for b, c in histogram),
         description="Length histogram of the training examples",
     )
-    create_table_artifact(key="example-shards", table=rows, description="NSP/MLM example shards and quality figures")
-    return str(path)
+    create_table_artifact(key="example-shards", table=rows, description="Pretraining example shards and quality figures")
