@@ -27,6 +27,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+import child  # noqa: E402
 SHARED = Path(os.environ.get("BERTFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
 WIKI = SHARED / "corpus" / "wikipedia" / "enwiki_2015_extract" / "AA"
 DECONTAMINATE = (str(SHARED / "tasks" / "sst2" / "dev.tsv"),
@@ -123,7 +125,7 @@ dedup = DedupConfig() if decon else DedupConfig(exact=False, near=False)
 start = time.perf_counter()
 ingest_corpus(IngestConfig(sources=tuple(files), decontamination_files=decon, dedup=dedup), out)
 print(json.dumps({"seconds": time.perf_counter() - start,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_mb()}))
 """
 
 HF_CHILD = r"""
@@ -139,11 +141,7 @@ print(json.dumps({"seconds": time.perf_counter() - start, "rows": len(ds)}))
 
 
 def run_child(code: str, *args: str) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return child.run_child(code, *args, env={"OMP_NUM_THREADS": "1"})
 
 
 def measure_dask(files: list[str], workdir: Path) -> dict:

@@ -1,18 +1,21 @@
-"""Benchmark of example generation. Run with no arguments: `python bench/shards.py` (about 3-5 minutes on 2 cores).
+"""Benchmark of example generation. Run with no arguments: `python bench/shards.py` (about 5-7 minutes on 2 cores).
 
 On the same ~15 MB of Wikipedia sentences (the team's WikiExtractor files, ingested by bertflow) and the same
 30,522-token WordPiece vocabulary, seq 128, dupe_factor 1, each in a fresh process (time and peak RSS):
 - floor: the fast tokenizer's `encode_batch` over every sentence (no example is built);
-- bertflow: `generate_examples` (tokenize, NSP pairs, static 80/10/10 masks, quality gates, equal-size Arrow
-  shards with checksums);
+- bertflow: `generate_examples` from the ingested documents (tokenize, NSP pairs, static 80/10/10 masks, quality
+  gates, shuffle, equal-size Arrow shards with checksums), cold (no token store yet), in one process and with
+  workers=2; its peak RSS (process and workers together) on the 15 MB slice over that on a 1.5 MB slice is
+  `rss_growth_10x`;
 - google-research/bert: `create_training_instances` from create_pretraining_data.py as published on PyPI in
   bert-tensorflow 1.0.4 (downloaded into a temporary directory; TensorFlow, used there only for file reading, flags
   and logging, is stood in for by the standard library; TFRecord writing is replaced by the same id conversion);
 - Hugging Face run_mlm way: `datasets` text loader, batched `map` tokenize, `group_texts` into 128-token blocks,
   `save_to_disk`.
 LDDL is not run: lddl 0.1.0 on PyPI pins transformers==4.16.2, dask==2021.7.1 and mpi4py==3.1.3 (an MPI
-installation), which cannot live beside this project's pins. Prints a table, writes bench/results/shards.json and
-prints one JSON object as its last line.
+installation), which cannot live beside this project's pins. Each tool runs BENCH_REPEATS (default 3) times,
+interleaved; the table and the ratios use medians (bertflow: the faster of its two settings). Prints a table,
+writes bench/results/shards.json and prints one JSON object as its last line.
 """
 
 from __future__ import annotations
@@ -28,9 +31,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from child import run_child  # noqa: E402
+
 SHARED = Path(os.environ.get("BERTFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
 WIKI = SHARED / "corpus" / "wikipedia" / "enwiki_2015_extract" / "AA"
 TARGET_MB = 15.0
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 
 FLOOR = r"""
 import json, resource, sys, time
@@ -41,21 +48,36 @@ start = time.perf_counter()
 encodings = tokenizer.backend_tokenizer.encode_batch_fast(sentences, add_special_tokens=False)
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "tokens": sum(len(e.ids) for e in encodings),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_mb()}))
 """
 
 BERTFLOW = r"""
-import json, resource, sys, time
+import json, resource, sys, threading, time
+import psutil
 from bert_core.examples import ExamplesConfig, generate_examples
 from bert_core.tokenizer import TokenizerConfig
+peak = [0]
+def sample():  # resident memory of this process and its worker processes together
+    me = psutil.Process()
+    while True:
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        peak[0] = max(peak[0], total)
+        time.sleep(0.1)
+if int(sys.argv[4]) > 1:  # worker processes: sample their memory (one process: its own VmHWM says it all)
+    threading.Thread(target=sample, daemon=True).start()
 config = ExamplesConfig(max_seq_length=128, dupe_factor=1, tokenizer=TokenizerConfig(tokenizer_path=sys.argv[1]))
 start = time.perf_counter()
-out = generate_examples(config, sys.argv[2], sys.argv[3])
+out = generate_examples(config, sys.argv[2], sys.argv[3], workers=int(sys.argv[4]))
 seconds = time.perf_counter() - start
 manifests = [json.load(open(f"{out}/{s}/manifest.json")) for s in ("train", "validation")]
 print(json.dumps({"seconds": seconds, "examples": sum(m["num_examples"] for m in manifests),
                   "tokens": sum(m["num_tokens"] for m in manifests),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": max(peak[0] / 2**20, peak_mb())}))
 """
 
 GOOGLE = r"""
@@ -85,7 +107,7 @@ for instance in instances:  # what write_instance_to_example_files does before b
     tokens += len(ids)
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "examples": len(instances), "tokens": tokens,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_mb()}))
 """
 
 HF = r"""
@@ -106,17 +128,19 @@ grouped = tokenized.map(group_texts, batched=True)
 grouped.save_to_disk(sys.argv[4])
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "examples": len(grouped), "tokens": len(grouped) * 128,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_mb()}))
 """
 
 
-def run(code: str, *args: str) -> dict:
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=REPO,
-                         env=env)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median time, with the spread of times and the largest peak RSS of all runs."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    return {**ordered[len(ordered) // 2], "min_seconds": ordered[0]["seconds"], "max_seconds": ordered[-1]["seconds"],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": len(runs)}
+
+
+def run(code: str, *args) -> dict:
+    return run_child(code, *args)
 
 
 def google_code(work: Path) -> Path | None:
@@ -170,33 +194,54 @@ def main() -> None:
         vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
         (work / "vocab.txt").write_text("".join(tok + "\n" for tok, _ in vocab), encoding="utf-8")
 
-        floor = run(FLOOR, work / "tokenizer", text)
-        ours = run(BERTFLOW, work / "tokenizer", documents, work / "out-10x" / "examples")
-        ours_small = run(BERTFLOW, work / "tokenizer", small_docs, work / "out-1x" / "examples")
-        hf = run(HF, work / "tokenizer", text, work / "hf-cache", work / "hf-out")
         code = google_code(work)
-        google = run(GOOGLE, code, work / "vocab.txt", text) if code else None
+        runs: dict[str, list[dict]] = {}
+        for _ in range(REPEATS):  # interleaved, so that a slow spell of the machine hits every tool alike
+            runs.setdefault("floor", []).append(run(FLOOR, work / "tokenizer", text))
+            for workers in (1, 2):
+                shutil.rmtree(work / "out-10x", ignore_errors=True)  # a cold run: tokenization included
+                runs.setdefault(f"bertflow_{workers}", []).append(
+                    run(BERTFLOW, work / "tokenizer", documents, work / "out-10x" / "examples", workers))
+            shutil.rmtree(work / "out-1x", ignore_errors=True)
+            runs.setdefault("bertflow_1x", []).append(
+                run(BERTFLOW, work / "tokenizer", small_docs, work / "out-1x" / "examples", 1))
+            shutil.rmtree(work / "hf-cache", ignore_errors=True)
+            shutil.rmtree(work / "hf-out", ignore_errors=True)
+            runs.setdefault("hf", []).append(run(HF, work / "tokenizer", text, work / "hf-cache", work / "hf-out"))
+            if code:
+                runs.setdefault("google", []).append(run(GOOGLE, code, work / "vocab.txt", text))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    rows = {"tokenizer floor (encode_batch)": floor, "bertflow generate_examples": ours,
+    med = {name: median_run(r) for name, r in runs.items()}
+    floor, ours, ours_small, hf, google = med["floor"], med["bertflow_1"], med["bertflow_1x"], med["hf"], med.get("google")
+    best = min((med["bertflow_1"], med["bertflow_2"]), key=lambda r: r["seconds"])
+    rows = {"tokenizer floor (encode_batch)": floor, "bertflow generate_examples, 1 process": ours,
+            "bertflow generate_examples, workers=2": med["bertflow_2"],
+            f"bertflow 1 process on {small_mb:.1f} MB (for RSS growth)": ours_small,
             "HF run_mlm way (map + group_texts)": hf}
     if google:
         rows["google-research/bert create_pretraining_data"] = google
-    print(f"\n{megabytes:.1f} MB of sentences, {num_docs} documents, vocab 30,522, seq 128, dupe_factor 1\n")
-    print(f"{'':46s} {'seconds':>8s} {'examples':>9s} {'tokens':>10s} {'ex/s':>8s} {'tok/s':>10s} {'RSS MB':>7s}")
+    print(f"\n{megabytes:.1f} MB of sentences, {num_docs} documents, vocab 30,522, seq 128, dupe_factor 1; "
+          f"median of {REPEATS} runs each (seconds range in brackets)\n")
+    print(f"{'':46s} {'seconds':>8s} {'range':>13s} {'examples':>9s} {'tokens':>10s} {'ex/s':>8s} {'tok/s':>10s} {'RSS MB':>7s}")
     for name, r in rows.items():
         examples = r.get("examples", 0)
-        print(f"{name:46s} {r['seconds']:8.2f} {examples:9d} {r['tokens']:10d} {examples / r['seconds']:8.0f} "
-              f"{r['tokens'] / r['seconds']:10.0f} {r['peak_rss_mb']:7.0f}")
+        spread = f"[{r['min_seconds']:.1f}-{r['max_seconds']:.1f}]"
+        print(f"{name:46s} {r['seconds']:8.2f} {spread:>13s} {examples:9d} {r['tokens']:10d} "
+              f"{examples / r['seconds']:8.0f} {r['tokens'] / r['seconds']:10.0f} {r['peak_rss_mb']:7.0f}")
     result = {
         "sentences_mb": megabytes,
-        "ratio_vs_google": (ours["examples"] / ours["seconds"]) / (google["examples"] / google["seconds"]) if google else None,
-        "ratio_vs_hf": (ours["tokens"] / ours["seconds"]) / (hf["tokens"] / hf["seconds"]),
-        "fraction_of_tokenizer_floor": (ours["tokens"] / ours["seconds"]) / (floor["tokens"] / floor["seconds"]),
+        "repeats": REPEATS,
+        "ratio_vs_google": (best["examples"] / best["seconds"]) / (google["examples"] / google["seconds"]) if google else None,
+        "ratio_vs_hf": (best["tokens"] / best["seconds"]) / (hf["tokens"] / hf["seconds"]),
+        # Both read the same 16 MB of sentences: the share of the tokenizer's own speed the whole stage keeps.
+        "fraction_of_tokenizer_floor": floor["seconds"] / best["seconds"],
         "rss_growth_10x": ours["peak_rss_mb"] / ours_small["peak_rss_mb"],
-        "bertflow": ours, "bertflow_1x": {**ours_small, "sentences_mb": small_mb}, "google": google, "hf": hf,
-        "floor": floor, "lddl": "not run: lddl 0.1.0 pins transformers==4.16.2, dask==2021.7.1, mpi4py==3.1.3",
+        "speedup_2_workers": med["bertflow_1"]["seconds"] / med["bertflow_2"]["seconds"],
+        "bertflow": ours, "bertflow_2_workers": med["bertflow_2"], "bertflow_1x": {**ours_small, "sentences_mb": small_mb},
+        "google": google, "hf": hf, "floor": floor,
+        "lddl": "not run: lddl 0.1.0 pins transformers==4.16.2, dask==2021.7.1, mpi4py==3.1.3",
     }
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 from bert_core import stage
 from bert_core.masking import MaskingConfig, mask_flat
 from bert_core.shards import (MappedTable, ShardWriter, arrow_array, list_array, shard_schema, verify_shards,
-                              write_table_file)
+                              with_system_memory_pool, write_table_file)
 from bert_core.tokenizer import TokenizerConfig
 from bert_core.tokens import TokenStore
 
@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 PAIR_OBJECTIVES = ("nsp", "sop", "none")
 CLS_ID, SEP_ID, MASK_ID, UNK_ID, NUM_SPECIAL = 2, 3, 4, 1, 5  # bert_core.tokenizer.SPECIAL_TOKENS order
 _KEY_SPACE = 1 << 64
+_MERGE_RANGE_EXAMPLES = 2048  # examples per key range of the merge: its memory, not the shard size
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,7 +69,7 @@ class ExamplesConfig:
     seed: int = 12345
     # Documents per unit of work, in tokens. Part of the output's identity (units seed their own random streams),
     # unlike the number of workers, which never changes the output.
-    unit_tokens: int = 1 << 20
+    unit_tokens: int = 1 << 18
     quality_gates: bool = True  # fail the stage when the examples are not what BERT expects (see check_quality)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     mlm: MaskingConfig = field(default_factory=MaskingConfig)
@@ -441,6 +442,7 @@ def split_schema(config: ExamplesConfig, vocab_size: int, static: bool) -> pa.Sc
     return shard_schema(vocab_size, config.max_seq_length, columns)
 
 
+@with_system_memory_pool
 def generate_unit(spec: dict[str, Any]) -> dict[str, Any]:
     """Generate one unit into its part file (skipped when already there); return its statistics.
 
@@ -472,19 +474,33 @@ def generate_unit(spec: dict[str, Any]) -> dict[str, Any]:
     return stats
 
 
+def _allow_open_files(needed: int) -> None:
+    """Raise the open-file limit (each memory-mapped part file holds a descriptor) or say what to change."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if needed <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise OSError(f"merging {needed - 64} part files needs {needed} open files, over this system's limit of "
+                      f"{hard}; raise it (ulimit -n) or use a larger unit_tokens")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else hard, hard))
+
+
 def merge_units(unit_files: list[Path], total: int, output_dir: Path, *, schema: pa.Schema, examples_per_shard: int,
                 vocab_size: int, metadata: dict[str, Any]) -> dict[str, Any]:
     """Stream the units' examples in shuffle-key order into equal-size shards; return the manifest.
 
     Each part file is sorted by key, so key range r of every file is a contiguous slice: the merge holds one key
-    range (about one shard) at a time, whatever the corpus size.
+    range (about 2,048 examples) and one shard's rows at a time, whatever the corpus size.
     """
     writer = ShardWriter(output_dir, total=total, examples_per_shard=examples_per_shard, schema=schema)
+    _allow_open_files(len(unit_files) + 64)
     sources = []
     for path in unit_files:
         store = MappedTable(path)
         sources.append((store, store.table.column("shuffle_key").to_numpy()))
-    num_ranges = max(1, math.ceil(total / examples_per_shard))
+    num_ranges = max(1, math.ceil(total / _MERGE_RANGE_EXAMPLES))
     for r in range(num_ranges):
         lo, hi = np.uint64(r * _KEY_SPACE // num_ranges), np.uint64(((r + 1) * _KEY_SPACE // num_ranges) - 1)
         pieces = []
@@ -510,6 +526,7 @@ def parts_dir_for(output_dir: Path, key: str) -> Path:
     return output_dir.with_name(output_dir.name + "-parts") / key[:16]
 
 
+@with_system_memory_pool
 def plan_examples(config: ExamplesConfig, documents_dir: str | Path, output_dir: str | Path,
                   tokens_dir: str | Path | None = None) -> dict[str, Any]:
     """Tokenize (once, reused) and cut every split into units; returns the plan the other steps take.
@@ -566,6 +583,7 @@ def plan_examples(config: ExamplesConfig, documents_dir: str | Path, output_dir:
     return plan
 
 
+@with_system_memory_pool
 def finish_examples(plan: dict[str, Any], stats: list[dict[str, Any]]) -> Path:
     """Check quality, merge every split's parts into shards, write the stage record; remove the parts."""
     from bert_core.tokenizer import load_backend, save_tokenizer, tokenizer_hash

@@ -9,6 +9,7 @@ of examples, so that data-parallel ranks never wait on one another; the remainde
 
 from __future__ import annotations
 
+import functools
 import logging
 import mmap
 import os
@@ -43,6 +44,46 @@ class MappedTable:
 
     def release(self) -> None:
         self._mmap.madvise(mmap.MADV_DONTNEED)
+
+
+def with_system_memory_pool(function):
+    """Run `function` with Arrow allocating from the system allocator, not mimalloc.
+
+    Arrow's default mimalloc pool keeps freed memory for reuse, so a pass that allocates one shard after another
+    grows its RSS with the number of shards (measured: +65 MB over 5 shards); the system pool returns it, at the
+    same speed for this workload. Buffers remember their pool, so switching back is safe.
+    """
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        previous = pa.default_memory_pool()
+        pa.set_memory_pool(pa.system_memory_pool())
+        try:
+            return function(*args, **kwargs)
+        finally:
+            pa.set_memory_pool(previous)
+
+    return wrapper
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's malloc_trim; a no-op elsewhere).
+
+    glibc raises its mmap threshold after large frees, so buffers of a shard's size end up on the heap and stay
+    resident after they are freed; trimming after each shard keeps a long streaming pass at a flat RSS.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def write_table_file(path: str | Path, table: pa.Table, *, max_chunksize: int | None = None) -> None:
@@ -139,6 +180,7 @@ class ShardWriter:
     def _write(self, table: pa.Table) -> None:
         name = f"shard-{len(self.shards):05d}.arrow"
         write_table_file(self.output_dir / name, table, max_chunksize=max(1, table.num_rows))
+        release_free_memory()
         self.shards.append({
             "file": name,
             "num_examples": table.num_rows,

@@ -25,9 +25,9 @@ from bert_core.tokenizer import TokenizerConfig, load_backend, save_tokenizer, t
 
 logger = logging.getLogger(__name__)
 
-_BATCH_DOCUMENTS = 64
-_ENCODE_CHARACTERS = 1 << 20  # text per encode_batch call: enough for all threads, little memory for Encodings
-_CHUNK_TOKENS = 1 << 22  # tokens per record batch of the store (one contiguous buffer each)
+_BATCH_DOCUMENTS = 16
+_ENCODE_CHARACTERS = 1 << 18  # text per encode_batch call: enough for all threads, little memory for Encodings
+_CHUNK_TOKENS = 1 << 20  # tokens per record batch of the store (one contiguous buffer each)
 
 
 def _encode_slices(tokenizer, sentences: list[str]) -> list:

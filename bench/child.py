@@ -1,0 +1,30 @@
+"""Running one benchmark subject in a fresh Python process and reading back its JSON result line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Defines peak_mb() in the child: its peak RSS, VmHWM, which exec resets. getrusage's ru_maxrss is not reset by
+# exec on Linux, so a child started from a big benchmark process would report at least the parent's size.
+PEAK_MB = """
+def peak_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+"""
+
+
+def run_child(code: str, *args, env: dict[str, str] | None = None) -> dict:
+    """Run `code` (which may call peak_mb()) with `args` in a fresh interpreter; return its last stdout line as JSON."""
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", **(env or {})}
+    out = subprocess.run([sys.executable, "-c", PEAK_MB + code, *map(str, args)], capture_output=True, text=True,
+                         cwd=REPO, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
