@@ -38,6 +38,7 @@ class ShardDataset(torch.utils.data.Dataset):
             self._columns.append(cols)
         counts = [t.num_rows for t in tables]
         self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self.lengths = np.concatenate([t.column("length").to_numpy() for t in tables]) if tables else np.zeros(0)
         self.static_masks = "masked_lm_positions" in self.manifest["schema"]
 
     def __len__(self) -> int:
@@ -57,14 +58,42 @@ class ShardDataset(torch.utils.data.Dataset):
         return item
 
 
-def epoch_batches(num_examples: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[np.ndarray]:
-    """This rank's batches of one epoch: a seeded permutation cut into full global steps (no ragged tail)."""
-    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+def epoch_batches(num_examples: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+                  lengths: np.ndarray | None = None, bin_steps: int = 64) -> list[np.ndarray]:
+    """This rank's batches of one epoch: a seeded permutation cut into full global steps (no ragged tail).
+
+    With `lengths`, batches are length-binned: the permutation is cut into windows of `bin_steps` global steps,
+    each window sorted by example length and cut into steps, and the steps are shuffled. Every example is still
+    seen once per epoch, ranks still get disjoint examples, and a step's examples have similar lengths, so little
+    of the computed batch is padding.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(num_examples)
     per_step = batch_size * world_size
     num_steps = num_examples // per_step
     if num_steps == 0:
         raise ValueError(f"{num_examples} examples are fewer than one global batch ({per_step})")
+    order = order[: num_steps * per_step]
+    if lengths is not None:
+        lengths = np.asarray(lengths)
+        window = per_step * bin_steps
+        for start in range(0, order.size, window):
+            chunk = order[start : start + window]
+            order[start : start + window] = chunk[np.argsort(lengths[chunk], kind="stable")]
+        steps = order.reshape(num_steps, per_step)[rng.permutation(num_steps)]
+        order = steps.reshape(-1)
     return [order[s * per_step + rank * batch_size : s * per_step + (rank + 1) * batch_size] for s in range(num_steps)]
+
+
+def padding_share(batches: list[np.ndarray], lengths: np.ndarray, multiple: int = 8) -> float:
+    """Share of the computed token positions that are padding, for batches padded to their longest example."""
+    real = padded = 0
+    for batch in batches:
+        batch_lengths = lengths[batch]
+        width = -(-int(batch_lengths.max()) // multiple) * multiple
+        real += int(batch_lengths.sum())
+        padded += width * len(batch)
+    return 1 - real / max(1, padded)
 
 
 @dataclass

@@ -11,6 +11,7 @@ and renamed; the newest `checkpoints_total_limit` are kept; SIGTERM writes one b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import shutil
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +27,17 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.state import AcceleratorState
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import BertForPreTraining, get_scheduler
 
 from bert_core import stage
 from bert_core.data import PretrainingCollator, ShardDataset, epoch_batches
 from bert_core.evaluate import evaluate_objective
 from bert_core.masking import MaskingConfig
 from bert_core.model import PretrainingObjective, build_model
+from bert_core.optim import build_optimizer
 from bert_core.shards import read_manifest
 from bert_core.tokenizer import continuation_mask, load_tokenizer
 
@@ -41,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 # Fields that change how a run is watched or launched but not what it computes: left out of the stage key.
 _NOT_IN_KEY = {"output_dir", "resume_from_checkpoint", "logging_steps", "eval_steps", "checkpointing_steps",
-               "checkpoints_total_limit", "main_process_port"}
+               "checkpoints_total_limit", "main_process_port", "mlflow_run_id", "accelerate_config_file", "machine_rank"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,10 +63,14 @@ class PretrainConfig:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-6
     max_grad_norm: float = 1.0
-    lr_scheduler_type: str = "linear"
+    optimizer: str = "adamw"  # "adamw" (fused where available) or "lamb" (large global batches, NVIDIA's recipe)
+    lr_scheduler_type: str = "linear"  # any transformers scheduler name: "linear", "polynomial", "cosine", ...
+    polynomial_power: float = 1.0  # for "polynomial" (NVIDIA's BERT recipe uses 0.5)
     num_warmup_steps: int = 10000
     max_train_steps: int = 1_000_000
-    mixed_precision: str = "no"  # "no", "bf16", "fp16"
+    mixed_precision: str = "no"  # "no", "bf16", "fp16" (bf16 autocast also runs on CPUs with bf16 units)
+    length_binning: bool = True  # batches of similar-length examples: little of each batch is padding
+    init_from: str | None = None  # a pretrained directory to start from, e.g. phase 1's final/ for a phase 2 at 512
     seed: int = 42
     logging_steps: int = 10
     eval_steps: int = 1000
@@ -71,6 +79,11 @@ class PretrainConfig:
     resume_from_checkpoint: str | None = "latest"  # "latest", a checkpoint path, or None to start fresh
     num_processes: int = 1
     main_process_port: int = 29500
+    # An Accelerate config file (see deployments/accelerate/) for GPUs and several machines; it then decides the
+    # processes, machines and precision of the launch. machine_rank overrides the file's on each machine.
+    accelerate_config_file: str | None = None
+    machine_rank: int | None = None
+    mlflow_run_id: str | None = None  # log metrics to this MLflow run while training (MLFLOW_TRACKING_URI)
     mlm: MaskingConfig = field(default_factory=MaskingConfig)  # used when the shards were written unmasked
 
 
@@ -83,16 +96,19 @@ def stage_key(config: PretrainConfig) -> str:
 def launch_command(config_path: str | Path, config: PretrainConfig) -> list[str]:
     """The `accelerate launch` command line that runs `bert_core pretrain` in `num_processes` processes."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-    if config.num_processes > 1:
-        # --multi_gpu is Accelerate's switch for several data-parallel processes; without CUDA they use gloo.
-        cmd += ["--multi_gpu", "--main_process_port", str(config.main_process_port)]
-    elif not torch.cuda.is_available():
-        cmd += ["--cpu"]
-    cmd += [
-        "--num_processes", str(config.num_processes), "--num_machines", "1",
-        "--mixed_precision", config.mixed_precision, "--dynamo_backend", "no",
-        "-m", "bert_core", "pretrain", "--config", str(config_path),
-    ]
+    if config.accelerate_config_file:
+        cmd += ["--config_file", str(config.accelerate_config_file)]
+        if config.machine_rank is not None:
+            cmd += ["--machine_rank", str(config.machine_rank)]
+    else:
+        if config.num_processes > 1:
+            # --multi_gpu is Accelerate's switch for several data-parallel processes; without CUDA they use gloo.
+            cmd += ["--multi_gpu", "--main_process_port", str(config.main_process_port)]
+        elif not torch.cuda.is_available():
+            cmd += ["--cpu"]
+        cmd += ["--num_processes", str(config.num_processes), "--num_machines", "1",
+                "--mixed_precision", config.mixed_precision]
+    cmd += ["--dynamo_backend", "no", "-m", "bert_core", "pretrain", "--config", str(config_path)]
     return cmd
 
 
@@ -100,6 +116,9 @@ def launch_env(config: PretrainConfig) -> dict[str, str]:
     env = dict(os.environ)
     if not torch.cuda.is_available():
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.num_processes)))
+        # Without it, `--multi_gpu` on a machine with no GPU starts N independent single-process runs
+        # (DistributedType.NO, each rank 0 of 1); with it they form one gloo group (MULTI_CPU).
+        env["ACCELERATE_USE_CPU"] = "true"
     return env
 
 
@@ -125,16 +144,6 @@ def _find_resume(config: PretrainConfig, key: str) -> Path | None:
     return None
 
 
-def _optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        # BERT applies no weight decay to biases and LayerNorm weights.
-        (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                             eps=config.adam_epsilon)
-
-
 class _Stop:
     requested = False
 
@@ -153,6 +162,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         logger.info("pretrain: %s is up to date, skipping", output_dir)
         return stage.read_json(output_dir / "summary.json")
 
+    _fresh_accelerator_state()
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                               mixed_precision=config.mixed_precision)
     set_seed(config.seed)
@@ -169,11 +179,23 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                                    pad_token_id=tokenizer.pad_token_id, masking=config.mlm,
                                    is_continuation=continuation_mask(tokenizer) if config.mlm.whole_word_mask else None)
 
-    model = build_model(config.preset, vocab_size=len(tokenizer), max_position_embeddings=max(512, config.max_seq_length))
+    if config.init_from:
+        model = BertForPreTraining.from_pretrained(config.init_from)
+        if model.config.vocab_size != len(tokenizer) or model.config.max_position_embeddings < config.max_seq_length:
+            raise ValueError(f"init_from {config.init_from}: vocab {model.config.vocab_size} / positions "
+                             f"{model.config.max_position_embeddings} do not fit these shards ({len(tokenizer)} tokens, "
+                             f"max_seq_length {config.max_seq_length})")
+    else:
+        model = build_model(config.preset, vocab_size=len(tokenizer),
+                            max_position_embeddings=max(512, config.max_seq_length))
     objective = PretrainingObjective(model)
-    optimizer = _optimizer(objective, config)
+    optimizer = build_optimizer(objective, name=config.optimizer, lr=config.learning_rate,
+                                weight_decay=config.weight_decay, betas=(config.adam_beta1, config.adam_beta2),
+                                eps=config.adam_epsilon)
     scheduler = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=config.num_warmup_steps,
-                              num_training_steps=config.max_train_steps)
+                              num_training_steps=config.max_train_steps,
+                              scheduler_specific_kwargs={"power": config.polynomial_power}
+                              if config.lr_scheduler_type == "polynomial" else None)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     # The scheduler is stepped by hand once per optimizer step (a prepared one steps num_processes times).
     accelerator.register_for_checkpointing(scheduler)
@@ -190,10 +212,14 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         output_dir.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, state["step"])
 
+    tracker = _MlflowMetrics(config.mlflow_run_id) if config.mlflow_run_id and accelerator.is_main_process else None
+
     def log(record: dict[str, Any]) -> None:
         if accelerator.is_main_process:
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            if tracker is not None:
+                tracker.log(record)
 
     def run_eval() -> dict[str, float]:
         metrics = evaluate_objective(accelerator.unwrap_model(objective), eval_set, collator,
@@ -210,84 +236,107 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     world, rank = accelerator.num_processes, accelerator.process_index
     progress = tqdm(total=config.max_train_steps, initial=state["step"], disable=not accelerator.is_local_main_process,
                     desc="pretrain", unit="step")
-    window = {"loss": 0.0, "mlm_loss": 0.0, "nsp_loss": 0.0, "mlm_correct": 0, "mlm_count": 0, "nsp_correct": 0,
-              "nsp_count": 0, "tokens": 0, "micro": 0}
+    window = dict.fromkeys(_WINDOW, 0.0)
     window_start = time.perf_counter()
     grad_norm = torch.tensor(0.0)
     interrupted = False
+    seen = hashlib.sha256()  # the example ids this rank trained on, in order
+    seen_ids: list[np.ndarray] = []
+    lengths = train_set.lengths if config.length_binning else None
     objective.train()
-    while state["step"] < config.max_train_steps and not interrupted:
-        batches = epoch_batches(len(train_set), config.per_device_train_batch_size, seed=config.seed,
-                                epoch=state["epoch"], rank=rank, world_size=world)
-        for batch_index in range(state["batch_in_epoch"], len(batches)):
-            items = [train_set[int(i)] for i in batches[batch_index]]
-            rng = np.random.default_rng([config.seed, state["epoch"], batch_index, rank])
-            batch = {k: v.to(accelerator.device) for k, v in collator(items, rng).items()}
-            with accelerator.accumulate(objective):
-                out = objective(**batch)
-                accelerator.backward(out["loss"])
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(objective.parameters(), config.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad()
-            for name in ("loss", "mlm_loss", "nsp_loss"):
-                window[name] += float(out[name].detach())
-            for name in ("mlm_correct", "mlm_count", "nsp_correct", "nsp_count"):
-                window[name] += int(out[name])
-            window["tokens"] += int(batch["attention_mask"].sum())
-            window["micro"] += 1
-            if not accelerator.sync_gradients:
-                continue
-            state["step"] += 1
-            state["batch_in_epoch"] = batch_index + 1
-            progress.update(1)
-            step = state["step"]
-            if step % config.logging_steps == 0 or step == config.max_train_steps:
-                totals = accelerator.reduce(torch.tensor(
-                    [window[k] for k in ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct",
-                                         "nsp_count", "tokens", "micro")], dtype=torch.float64, device=accelerator.device),
-                    reduction="sum").tolist()
-                elapsed = time.perf_counter() - window_start
-                micro = max(1.0, totals[8])
-                record = {
-                    "step": step,
-                    "loss": totals[0] / micro,
-                    "mlm_loss": totals[1] / micro,
-                    "nsp_loss": totals[2] / micro,
-                    "mlm_accuracy": totals[3] / max(1.0, totals[4]),
-                    "nsp_accuracy": totals[5] / max(1.0, totals[6]),
-                    "learning_rate": scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                    "tokens_per_second": totals[7] / max(elapsed, 1e-9),
-                }
-                log(record)
-                if accelerator.is_main_process:
-                    logger.info("step %d/%d loss %.4f mlm_loss %.4f nsp_loss %.4f mlm_accuracy %.3f lr %.2e %.0f tokens/s",
-                                step, config.max_train_steps, record["loss"], record["mlm_loss"], record["nsp_loss"],
-                                record["mlm_accuracy"], record["learning_rate"], record["tokens_per_second"])
-                progress.set_postfix(loss=f"{record['loss']:.3f}", mlm_acc=f"{record['mlm_accuracy']:.3f}")
-                window = dict.fromkeys(window, 0)
-                window_start = time.perf_counter()
-            if step % config.eval_steps == 0 and step != config.max_train_steps:
-                held_out = run_eval()
-                log({"step": step, **held_out})
-                if accelerator.is_main_process:
-                    logger.info("step %d held-out mlm_loss %.4f mlm_accuracy %.3f nsp_accuracy %.3f", step,
-                                held_out["eval_mlm_loss"], held_out["eval_mlm_accuracy"], held_out["eval_nsp_accuracy"])
-            stop_now = _broadcast_flag(accelerator, _Stop.requested)
-            if step % config.checkpointing_steps == 0 or stop_now or step == config.max_train_steps:
-                _save_checkpoint(accelerator, output_dir, state, config.checkpoints_total_limit)
-            if stop_now:
-                logger.warning("SIGTERM: checkpoint written at step %d, stopping", step)
-                interrupted = True
-                break
-            if step >= config.max_train_steps:
-                break
-        else:
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
+    with ThreadPoolExecutor(max_workers=1) as loader:
+        while state["step"] < config.max_train_steps and not interrupted:
+            batches = epoch_batches(len(train_set), config.per_device_train_batch_size, seed=config.seed,
+                                    epoch=state["epoch"], rank=rank, world_size=world, lengths=lengths)
+
+            def collate(batch_index: int, epoch: int = state["epoch"], batches: list = batches):
+                items = [train_set[int(i)] for i in batches[batch_index]]
+                # Dynamic masks are a function of (seed, epoch, batch, rank): the same after a resume.
+                return collator(items, np.random.default_rng([config.seed, epoch, batch_index, rank]))
+
+            # The next batch is collated in a thread while this one computes (torch releases the GIL).
+            pending = loader.submit(collate, state["batch_in_epoch"]) if state["batch_in_epoch"] < len(batches) else None
+            for batch_index in range(state["batch_in_epoch"], len(batches)):
+                wait_start = time.perf_counter()
+                cpu_batch = pending.result()
+                window["loader_seconds"] += time.perf_counter() - wait_start
+                pending = loader.submit(collate, batch_index + 1) if batch_index + 1 < len(batches) else None
+                ids = batches[batch_index]
+                seen.update(np.asarray(ids, dtype=np.int64).tobytes())
+                if len(seen_ids) < 4096:
+                    seen_ids.append(ids)
+                batch = {k: v.to(accelerator.device) for k, v in cpu_batch.items()}
+                with accelerator.accumulate(objective):
+                    out = objective(**batch)
+                    accelerator.backward(out["loss"])
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(objective.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()
+                    optimizer.zero_grad()
+                for name in ("loss", "mlm_loss", "nsp_loss"):
+                    window[name] += float(out[name].detach())
+                for name in ("mlm_correct", "mlm_count", "nsp_correct", "nsp_count"):
+                    window[name] += int(out[name])
+                window["tokens"] += int(batch["attention_mask"].sum())
+                window["positions"] += batch["attention_mask"].numel()
+                window["micro"] += 1
+                if not accelerator.sync_gradients:
+                    continue
+                state["step"] += 1
+                state["batch_in_epoch"] = batch_index + 1
+                progress.update(1)
+                step = state["step"]
+                if step % config.logging_steps == 0 or step == config.max_train_steps:
+                    elapsed = time.perf_counter() - window_start
+                    totals = dict(zip(_WINDOW, accelerator.reduce(torch.tensor(
+                        [window[k] for k in _WINDOW], dtype=torch.float64, device=accelerator.device),
+                        reduction="sum").tolist()))
+                    micro = max(1.0, totals["micro"])
+                    record = {
+                        "step": step,
+                        "loss": totals["loss"] / micro,
+                        "mlm_loss": totals["mlm_loss"] / micro,
+                        "nsp_loss": totals["nsp_loss"] / micro,
+                        "mlm_accuracy": totals["mlm_correct"] / max(1.0, totals["mlm_count"]),
+                        "nsp_accuracy": totals["nsp_correct"] / max(1.0, totals["nsp_count"]),
+                        "learning_rate": scheduler.get_last_lr()[0],
+                        "grad_norm": float(grad_norm),
+                        "tokens_per_second": totals["tokens"] / max(elapsed, 1e-9),
+                        "padding_share": 1 - totals["tokens"] / max(1.0, totals["positions"]),
+                        "loader_share": totals["loader_seconds"] / world / max(elapsed, 1e-9),
+                    }
+                    log(record)
+                    if accelerator.is_main_process:
+                        logger.info("step %d/%d loss %.4f mlm_loss %.4f nsp_loss %.4f mlm_accuracy %.3f lr %.2e "
+                                    "%.0f tokens/s", step, config.max_train_steps, record["loss"], record["mlm_loss"],
+                                    record["nsp_loss"], record["mlm_accuracy"], record["learning_rate"],
+                                    record["tokens_per_second"])
+                    progress.set_postfix(loss=f"{record['loss']:.3f}", mlm_acc=f"{record['mlm_accuracy']:.3f}")
+                    window = dict.fromkeys(_WINDOW, 0.0)
+                    window_start = time.perf_counter()
+                if step % config.eval_steps == 0 and step != config.max_train_steps:
+                    held_out = run_eval()
+                    log({"step": step, **held_out})
+                    if accelerator.is_main_process:
+                        logger.info("step %d held-out mlm_loss %.4f mlm_accuracy %.3f nsp_accuracy %.3f", step,
+                                    held_out["eval_mlm_loss"], held_out["eval_mlm_accuracy"],
+                                    held_out["eval_nsp_accuracy"])
+                stop_now = _broadcast_flag(accelerator, _Stop.requested)
+                if step % config.checkpointing_steps == 0 or stop_now or step == config.max_train_steps:
+                    _save_checkpoint(accelerator, output_dir, state, config.checkpoints_total_limit)
+                if stop_now:
+                    logger.warning("SIGTERM: checkpoint written at step %d, stopping", step)
+                    interrupted = True
+                    break
+                if step >= config.max_train_steps:
+                    break
+            else:
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
+            if pending is not None:
+                pending.cancel()
     progress.close()
     if previous_handler is not None:
         signal.signal(signal.SIGTERM, previous_handler)
@@ -296,8 +345,10 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
 
     final_metrics = run_eval()
     log({"step": state["step"], **final_metrics})
+    ranks = _check_ranks(accelerator, objective, seen.hexdigest(), seen_ids)
     summary: dict[str, Any] = {}
     if accelerator.is_main_process:
+        stage.write_json(output_dir / "ranks.json", ranks)
         with stage.atomic_directory(output_dir / "final") as tmp:
             accelerator.unwrap_model(objective).model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
@@ -316,6 +367,58 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+_WINDOW = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count", "tokens", "positions",
+           "micro", "loader_seconds")
+
+
+class _MlflowMetrics:
+    """Logs metric records to an existing MLflow run as training goes (main process only)."""
+
+    def __init__(self, run_id: str):
+        from mlflow.tracking import MlflowClient
+
+        self.client, self.run_id = MlflowClient(), run_id
+
+    def log(self, record: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        step, now = int(record["step"]), int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in record.items()
+                   if k != "step" and isinstance(v, (int, float)) and np.isfinite(v)]
+        try:
+            self.client.log_batch(self.run_id, metrics=metrics)
+        except Exception as error:  # noqa: BLE001 - tracking trouble must not stop a training run
+            logger.warning("could not log metrics to MLflow run %s: %s", self.run_id, error)
+
+
+def _check_ranks(accelerator: Accelerator, objective: torch.nn.Module, seen_digest: str,
+                 seen_ids: list[np.ndarray]) -> dict[str, Any]:
+    """Per rank: a hash of its final weights and of the examples it trained on; whether ranks overlapped.
+
+    Written to `ranks.json`: data-parallel ranks must end with identical weights and see disjoint examples.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(accelerator.unwrap_model(objective).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    ids = np.concatenate(seen_ids) if seen_ids else np.zeros(0, dtype=np.int64)
+    mine = {"rank": accelerator.process_index, "weights_sha256": digest.hexdigest(), "examples_sha256": seen_digest,
+            "examples_checked": int(ids.size), "ids": ids.tolist()}
+    everyone = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
+    sets = [set(r.pop("ids")) for r in everyone]
+    overlap = sum(len(a & b) for i, a in enumerate(sets) for b in sets[i + 1 :])
+    return {"world_size": accelerator.num_processes, "ranks": everyone,
+            "identical_weights": len({r["weights_sha256"] for r in everyone}) == 1,
+            "overlapping_examples": overlap}
+
+
+def _fresh_accelerator_state() -> None:
+    """Forget Accelerate's process-wide state left by an earlier single-process run in this process (a notebook,
+    the tests), so that this run may use other settings such as mixed precision. Launched ranks start clean."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and hasattr(AcceleratorState, "_reset_state"):
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _broadcast_flag(accelerator: Accelerator, flag: bool) -> bool:
@@ -341,7 +444,7 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, ke
     tmp = root / f".step-{state['step']:07d}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(parents=True)  # before any rank writes its RNG state into it
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()

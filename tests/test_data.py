@@ -46,3 +46,22 @@ def test_dynamic_masking_in_the_collator(examples_dir):
     assert abs(rate - 0.15) < 0.02
     with pytest.raises(ValueError, match="dynamic masking"):
         PretrainingCollator(vocab_size=2000)(items)
+
+
+def test_length_binned_batches_cut_padding_and_keep_every_example_once():
+    from bert_core.data import padding_share
+
+    rng = np.random.default_rng(3)
+    lengths = np.where(rng.random(4096) < 0.1, rng.integers(10, 128, 4096), rng.integers(100, 129, 4096))
+    plain = epoch_batches(4096, 16, seed=5, epoch=0, world_size=2, rank=0) + \
+        epoch_batches(4096, 16, seed=5, epoch=0, world_size=2, rank=1)
+    world = [epoch_batches(4096, 16, seed=5, epoch=0, rank=r, world_size=2, lengths=lengths) for r in range(2)]
+    seen = np.concatenate([b for rank in world for b in rank])
+    assert np.array_equal(np.sort(seen), np.arange(4096))  # each example once per epoch, ranks disjoint
+    binned = world[0] + world[1]
+    assert padding_share(binned, lengths) < padding_share(plain, lengths) / 3
+    again = epoch_batches(4096, 16, seed=5, epoch=0, rank=0, world_size=2, lengths=lengths)
+    assert all((a == b).all() for a, b in zip(world[0], again))
+    # Steps are shuffled: consecutive steps are not in length order.
+    means = [lengths[b].mean() for b in world[0]]
+    assert not (np.all(np.diff(means) >= 0) or np.all(np.diff(means) <= 0))

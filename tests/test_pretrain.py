@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForPreTraining
 
 from bert_core import stage
-from bert_core.pretrain import launch_command, pretrain
+from bert_core.pretrain import launch_command, launch_env, pretrain
 from tests.conftest import REPO, tiny_pretrain_config
 
 
@@ -85,3 +85,83 @@ def test_launch_command_uses_accelerate(tmp_path, examples_dir):
     assert ["-m", "bert_core", "pretrain", "--config", str(tmp_path / "c.json")] == one[-5:]
     two = launch_command(tmp_path / "c.json", tiny_pretrain_config(examples_dir, tmp_path, num_processes=2))
     assert "--multi_gpu" in two and two[two.index("--num_processes") + 1] == "2"
+
+
+def _train_losses(run_dir):
+    return {r["step"]: r["loss"] for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r}
+
+
+def test_two_processes_on_gloo_match_one_process(examples_dir, tmp_path):
+    """accelerate launch with 2 CPU processes: identical weights on both ranks, disjoint examples, and the loss
+    trajectory of one process with the same global batch (16) within 2%."""
+    common = dict(max_train_steps=12, logging_steps=1, eval_steps=100, checkpointing_steps=100, learning_rate=5e-4,
+                  main_process_port=29517)
+    two = tiny_pretrain_config(examples_dir, tmp_path / "two", per_device_train_batch_size=8, num_processes=2, **common)
+    one = tiny_pretrain_config(examples_dir, tmp_path / "one", per_device_train_batch_size=16, **common)
+    for name, config in (("two", two), ("one", one)):
+        path = tmp_path / f"{name}.json"
+        stage.write_json(path, config)
+        env = {**launch_env(config), "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(launch_command(path, config), cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    ranks = stage.read_json(tmp_path / "two" / "ranks.json")
+    assert ranks["world_size"] == 2 and ranks["identical_weights"], ranks
+    assert ranks["overlapping_examples"] == 0 and all(r["examples_checked"] == 12 * 8 for r in ranks["ranks"])
+    a, b = _train_losses(tmp_path / "two"), _train_losses(tmp_path / "one")
+    assert list(a) == list(b) == list(range(1, 13))
+    # Not bit-equal: each rank averages the MLM loss over its own masked tokens before DDP averages the two.
+    worst = max(abs(a[s] - b[s]) / b[s] for s in a)
+    assert worst < 0.02, (worst, a, b)
+
+
+def test_lamb_bf16_and_live_mlflow_metrics(examples_dir, tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from bert_core.registry import configure_tracking, ensure_experiment
+
+    configure_tracking(tmp_path / "home")
+    run = MlflowClient().create_run(ensure_experiment("bertflow-test", tmp_path / "home"))
+    summary = pretrain(tiny_pretrain_config(
+        examples_dir, tmp_path / "lamb", optimizer="lamb", learning_rate=2e-2, mixed_precision="bf16",
+        lr_scheduler_type="polynomial", polynomial_power=0.5, max_train_steps=20, logging_steps=5, eval_steps=10,
+        mlflow_run_id=run.info.run_id))
+    assert summary["eval_mlm_loss"] < summary["initial_eval_mlm_loss"] - 0.3
+    history = MlflowClient().get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == [5, 10, 15, 20]
+    assert {"mlm_accuracy", "learning_rate", "tokens_per_second", "padding_share", "loader_share",
+            "eval_mlm_loss"} <= set(MlflowClient().get_run(run.info.run_id).data.metrics)
+    lrs = [m.value for m in MlflowClient().get_metric_history(run.info.run_id, "learning_rate")]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0]  # polynomial decay after the warmup
+    assert mlflow.get_tracking_uri().startswith("sqlite:")
+
+
+def test_phase_two_starts_from_phase_one(pretrained, documents_dir, tmp_path):
+    """A 256-token phase initialised from the 64-token phase's final weights (the BERT paper's two phases)."""
+    from dataclasses import replace
+
+    from bert_core.examples import generate_examples
+    from bert_core.masking import MaskingConfig
+    from tests.conftest import TINY_EXAMPLES
+
+    long = generate_examples(replace(TINY_EXAMPLES, max_seq_length=256, mlm=MaskingConfig(max_predictions_per_seq=40)),
+                             documents_dir, tmp_path / "examples-256")
+    phase2 = pretrain(tiny_pretrain_config(long, tmp_path / "phase2", max_seq_length=256, max_train_steps=5,
+                                           eval_steps=100, init_from=pretrained["final_dir"]))
+    # It starts where phase 1 ended, far below a fresh model's loss.
+    assert phase2["initial_eval_mlm_loss"] < pretrained["initial_eval_mlm_loss"] - 0.5
+
+
+def test_accelerate_config_files_load_and_launch(tmp_path, examples_dir):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    for name, machines, processes in (("multi-gpu", 1, 8), ("multi-node", 2, 16)):
+        path = REPO / "deployments" / "accelerate" / f"{name}.yaml"
+        cluster = load_config_from_file(str(path))
+        assert (cluster.num_machines, cluster.num_processes, str(cluster.mixed_precision)) == (machines, processes, "bf16")
+        cmd = launch_command(tmp_path / "c.json", tiny_pretrain_config(examples_dir, tmp_path, accelerate_config_file=str(path),
+                                                                       machine_rank=1))
+        assert cmd[cmd.index("--config_file") + 1] == str(path) and cmd[cmd.index("--machine_rank") + 1] == "1"
+        assert "--num_processes" not in cmd  # the file decides
