@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -92,7 +93,30 @@ class RegisterConfig:
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: tuple[str, ...] = ()
     metrics_history: str | None = None  # a metrics.jsonl whose per-step values are logged with their step
+    run_id: str | None = None  # log into this existing run (e.g. the one training logged its metrics to)
     home: str | None = None
+
+
+def start_run(experiment_name: str, run_name: str, params: Any = None, home: str | Path | None = None) -> str:
+    """Create a run (not made active) with the flattened `params`; return its id, for a process to log into."""
+    configure_tracking(home)
+    client = MlflowClient()
+    run = client.create_run(ensure_experiment(experiment_name, home), run_name=run_name)
+    flat: dict[str, str] = {}
+    _flatten("", stage.to_jsonable(params) if params is not None else {}, flat)
+    items = list(flat.items())
+    for chunk in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in items[chunk : chunk + 100]])
+    return run.info.run_id
+
+
+def run_exists(run_id: str, home: str | Path | None = None) -> bool:
+    configure_tracking(home)
+    try:
+        MlflowClient().get_run(run_id)
+        return True
+    except MlflowException:
+        return False
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -168,14 +192,21 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
             return _version_info(client, name, str(mv.version), promoted=promoted, reason=reason, reused=True)
 
     experiment_id = ensure_experiment(config.experiment_name, config.home)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=config.run_name or name) as run:
+    existing = client.get_run(config.run_id) if config.run_id else None
+    run_args = {"run_id": config.run_id} if existing else {"experiment_id": experiment_id,
+                                                           "run_name": config.run_name or name}
+    with mlflow.start_run(**run_args) as run:
         params: dict[str, str] = {}
         _flatten("", config.params, params)
+        if existing:  # a param cannot be logged twice; the run's own values stand
+            params = {k: v for k, v in params.items() if k not in existing.data.params}
         for chunk in range(0, len(params), 100):
             mlflow.log_params(dict(list(params.items())[chunk : chunk + 100]))
         scalar_metrics = {k: float(v) for k, v in config.metrics.items() if isinstance(v, (int, float))}
         last_step = 0
-        if config.metrics_history:
+        if existing and "loss" in existing.data.metrics:  # training logged its history live
+            last_step = max((m.step for m in client.get_metric_history(config.run_id, "loss")), default=0)
+        elif config.metrics_history:
             for line in Path(config.metrics_history).read_text().splitlines():
                 record = json.loads(line)
                 step = last_step = int(record.pop("step"))

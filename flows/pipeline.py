@@ -111,6 +111,7 @@ def bert_pipeline(
                               str(Path(documents_dir) / "manifest.json")],
         classifier_artifacts=evaluation["classifier_reports"],
         registered_model_prefix=registered_model_prefix, min_improvement=min_improvement,
+        pretrain_run_id=pretrained.get("mlflow_run_id"),
     )
     summary = {
         "work_dir": str(work),

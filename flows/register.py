@@ -25,6 +25,7 @@ def register_flow(
     classifier_artifacts: list[str] | None = None,
     registered_model_prefix: str = "bertflow",
     min_improvement: float = 0.0,
+    pretrain_run_id: str | None = None,
 ) -> dict:
     """Returns {"pretrained": version info, "classifier": version info or None}."""
     tags = {**(lineage or {}), "prefect.flow_run_id": str(flow_run.get_parent_flow_run_id() or flow_run.get_id())}
@@ -41,6 +42,7 @@ def register_flow(
         tags=tags,
         artifacts=tuple(pretrained_artifacts or ()),
         metrics_history=pretrain_metrics_file,
+        run_id=pretrain_run_id,
     ))
     classifier = None
     if classifier_dir:

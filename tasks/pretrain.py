@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -17,7 +18,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from bert_core import pretrain as pretrain_lib
-from bert_core import stage
+from bert_core import registry, stage
 
 _STEP = re.compile(r"step (\d+)/(\d+)")
 
@@ -28,7 +29,17 @@ def pretrain(config: pretrain_lib.PretrainConfig) -> dict:
     output_dir = Path(config.output_dir)
     if stage.completed_stage(output_dir, pretrain_lib.stage_key(config)):
         logger.info("pretrain: %s is up to date, skipping", output_dir)
-        return stage.read_json(output_dir / "summary.json")
+        run_file = output_dir / "mlflow_run.json"
+        run_id = stage.read_json(run_file)["run_id"] if run_file.is_file() else None
+        return {**stage.read_json(output_dir / "summary.json"), "mlflow_run_id": run_id}
+    # Training logs its metrics to an MLflow run as it goes; a resumed run continues the same MLflow run.
+    run_file = output_dir / "mlflow_run.json"
+    run_id = stage.read_json(run_file)["run_id"] if run_file.is_file() else None
+    if run_id is None or not registry.run_exists(run_id):
+        run_id = registry.start_run("bertflow", f"pretrain-{config.preset}",
+                                    params={k: v for k, v in stage.to_jsonable(config).items() if k != "mlflow_run_id"})
+        stage.write_json(run_file, {"run_id": run_id})
+    config = replace(config, mlflow_run_id=run_id)
     config_path = output_dir / "pretrain_config.json"
     stage.write_json(config_path, config)
     command = pretrain_lib.launch_command(config_path, config)
@@ -56,4 +67,4 @@ def pretrain(config: pretrain_lib.PretrainConfig) -> dict:
     if not summary_path.is_file():
         raise RuntimeError(f"pretraining stopped before the end (interrupted?); no {summary_path}")
     update_progress_artifact(progress_id, progress=100.0)
-    return stage.read_json(summary_path)
+    return {**stage.read_json(summary_path), "mlflow_run_id": run_id}

@@ -39,6 +39,13 @@ def test_pipeline_runs_every_stage(run):
     assert registered["pretrained"]["name"] == "flowtest-bert-tiny"
     assert registered["classifier"]["name"] == "flowtest-sst2"
     assert "champion" in registered["classifier"]["aliases"]
+    # The pretrained version lives in the run that training logged its metrics to, step by step, while it ran.
+    from mlflow.tracking import MlflowClient
+
+    run_id = registered["pretrained"]["run_id"]
+    steps = [m.step for m in MlflowClient().get_metric_history(run_id, "loss")]
+    assert steps == sorted(steps) and steps[-1] == TINY["max_train_steps"] and len(steps) >= 4
+    assert MlflowClient().get_run(run_id).data.params["preset"] == "bert-tiny"
     text = render_summary(summary)
     assert "flowtest-sst2 v1" in text and "mlflow ui --backend-store-uri sqlite:///" in text
 
