@@ -250,16 +250,19 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                                     epoch=state["epoch"], rank=rank, world_size=world, lengths=lengths)
 
             def collate(batch_index: int, epoch: int = state["epoch"], batches: list = batches):
+                start = time.perf_counter()
                 items = [train_set[int(i)] for i in batches[batch_index]]
                 # Dynamic masks are a function of (seed, epoch, batch, rank): the same after a resume.
-                return collator(items, np.random.default_rng([config.seed, epoch, batch_index, rank]))
+                batch = collator(items, np.random.default_rng([config.seed, epoch, batch_index, rank]))
+                return batch, time.perf_counter() - start
 
             # The next batch is collated in a thread while this one computes (torch releases the GIL).
             pending = loader.submit(collate, state["batch_in_epoch"]) if state["batch_in_epoch"] < len(batches) else None
             for batch_index in range(state["batch_in_epoch"], len(batches)):
                 wait_start = time.perf_counter()
-                cpu_batch = pending.result()
+                cpu_batch, collate_seconds = pending.result()
                 window["loader_seconds"] += time.perf_counter() - wait_start
+                window["collate_seconds"] += collate_seconds
                 pending = loader.submit(collate, batch_index + 1) if batch_index + 1 < len(batches) else None
                 ids = batches[batch_index]
                 seen.update(np.asarray(ids, dtype=np.int64).tobytes())
@@ -305,7 +308,10 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                         "grad_norm": float(grad_norm),
                         "tokens_per_second": totals["tokens"] / max(elapsed, 1e-9),
                         "padding_share": 1 - totals["tokens"] / max(1.0, totals["positions"]),
+                        # Time the step waited for its batch, and the time collating took in the loader thread
+                        # (overlapped with compute, but it still takes a share of the cores).
                         "loader_share": totals["loader_seconds"] / world / max(elapsed, 1e-9),
+                        "collate_share": totals["collate_seconds"] / world / max(elapsed, 1e-9),
                     }
                     log(record)
                     if accelerator.is_main_process:
@@ -370,7 +376,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
 
 
 _WINDOW = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count", "tokens", "positions",
-           "micro", "loader_seconds")
+           "micro", "loader_seconds", "collate_seconds")
 
 
 class _MlflowMetrics:

@@ -18,6 +18,8 @@ def pretrain_flow(
     per_device_train_batch_size: int = PretrainConfig.per_device_train_batch_size,
     gradient_accumulation_steps: int = PretrainConfig.gradient_accumulation_steps,
     learning_rate: float = PretrainConfig.learning_rate,
+    optimizer: str = PretrainConfig.optimizer,
+    lr_scheduler_type: str = PretrainConfig.lr_scheduler_type,
     num_warmup_steps: int = PretrainConfig.num_warmup_steps,
     max_train_steps: int = PretrainConfig.max_train_steps,
     mixed_precision: str = PretrainConfig.mixed_precision,
@@ -25,9 +27,14 @@ def pretrain_flow(
     checkpointing_steps: int = PretrainConfig.checkpointing_steps,
     resume_from_checkpoint: str | None = PretrainConfig.resume_from_checkpoint,
     num_processes: int = PretrainConfig.num_processes,
+    accelerate_config_file: str | None = PretrainConfig.accelerate_config_file,
+    init_from: str | None = PretrainConfig.init_from,
     seed: int = PretrainConfig.seed,
 ) -> dict:
-    """Returns the training summary (final/ path, held-out metrics at step 0 and at the end)."""
+    """Returns the training summary (final/ path, held-out metrics at step 0 and at the end, the MLflow run).
+
+    `optimizer`: "adamw" or "lamb"; `init_from`: a previous phase's final/ directory (phase 2 at 512).
+    """
     config = PretrainConfig(
         shards_dir=shards_dir,
         output_dir=str(default_work_dir(work_dir) / "pretrain" / preset),
@@ -36,6 +43,8 @@ def pretrain_flow(
         per_device_train_batch_size=per_device_train_batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,
         learning_rate=learning_rate,
+        optimizer=optimizer,
+        lr_scheduler_type=lr_scheduler_type,
         num_warmup_steps=num_warmup_steps,
         max_train_steps=max_train_steps,
         mixed_precision=mixed_precision,
@@ -43,6 +52,8 @@ def pretrain_flow(
         checkpointing_steps=checkpointing_steps,
         resume_from_checkpoint=resume_from_checkpoint,
         num_processes=num_processes,
+        accelerate_config_file=accelerate_config_file,
+        init_from=init_from,
         seed=seed,
     )
     return pretrain(config)
