@@ -39,3 +39,9 @@ def test_objective_equals_the_full_head_loss():
         ours = PretrainingObjective(model)(**batch, labels=labels, next_sentence_label=nsp)
     assert torch.allclose(ours["loss"], reference, atol=1e-5)
     assert int(ours["mlm_count"]) == 12 and int(ours["nsp_count"]) == 4
+
+
+def test_models_use_scaled_dot_product_attention():
+    from bert_core.model import build_model
+
+    assert build_model("bert-tiny", vocab_size=100).config._attn_implementation == "sdpa"
