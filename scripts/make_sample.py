@@ -16,6 +16,7 @@ from pathlib import Path
 
 WIKI_FILES = ["wiki_00.gz", "wiki_01.gz"]
 BOOK_FILES = ["pg11.txt.gz", "pg35.txt.gz", "pg7256.txt.gz"]  # Alice, The Time Machine, The Gift of the Magi
+MRPC_TRAIN_ROWS = 800
 SST2_TRAIN_ROWS = 4000
 
 
@@ -44,6 +45,15 @@ def main() -> None:
         writer.writerow(header)
         writer.writerows(body[:SST2_TRAIN_ROWS])
     shutil.copyfile(args.shared / "tasks/sst2/dev.tsv", sst2 / "dev.tsv")
+
+    # MRPC (sentence pairs): a seeded subset of train lines, copied byte for byte, and the whole dev set.
+    mrpc = args.out / "mrpc"
+    mrpc.mkdir(parents=True, exist_ok=True)
+    lines = (args.shared / "tasks/mrpc/train.tsv").read_bytes().splitlines(keepends=True)
+    head, body = lines[0], lines[1:]
+    random.Random(0).shuffle(body)
+    (mrpc / "train.tsv").write_bytes(head + b"".join(body[:MRPC_TRAIN_ROWS]))
+    shutil.copyfile(args.shared / "tasks/mrpc/dev.tsv", mrpc / "dev.tsv")
 
 
 if __name__ == "__main__":

