@@ -41,6 +41,12 @@ def _finetune(args) -> object:
     return finetune(stage.load_config(FinetuneConfig, args.config))
 
 
+def _finetune_ner(args) -> object:
+    from bert_core.ner import NerConfig, finetune_ner
+
+    return finetune_ner(stage.load_config(NerConfig, args.config))
+
+
 def _evaluate(args) -> object:
     from bert_core.evaluate import EvaluateConfig, evaluate_models
 
@@ -51,6 +57,39 @@ def _register(args) -> object:
     from bert_core.registry import RegisterConfig, register_model
 
     return register_model(stage.load_config(RegisterConfig, args.config))
+
+
+def _predict(args) -> None:
+    from bert_core import predict
+    from bert_core.corpus import read_table_file
+    from bert_core.finetune import resolve_model
+
+    model = resolve_model(args.model)
+    texts, pairs = list(args.text or []), list(args.pair or []) or None
+    if args.input:
+        table = read_table_file(args.input, string_columns=tuple(c for c in (args.text_column, args.pair_column) if c))
+        texts += [str(t) for t in table.column(args.text_column).to_pylist()]
+        if args.pair_column:
+            pairs = (pairs or []) + [str(t) for t in table.column(args.pair_column).to_pylist()]
+    if not texts:
+        raise SystemExit("predict: give --text (repeatable) or --input FILE")
+    if pairs is not None and len(pairs) != len(texts):
+        raise SystemExit(f"predict: {len(texts)} texts but {len(pairs)} pairs")
+    if args.task == "fill-mask":
+        results = [{"text": t, "masks": m} for t, m in zip(texts, predict.fill_mask(model, texts, args.top_k))]
+    elif args.task == "nsp":
+        if pairs is None:
+            raise SystemExit("predict --task nsp: give the second sentences with --pair")
+        results = [{"text": t, "pair": p, "is_next_probability": round(q, 6)}
+                   for t, p, q in zip(texts, pairs, predict.next_sentence_probability(model, texts, pairs))]
+    elif args.task == "classify":
+        results = [{"text": t, **r} for t, r in zip(texts, predict.classify(model, texts, pairs, args.max_seq_length))]
+    else:
+        if not args.output:
+            raise SystemExit("predict --task embed: give --output PATH (writes PATH.npy and PATH.arrow)")
+        results = [predict.embed(model, texts, args.output, pooling=args.pooling)]
+    for result in results:
+        print(json.dumps(result, ensure_ascii=False))
 
 
 def _inspect(args) -> None:
@@ -88,13 +127,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True, help="PretrainConfig JSON")
     p.set_defaults(run=_pretrain)
 
-    p = sub.add_parser("finetune", help="fine-tune a pretrained model for sentence classification")
+    p = sub.add_parser("finetune", help="fine-tune a pretrained model for sentence or sentence-pair classification")
     p.add_argument("--config", type=Path, required=True, help="FinetuneConfig JSON")
     p.set_defaults(run=_finetune)
+
+    p = sub.add_parser("finetune-ner", help="fine-tune a token classifier (NER) on CoNLL-format files")
+    p.add_argument("--config", type=Path, required=True, help="NerConfig JSON")
+    p.set_defaults(run=_finetune_ner)
 
     p = sub.add_parser("evaluate", help="held-out MLM/NSP metrics of a pretrained model; dev metrics of a classifier")
     p.add_argument("--config", type=Path, required=True, help="EvaluateConfig JSON")
     p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("predict", help="fill-mask, next-sentence probability, classification or embeddings")
+    p.add_argument("--model", required=True, help="a model directory, models:/name@alias, or a package that ships one")
+    p.add_argument("--task", required=True, choices=("fill-mask", "nsp", "classify", "embed"))
+    p.add_argument("--text", action="append", help="an input text (repeatable)")
+    p.add_argument("--pair", action="append", help="the second text of a pair, in --text order (repeatable)")
+    p.add_argument("--input", type=Path, help="a TSV/CSV/JSONL/Parquet file of texts")
+    p.add_argument("--text-column", default="sentence")
+    p.add_argument("--pair-column")
+    p.add_argument("--top-k", type=int, default=5, help="fill-mask guesses per [MASK]")
+    p.add_argument("--pooling", default="mean", choices=("mean", "cls"), help="sentence vector for --task embed")
+    p.add_argument("--output", type=Path, help="--task embed: write OUTPUT.npy (pooled) and OUTPUT.arrow (tokens)")
+    p.add_argument("--max-seq-length", type=int, default=128)
+    p.set_defaults(run=_predict)
 
     p = sub.add_parser("register", help="log a model to MLflow, register it and apply the promotion gate")
     p.add_argument("--config", type=Path, required=True, help="RegisterConfig JSON")

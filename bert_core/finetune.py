@@ -63,6 +63,18 @@ class FinetuneConfig:
     eval_steps: int | None = None  # evaluate every N steps as well as after each epoch
 
 
+# Column names, labels and truncation of the tasks whose data ship in ../shared/data/tasks (GLUE-style files).
+TASK_PRESETS: dict[str, dict[str, Any]] = {
+    "sst2": {"text_column": "sentence", "label_column": "label", "label_names": ("negative", "positive")},
+    "imdb": {"text_column": "text", "label_column": "label", "label_names": ("negative", "positive"),
+             "truncation": "head_tail"},
+    "mrpc": {"text_column": "#1 String", "text_pair_column": "#2 String", "label_column": "Quality",
+             "label_names": ("not_paraphrase", "paraphrase"), "metric_for_best_model": "f1"},
+    "rte": {"text_column": "sentence1", "text_pair_column": "sentence2", "label_column": "label",
+            "label_names": ("entailment", "not_entailment")},
+}
+
+
 def read_task_file(path: str | Path, text_column: str, label_column: str, *, text_pair_column: str | None = None,
                    label_names: tuple[str, ...] = ()) -> tuple[list[str], list[str] | None, np.ndarray]:
     """(texts, second texts of pairs or None, integer labels) from a TSV/CSV/JSONL/Parquet file (gzip allowed).
@@ -219,68 +231,18 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     elif config.class_weights is not None:
         raise ValueError(f"unknown class_weights {config.class_weights!r}; choose 'balanced' or None")
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = output_dir / "metrics.jsonl"
-    metrics_path.write_text("")
-    step = 0
-    epochs = math.ceil(max_steps / steps_per_epoch)
-    progress = tqdm(total=max_steps, desc="finetune", unit="step", disable=not accelerator.is_local_main_process)
-    best: dict[str, Any] = {"value": -math.inf, "metrics": None, "state": None, "step": 0}
-    waited = 0
-    running, count = 0.0, 0
-
-    def evaluate(epoch: float) -> bool:
-        """Evaluate on the dev set; keep the best weights; True when patience has run out."""
-        nonlocal running, count, waited
+    def dev_metrics() -> dict[str, Any]:
         predictions, _ = predict_labels(accelerator.unwrap_model(model), tokenizer, dev_texts, pairs=dev_pairs,
                                         max_seq_length=config.max_seq_length, truncation=config.truncation,
                                         batch_size=config.per_device_eval_batch_size, device=accelerator.device)
-        metrics = classification_metrics(dev_labels, predictions, num_labels)
-        record = {"step": step, "epoch": round(epoch, 3), "train_loss": running / max(1, count),
-                  **{f"eval_{k}": v for k, v in metrics.items() if k != "confusion_matrix"}}
-        running, count = 0.0, 0
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        progress.set_postfix(dev=f"{metrics[config.metric_for_best_model]:.3f}")
-        if metrics[config.metric_for_best_model] > best["value"]:
-            state = accelerator.unwrap_model(model).state_dict()
-            best.update(value=metrics[config.metric_for_best_model], metrics=metrics, step=step,
-                        state={k: v.detach().clone() for k, v in state.items()})
-            waited = 0
-            return False
-        waited += 1
-        return bool(config.early_stopping_patience) and waited >= config.early_stopping_patience
+        return classification_metrics(dev_labels, predictions, num_labels)
 
-    stop = False
-    for epoch in range(epochs):
-        model.train()
-        for batch in loader:
-            labels = batch.pop("labels")
-            logits = model(**batch).logits
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=weights)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            running += float(loss.detach())
-            count += 1
-            step += 1
-            progress.update(1)
-            if step >= max_steps:
-                break
-            if config.eval_steps and step % config.eval_steps == 0:
-                model.eval()
-                stop = evaluate(step / steps_per_epoch)
-                model.train()
-                if stop:
-                    break
-        if stop:
-            break
-        # After each epoch (or at max_train_steps, part-way through one).
-        if evaluate(min(epoch + 1.0, step / steps_per_epoch)) or step >= max_steps:
-            break
-    progress.close()
+    def loss_of(batch) -> torch.Tensor:
+        labels = batch.pop("labels")
+        return torch.nn.functional.cross_entropy(model(**batch).logits.float(), labels, weight=weights)
+
+    step, best = fit(accelerator, model, optimizer, scheduler, loader, loss_of=loss_of, dev_metrics=dev_metrics,
+                     max_steps=max_steps, config=config, output_dir=output_dir)
 
     summary: dict[str, Any] = {}
     if accelerator.is_main_process:
@@ -301,6 +263,69 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         stage.write_stage_record(output_dir, key=key, stage="finetune", config=config, outputs=summary)
     accelerator.wait_for_everyone()
     return summary
+
+
+def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, *, loss_of, dev_metrics, max_steps: int,
+        config, output_dir: Path) -> tuple[int, dict[str, Any]]:
+    """The fine-tuning loop shared by sequence and token classification; returns (steps, best evaluation).
+
+    Clips gradients, steps the schedule, evaluates `dev_metrics()` after each epoch and every `config.eval_steps`,
+    appends each evaluation to `metrics.jsonl`, keeps the weights of the best `config.metric_for_best_model`, and
+    stops after `config.early_stopping_patience` evaluations without improvement.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = output_dir / "metrics.jsonl"
+    metrics_path.write_text("")
+    steps_per_epoch = len(loader)
+    progress = tqdm(total=max_steps, desc="finetune", unit="step", disable=not accelerator.is_local_main_process)
+    best: dict[str, Any] = {"value": -math.inf, "metrics": None, "state": None, "step": 0}
+    tally = {"step": 0, "waited": 0, "loss": 0.0, "count": 0}
+
+    def evaluate(epoch: float) -> bool:
+        """Evaluate on the dev set; keep the best weights; True when patience has run out."""
+        model.eval()
+        metrics = dev_metrics()
+        model.train()
+        record = {"step": tally["step"], "epoch": round(epoch, 3), "train_loss": tally["loss"] / max(1, tally["count"]),
+                  **{f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        tally.update(loss=0.0, count=0)
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        value = metrics[config.metric_for_best_model]
+        progress.set_postfix(dev=f"{value:.3f}")
+        if value > best["value"]:
+            state = accelerator.unwrap_model(model).state_dict()
+            best.update(value=value, metrics=metrics, step=tally["step"],
+                        state={k: v.detach().clone() for k, v in state.items()})
+            tally["waited"] = 0
+            return False
+        tally["waited"] += 1
+        return bool(config.early_stopping_patience) and tally["waited"] >= config.early_stopping_patience
+
+    model.train()
+    for epoch in range(math.ceil(max_steps / steps_per_epoch)):
+        stop = False
+        for batch in loader:
+            loss = loss_of(batch)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            tally["loss"] += float(loss.detach())
+            tally["count"] += 1
+            tally["step"] += 1
+            progress.update(1)
+            if tally["step"] >= max_steps:
+                break
+            if config.eval_steps and tally["step"] % config.eval_steps == 0 and evaluate(tally["step"] / steps_per_epoch):
+                stop = True
+                break
+        # After each epoch (or at max_steps, part-way through one).
+        if stop or evaluate(min(epoch + 1.0, tally["step"] / steps_per_epoch)) or tally["step"] >= max_steps:
+            break
+    progress.close()
+    return tally["step"], best
 
 
 def finetune_seeds(config: FinetuneConfig, seeds: tuple[int, ...]) -> dict[str, Any]:

@@ -1,0 +1,190 @@
+"""Token classification (named-entity recognition) on CoNLL-format files, scored with entity-level F1 (seqeval).
+
+Input: one token per line with the tag in the last column (`word POS chunk NER` for CoNLL-2003), blank lines
+between sentences, `-DOCSTART-` lines ignored; IOB2 tags. Words are split into WordPieces; the label of a word goes
+to its first piece and the other pieces are ignored by the loss (-100), and a word's prediction is its first
+piece's. Words cut off by max_seq_length are predicted `O` (and still count in the F1). The training loop is the
+one of sequence classification (`finetune.fit`): best dev model kept, early stopping, Accelerate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification, get_scheduler
+
+from bert_core import stage
+from bert_core.finetune import fit, resolve_model
+
+logger = logging.getLogger(__name__)
+
+CONLL2003_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NerConfig:
+    model_name_or_path: str
+    train_file: str
+    validation_file: str
+    output_dir: str
+    label_names: tuple[str, ...] = CONLL2003_TAGS
+    max_seq_length: int = 128
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 64
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    num_train_epochs: int = 3
+    max_train_steps: int | None = None
+    max_train_sentences: int | None = None  # train on the first N sentences only (quick runs)
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    eval_steps: int | None = None
+    early_stopping_patience: int = 0
+    metric_for_best_model: str = "f1"
+    mixed_precision: str = "no"
+    seed: int = 42
+
+
+def read_conll(path: str | Path) -> list[tuple[list[str], list[str]]]:
+    """(words, tags) per sentence of a CoNLL file."""
+    sentences, words, tags = [], [], []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line or line.startswith("-DOCSTART-"):
+                if words:
+                    sentences.append((words, tags))
+                words, tags = [], []
+                continue
+            fields = line.split()
+            if len(fields) < 2:
+                raise ValueError(f"{path}:{number}: expected 'word ... tag', got {line!r}")
+            words.append(fields[0])
+            tags.append(fields[-1])
+    if words:
+        sentences.append((words, tags))
+    return sentences
+
+
+def encode_words(tokenizer, sentences: list[list[str]], tags: list[list[int]] | None, max_seq_length: int) -> list[dict]:
+    """WordPiece rows with the word label on each word's first piece and -100 elsewhere (and on specials)."""
+    encoded = tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_seq_length)
+    rows = []
+    for i in range(len(sentences)):
+        row = {k: encoded[k][i] for k in encoded}
+        if tags is not None:
+            labels, previous = [], None
+            for word in encoded.word_ids(i):
+                labels.append(-100 if word is None or word == previous else tags[i][word])
+                previous = word
+            row["labels"] = labels
+        rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def predict_tags(model, tokenizer, sentences: list[list[str]], *, max_seq_length: int = 128, batch_size: int = 64,
+                 device: str | torch.device = "cpu") -> list[list[str]]:
+    """A tag per word (its first piece's prediction; `O` for words past max_seq_length)."""
+    model.eval()
+    id2label = model.config.id2label
+    out: list[list[str]] = []
+    for start in range(0, len(sentences), batch_size):
+        chunk = sentences[start : start + batch_size]
+        encoded = tokenizer(chunk, is_split_into_words=True, truncation=True, max_length=max_seq_length,
+                            padding=True, return_tensors="pt")
+        predicted = model(**{k: v.to(device) for k, v in encoded.items()}).logits.argmax(-1).cpu().numpy()
+        for i, words in enumerate(chunk):
+            tags = ["O"] * len(words)
+            previous = None
+            for position, word in enumerate(encoded.word_ids(i)):
+                if word is not None and word != previous:
+                    tags[word] = id2label[int(predicted[i, position])]
+                previous = word
+            out.append(tags)
+    return out
+
+
+def entity_metrics(true_tags: list[list[str]], predicted: list[list[str]]) -> dict[str, Any]:
+    """Entity-level precision, recall and F1 (exact span and type, seqeval's CoNLL rules), overall and per type."""
+    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+
+    report = classification_report(true_tags, predicted, output_dict=True, zero_division=0)
+    return {
+        "f1": float(f1_score(true_tags, predicted, zero_division=0)),
+        "precision": float(precision_score(true_tags, predicted, zero_division=0)),
+        "recall": float(recall_score(true_tags, predicted, zero_division=0)),
+        "token_accuracy": float(np.mean([t == p for ts, ps in zip(true_tags, predicted) for t, p in zip(ts, ps)])),
+        "per_type_f1": {k: float(v["f1-score"]) for k, v in report.items() if not k.endswith(" avg")},
+        "num_sentences": len(true_tags),
+    }
+
+
+def finetune_ner(config: NerConfig) -> dict[str, Any]:
+    """Fine-tune a token classifier and score it on the validation file; skip when done with the same inputs."""
+    output_dir = Path(config.output_dir)
+    model_path = resolve_model(config.model_name_or_path)
+    fields = {k: v for k, v in stage.to_jsonable(config).items() if k != "output_dir"}
+    key = stage.hash_json({"config": fields, "data": stage.hash_files([config.train_file, config.validation_file]),
+                           "model": stage.hash_path(model_path), "version": 1})
+    if stage.completed_stage(output_dir, key):
+        return stage.read_json(output_dir / "summary.json")
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    set_seed(config.seed)
+    label_ids = {name: i for i, name in enumerate(config.label_names)}
+    train = read_conll(config.train_file)[: config.max_train_sentences]
+    dev = read_conll(config.validation_file)
+    for name, data in (("train", train), ("validation", dev)):
+        unknown = sorted({t for _, tags in data for t in tags if t not in label_ids})
+        if unknown:
+            raise ValueError(f"{name} file has tags {unknown[:5]} that are not in label_names {list(config.label_names)}")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForTokenClassification.from_pretrained(
+        model_path, num_labels=len(config.label_names), id2label=dict(enumerate(config.label_names)),
+        label2id=label_ids)
+    rows = encode_words(tokenizer, [w for w, _ in train], [[label_ids[t] for t in tags] for _, tags in train],
+                        config.max_seq_length)
+    loader = torch.utils.data.DataLoader(rows, batch_size=config.per_device_train_batch_size, shuffle=True,
+                                         collate_fn=DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8),
+                                         generator=torch.Generator().manual_seed(config.seed))
+    max_steps = config.max_train_steps or config.num_train_epochs * len(loader)
+    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(config.warmup_ratio * max_steps),
+                              num_training_steps=max_steps)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    dev_words, dev_tags = [w for w, _ in dev], [t for _, t in dev]
+
+    def dev_metrics() -> dict[str, Any]:
+        predicted = predict_tags(accelerator.unwrap_model(model), tokenizer, dev_words,
+                                 max_seq_length=config.max_seq_length, batch_size=config.per_device_eval_batch_size,
+                                 device=accelerator.device)
+        return entity_metrics(dev_tags, predicted)
+
+    def loss_of(batch) -> torch.Tensor:
+        return model(**batch).loss
+
+    step, best = fit(accelerator, model, optimizer, scheduler, loader, loss_of=loss_of, dev_metrics=dev_metrics,
+                     max_steps=max_steps, config=config, output_dir=output_dir)
+    summary: dict[str, Any] = {}
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        final.load_state_dict(best["state"])
+        with stage.atomic_directory(output_dir / "final") as tmp:
+            final.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        summary = {"final_dir": str(output_dir / "final"), "steps": step, "best_step": best["step"],
+                   "train_sentences": len(train), **{f"eval_{k}": v for k, v in best["metrics"].items()}}
+        stage.write_json(output_dir / "summary.json", summary)
+        stage.write_stage_record(output_dir, key=key, stage="finetune-ner", config=config, outputs=summary)
+    accelerator.wait_for_everyone()
+    return summary
