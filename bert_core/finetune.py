@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
 
 from bert_core import stage
+from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.corpus import read_table_file
 from bert_core.evaluate import classification_metrics
 
@@ -277,7 +278,7 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, *, loss_o
     metrics_path = output_dir / "metrics.jsonl"
     metrics_path.write_text("")
     steps_per_epoch = len(loader)
-    progress = tqdm(total=max_steps, desc="finetune", unit="step", disable=not accelerator.is_local_main_process)
+    progress = tqdm(total=max_steps, desc="finetune", unit="step", disable=_no_progress_bar(accelerator))
     best: dict[str, Any] = {"value": -math.inf, "metrics": None, "state": None, "step": 0}
     tally = {"step": 0, "waited": 0, "loss": 0.0, "count": 0}
 

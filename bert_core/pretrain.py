@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from transformers import BertForPreTraining, get_scheduler
 
 from bert_core import stage
+from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.data import PretrainingCollator, ShardDataset, epoch_batches
 from bert_core.evaluate import evaluate_objective
 from bert_core.masking import MaskingConfig
@@ -234,7 +235,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
 
     previous_handler = signal.signal(signal.SIGTERM, _Stop.handle) if accelerator.is_main_process else None
     world, rank = accelerator.num_processes, accelerator.process_index
-    progress = tqdm(total=config.max_train_steps, initial=state["step"], disable=not accelerator.is_local_main_process,
+    progress = tqdm(total=config.max_train_steps, initial=state["step"], disable=_no_progress_bar(accelerator),
                     desc="pretrain", unit="step")
     window = dict.fromkeys(_WINDOW, 0.0)
     window_start = time.perf_counter()

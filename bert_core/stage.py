@@ -156,3 +156,10 @@ def atomic_directory(output_dir: str | Path) -> Iterator[Path]:
 
 def write_stage_record(directory: str | Path, *, key: str, stage: str, config: Any, outputs: dict[str, Any]) -> None:
     write_json(Path(directory) / STAGE_RECORD, {"key": key, "stage": stage, "config": config, "outputs": outputs})
+
+
+def no_progress_bar(accelerator) -> bool:
+    """Whether to hide tqdm bars: on every rank but the local main one, and wherever TQDM_DISABLE is set (an
+    explicit `disable=` argument would override tqdm's own reading of that variable). The Prefect tasks set it so
+    that the logs get one line per logging step instead of one per training step."""
+    return not accelerator.is_local_main_process or os.environ.get("TQDM_DISABLE", "").lower() in {"1", "true", "yes"}

@@ -5,6 +5,9 @@ from pathlib import Path
 
 # Let bert_core's own log lines reach the Prefect run logs (and the UI), not only the console.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "bert_core")
+# The temporary server a local run starts would try to send usage telemetry and log an ERROR on machines without
+# internet access; opt out unless the user set it.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def default_work_dir(work_dir: str | None) -> Path:
