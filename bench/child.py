@@ -28,3 +28,11 @@ def run_child(code: str, *args, env: dict[str, str] | None = None) -> dict:
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report(name: str, result: dict) -> None:
+    """Write bench/results/<name>.json (everything) and print the scalar figures as one JSON line, last."""
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}))

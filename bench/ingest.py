@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -232,10 +231,7 @@ def main() -> None:
                 "documents_kept_10x"):
         value = results[key]
         print(f"{key:40s} {value:.3f}" if isinstance(value, float) else f"{key:40s} {value}")
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ingest.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: v for k, v in results.items() if k != "splitters"}))
+    child.report("ingest", results)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from child import run_child  # noqa: E402
+from child import report, run_child  # noqa: E402
 
 SHARED = Path(os.environ.get("BERTFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
 WIKI = SHARED / "corpus" / "wikipedia" / "enwiki_2015_extract" / "AA"
@@ -186,10 +186,7 @@ def main() -> None:
         "repeats": REPEATS,
         "runs": runs,
     }
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pretrain.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}))
+    report("pretrain", result)
 
 
 if __name__ == "__main__":

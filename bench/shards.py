@@ -20,7 +20,6 @@ writes bench/results/shards.json and prints one JSON object as its last line.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -32,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from child import run_child  # noqa: E402
+from child import report, run_child  # noqa: E402
 
 SHARED = Path(os.environ.get("BERTFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
 WIKI = SHARED / "corpus" / "wikipedia" / "enwiki_2015_extract" / "AA"
@@ -243,10 +242,7 @@ def main() -> None:
         "google": google, "hf": hf, "floor": floor,
         "lddl": "not run: lddl 0.1.0 pins transformers==4.16.2, dask==2021.7.1, mpi4py==3.1.3",
     }
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "shards.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}))
+    report("shards", result)
 
 
 if __name__ == "__main__":

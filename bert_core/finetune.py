@@ -31,6 +31,7 @@ from bert_core import stage
 from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.corpus import read_table_file
 from bert_core.evaluate import classification_metrics
+from bert_core.optim import build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -180,9 +181,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     """
     output_dir = Path(config.output_dir)
     model_path = resolve_model(config.model_name_or_path)
-    fields = {k: v for k, v in stage.to_jsonable(config).items() if k != "output_dir"}
-    key = stage.hash_json({"config": fields, "data": stage.hash_files([config.train_file, config.validation_file]),
-                           "model": stage.hash_path(model_path), "version": 2})
+    key = run_key(config, model_path, version=2)
     if stage.completed_stage(output_dir, key):
         logger.info("finetune: %s is up to date, skipping", output_dir)
         return stage.read_json(output_dir / "summary.json")
@@ -214,16 +213,6 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         collate_fn=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
         generator=torch.Generator().manual_seed(config.seed),
     )
-    steps_per_epoch = len(loader)
-    max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in trainable if not (n.endswith("bias") or "LayerNorm" in n)]
-    no_decay = [p for n, p in trainable if n.endswith("bias") or "LayerNorm" in n]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(config.warmup_ratio * max_steps),
-                              num_training_steps=max_steps)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     weights = None
     if config.class_weights == "balanced":
         counts = np.bincount(train_labels, minlength=num_labels).astype(np.float64)
@@ -232,48 +221,44 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     elif config.class_weights is not None:
         raise ValueError(f"unknown class_weights {config.class_weights!r}; choose 'balanced' or None")
 
-    def dev_metrics() -> dict[str, Any]:
-        predictions, _ = predict_labels(accelerator.unwrap_model(model), tokenizer, dev_texts, pairs=dev_pairs,
+    def dev_metrics(model) -> dict[str, Any]:
+        predictions, _ = predict_labels(model, tokenizer, dev_texts, pairs=dev_pairs,
                                         max_seq_length=config.max_seq_length, truncation=config.truncation,
                                         batch_size=config.per_device_eval_batch_size, device=accelerator.device)
         return classification_metrics(dev_labels, predictions, num_labels)
 
-    def loss_of(batch) -> torch.Tensor:
+    def loss_of(model, batch) -> torch.Tensor:
         labels = batch.pop("labels")
         return torch.nn.functional.cross_entropy(model(**batch).logits.float(), labels, weight=weights)
 
-    step, best = fit(accelerator, model, optimizer, scheduler, loader, loss_of=loss_of, dev_metrics=dev_metrics,
-                     max_steps=max_steps, config=config, output_dir=output_dir)
-
-    summary: dict[str, Any] = {}
-    if accelerator.is_main_process:
-        final_model = accelerator.unwrap_model(model)
-        final_model.load_state_dict(best["state"])
-        with stage.atomic_directory(output_dir / "final") as tmp:
-            final_model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        summary = {
-            "final_dir": str(output_dir / "final"),
-            "steps": step,
-            "best_step": best["step"],
-            "train_examples": len(train_texts),
-            **{f"eval_{k}": v for k, v in best["metrics"].items()},
-            "label_names": list(config.label_names),
-        }
-        stage.write_json(output_dir / "summary.json", summary)
-        stage.write_stage_record(output_dir, key=key, stage="finetune", config=config, outputs=summary)
-    accelerator.wait_for_everyone()
-    return summary
+    return fit(accelerator, model, tokenizer, loader, loss_of=loss_of, dev_metrics=dev_metrics, config=config,
+               output_dir=output_dir, key=key, stage_name="finetune",
+               summary={"train_examples": len(train_texts), "label_names": list(config.label_names)})
 
 
-def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, *, loss_of, dev_metrics, max_steps: int,
-        config, output_dir: Path) -> tuple[int, dict[str, Any]]:
-    """The fine-tuning loop shared by sequence and token classification; returns (steps, best evaluation).
+def run_key(config, model_path: str, *, version: int) -> str:
+    """The stage key of a fine-tuning run: its config (output_dir aside), data files and starting model."""
+    fields = {k: v for k, v in stage.to_jsonable(config).items() if k != "output_dir"}
+    return stage.hash_json({"config": fields, "data": stage.hash_files([config.train_file, config.validation_file]),
+                            "model": stage.hash_path(model_path), "version": version})
 
-    Clips gradients, steps the schedule, evaluates `dev_metrics()` after each epoch and every `config.eval_steps`,
-    appends each evaluation to `metrics.jsonl`, keeps the weights of the best `config.metric_for_best_model`, and
-    stops after `config.early_stopping_patience` evaluations without improvement.
+
+def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metrics, config, output_dir: Path,
+        key: str, stage_name: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tuning loop shared by sequence and token classification; returns the run's summary.
+
+    AdamW with BERT's parameter groups and a linear schedule after `config.warmup_ratio` of the steps; clips
+    gradients; evaluates `dev_metrics(model)` after each epoch and every `config.eval_steps`, appending each
+    evaluation to `metrics.jsonl`; keeps the weights of the best `config.metric_for_best_model` and stops after
+    `config.early_stopping_patience` evaluations without improvement; saves the best model with its tokenizer to
+    `final/`, then `summary.json` (`summary` plus steps and the best dev metrics) and the stage record.
     """
+    max_steps = config.max_train_steps or config.num_train_epochs * len(loader)
+    optimizer = build_optimizer(model, name="adamw", lr=config.learning_rate, weight_decay=config.weight_decay,
+                                betas=(0.9, 0.999), eps=1e-8)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(config.warmup_ratio * max_steps),
+                              num_training_steps=max_steps)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = output_dir / "metrics.jsonl"
     metrics_path.write_text("")
@@ -285,7 +270,7 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, *, loss_o
     def evaluate(epoch: float) -> bool:
         """Evaluate on the dev set; keep the best weights; True when patience has run out."""
         model.eval()
-        metrics = dev_metrics()
+        metrics = dev_metrics(accelerator.unwrap_model(model))
         model.train()
         record = {"step": tally["step"], "epoch": round(epoch, 3), "train_loss": tally["loss"] / max(1, tally["count"]),
                   **{f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
@@ -307,7 +292,7 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, *, loss_o
     for epoch in range(math.ceil(max_steps / steps_per_epoch)):
         stop = False
         for batch in loader:
-            loss = loss_of(batch)
+            loss = loss_of(model, batch)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
@@ -326,7 +311,19 @@ def fit(accelerator: Accelerator, model, optimizer, scheduler, loader, *, loss_o
         if stop or evaluate(min(epoch + 1.0, tally["step"] / steps_per_epoch)) or tally["step"] >= max_steps:
             break
     progress.close()
-    return tally["step"], best
+
+    if accelerator.is_main_process:
+        final_model = accelerator.unwrap_model(model)
+        final_model.load_state_dict(best["state"])
+        with stage.atomic_directory(output_dir / "final") as tmp:
+            final_model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        summary = {"final_dir": str(output_dir / "final"), "steps": tally["step"], "best_step": best["step"],
+                   **summary, **{f"eval_{k}": v for k, v in best["metrics"].items()}}
+        stage.write_json(output_dir / "summary.json", summary)
+        stage.write_stage_record(output_dir, key=key, stage=stage_name, config=config, outputs=summary)
+    accelerator.wait_for_everyone()
+    return summary if accelerator.is_main_process else {}
 
 
 def finetune_seeds(config: FinetuneConfig, seeds: tuple[int, ...]) -> dict[str, Any]:

@@ -73,12 +73,19 @@ def mask_sequence(
     positions = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
     labels = ids[positions].copy()
     masked = ids.copy()
+    _replace(masked, positions, config=config, rng=rng, mask_token_id=mask_token_id, vocab_size=vocab_size,
+             num_special_tokens=num_special_tokens)
+    return MaskedSequence(masked, positions.astype(np.int64), labels)
+
+
+def _replace(ids: np.ndarray, positions: np.ndarray, *, config: MaskingConfig, rng: np.random.Generator,
+             mask_token_id: int, vocab_size: int, num_special_tokens: int) -> None:
+    """The 80/10/10 rule, in place: each chosen position becomes [MASK], a random non-special token, or stays."""
     draw = rng.random(positions.size)
     to_mask = draw < config.mask_replace_prob
-    to_random = (draw >= config.mask_replace_prob) & (draw < config.mask_replace_prob + config.random_replace_prob)
-    masked[positions[to_mask]] = mask_token_id
-    masked[positions[to_random]] = rng.integers(num_special_tokens, vocab_size, size=int(to_random.sum()))
-    return MaskedSequence(masked, positions.astype(np.int64), labels)
+    to_random = ~to_mask & (draw < config.mask_replace_prob + config.random_replace_prob)
+    ids[positions[to_mask]] = mask_token_id
+    ids[positions[to_random]] = rng.integers(num_special_tokens, vocab_size, size=int(to_random.sum()))
 
 
 def _budgets(counts: np.ndarray, config: MaskingConfig) -> np.ndarray:
@@ -143,11 +150,8 @@ def mask_flat(
         flat_chosen.append(index[rows, cols])
     chosen_flat = np.concatenate(flat_chosen) if flat_chosen else np.zeros(0, np.int64)
     labels = ids[chosen_flat]
-    draw = rng.random(chosen_flat.size)
-    to_mask = draw < config.mask_replace_prob
-    to_random = ~to_mask & (draw < config.mask_replace_prob + config.random_replace_prob)
-    masked[chosen_flat[to_mask]] = mask_token_id
-    masked[chosen_flat[to_random]] = rng.integers(num_special_tokens, vocab_size, size=int(to_random.sum()))
+    _replace(masked, chosen_flat, config=config, rng=rng, mask_token_id=mask_token_id, vocab_size=vocab_size,
+             num_special_tokens=num_special_tokens)
     counts = np.concatenate(counts_out) if counts_out else np.zeros(0, np.int64)
     position_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     positions = np.concatenate(positions_out).astype(np.int64) if positions_out else np.zeros(0, np.int64)

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification, get_scheduler
+from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
 
 from bert_core import stage
-from bert_core.finetune import fit, resolve_model
+from bert_core.finetune import fit, resolve_model, run_key
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +131,7 @@ def finetune_ner(config: NerConfig) -> dict[str, Any]:
     """Fine-tune a token classifier and score it on the validation file; skip when done with the same inputs."""
     output_dir = Path(config.output_dir)
     model_path = resolve_model(config.model_name_or_path)
-    fields = {k: v for k, v in stage.to_jsonable(config).items() if k != "output_dir"}
-    key = stage.hash_json({"config": fields, "data": stage.hash_files([config.train_file, config.validation_file]),
-                           "model": stage.hash_path(model_path), "version": 1})
+    key = run_key(config, model_path, version=1)
     if stage.completed_stage(output_dir, key):
         return stage.read_json(output_dir / "summary.json")
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
@@ -154,37 +152,15 @@ def finetune_ner(config: NerConfig) -> dict[str, Any]:
     loader = torch.utils.data.DataLoader(rows, batch_size=config.per_device_train_batch_size, shuffle=True,
                                          collate_fn=DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8),
                                          generator=torch.Generator().manual_seed(config.seed))
-    max_steps = config.max_train_steps or config.num_train_epochs * len(loader)
-    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(config.warmup_ratio * max_steps),
-                              num_training_steps=max_steps)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     dev_words, dev_tags = [w for w, _ in dev], [t for _, t in dev]
 
-    def dev_metrics() -> dict[str, Any]:
-        predicted = predict_tags(accelerator.unwrap_model(model), tokenizer, dev_words,
-                                 max_seq_length=config.max_seq_length, batch_size=config.per_device_eval_batch_size,
-                                 device=accelerator.device)
+    def dev_metrics(model) -> dict[str, Any]:
+        predicted = predict_tags(model, tokenizer, dev_words, max_seq_length=config.max_seq_length,
+                                 batch_size=config.per_device_eval_batch_size, device=accelerator.device)
         return entity_metrics(dev_tags, predicted)
 
-    def loss_of(batch) -> torch.Tensor:
+    def loss_of(model, batch) -> torch.Tensor:
         return model(**batch).loss
 
-    step, best = fit(accelerator, model, optimizer, scheduler, loader, loss_of=loss_of, dev_metrics=dev_metrics,
-                     max_steps=max_steps, config=config, output_dir=output_dir)
-    summary: dict[str, Any] = {}
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model)
-        final.load_state_dict(best["state"])
-        with stage.atomic_directory(output_dir / "final") as tmp:
-            final.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        summary = {"final_dir": str(output_dir / "final"), "steps": step, "best_step": best["step"],
-                   "train_sentences": len(train), **{f"eval_{k}": v for k, v in best["metrics"].items()}}
-        stage.write_json(output_dir / "summary.json", summary)
-        stage.write_stage_record(output_dir, key=key, stage="finetune-ner", config=config, outputs=summary)
-    accelerator.wait_for_everyone()
-    return summary
+    return fit(accelerator, model, tokenizer, loader, loss_of=loss_of, dev_metrics=dev_metrics, config=config,
+               output_dir=output_dir, key=key, stage_name="finetune-ner", summary={"train_sentences": len(train)})

@@ -39,7 +39,6 @@ from bert_core.evaluate import evaluate_objective
 from bert_core.masking import MaskingConfig
 from bert_core.model import PretrainingObjective, build_model
 from bert_core.optim import build_optimizer
-from bert_core.shards import read_manifest
 from bert_core.tokenizer import continuation_mask, load_tokenizer
 
 logger = logging.getLogger(__name__)

@@ -195,7 +195,7 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
     existing = client.get_run(config.run_id) if config.run_id else None
     run_args = {"run_id": config.run_id} if existing else {"experiment_id": experiment_id,
                                                            "run_name": config.run_name or name}
-    with mlflow.start_run(**run_args) as run:
+    with mlflow.start_run(**run_args):
         params: dict[str, str] = {}
         _flatten("", config.params, params)
         if existing:  # a param cannot be logged twice; the run's own values stand

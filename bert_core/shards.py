@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 import mmap
-import os
 from pathlib import Path
 from typing import Any
 

@@ -13,9 +13,13 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+if TYPE_CHECKING:  # transformers is imported only where a transformers tokenizer is built (see _wrap)
+    from transformers import PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 

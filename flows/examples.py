@@ -6,7 +6,7 @@ processes, or an existing Dask scheduler at `dask_address`. The shards are the s
 
 from __future__ import annotations
 
-from prefect import flow, unmapped
+from prefect import flow
 
 from bert_core import stage
 from bert_core.examples import ExamplesConfig

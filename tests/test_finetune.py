@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForSequenceClassification
 
 from bert_core.corpus import SAMPLE_DIR
@@ -110,13 +111,8 @@ def test_frozen_encoder_trains_only_the_head(pretrained, tmp_path):
                                       max_seq_length=32, max_train_steps=5, learning_rate=1e-2, freeze_encoder=True))
     before = AutoModelForPreTraining.from_pretrained(pretrained["final_dir"]).bert.state_dict()
     after = AutoModelForSequenceClassification.from_pretrained(summary["final_dir"]).bert.state_dict()
-    assert all(torch_equal(before[k], after[k]) for k in before if k in after)
-
-
-def torch_equal(a, b):
-    import torch
-
-    return torch.equal(a, b)
+    shared = [k for k in before if k in after]
+    assert shared and all(torch.equal(before[k], after[k]) for k in shared)
 
 
 def test_head_tail_truncation_keeps_both_ends(pretrained):
