@@ -47,6 +47,19 @@ def _finetune_ner(args) -> object:
     return finetune_ner(stage.load_config(NerConfig, args.config))
 
 
+def _finetune_qa(args) -> object:
+    from bert_core.qa import QaConfig, finetune_qa
+
+    return finetune_qa(stage.load_config(QaConfig, args.config))
+
+
+def _split_squad(args) -> object:
+    from bert_core.qa import split_squad_by_article
+
+    return split_squad_by_article(args.squad_file, args.train_out, args.eval_out, eval_articles=args.eval_articles,
+                                  seed=args.seed)
+
+
 def _evaluate(args) -> object:
     from bert_core.evaluate import EvaluateConfig, evaluate_models
 
@@ -82,8 +95,14 @@ def _predict(args) -> None:
             raise SystemExit("predict --task nsp: give the second sentences with --pair")
         results = [{"text": t, "pair": p, "is_next_probability": round(q, 6)}
                    for t, p, q in zip(texts, pairs, predict.next_sentence_probability(model, texts, pairs))]
+    elif args.task == "qa":
+        if pairs is None:
+            raise SystemExit("predict --task qa: give the questions with --text and their contexts with --pair")
+        results = [{"question": t, "context": p, **r}
+                   for t, p, r in zip(texts, pairs, predict.answer(model, texts, pairs, args.max_seq_length or 384))]
     elif args.task == "classify":
-        results = [{"text": t, **r} for t, r in zip(texts, predict.classify(model, texts, pairs, args.max_seq_length))]
+        results = [{"text": t, **r} for t, r in zip(texts, predict.classify(model, texts, pairs,
+                                                                                  args.max_seq_length or 128))]
     else:
         if not args.output:
             raise SystemExit("predict --task embed: give --output PATH (writes PATH.npy and PATH.arrow)")
@@ -135,22 +154,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True, help="NerConfig JSON")
     p.set_defaults(run=_finetune_ner)
 
+    p = sub.add_parser("finetune-qa", help="fine-tune extractive question answering on SQuAD-format JSON")
+    p.add_argument("--config", type=Path, required=True, help="QaConfig JSON")
+    p.set_defaults(run=_finetune_qa)
+
+    p = sub.add_parser("split-squad", help="split a SQuAD JSON file into train/eval files by whole articles")
+    p.add_argument("squad_file", type=Path)
+    p.add_argument("--train-out", type=Path, required=True)
+    p.add_argument("--eval-out", type=Path, required=True)
+    p.add_argument("--eval-articles", type=int, required=True, help="how many articles go to the eval file")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_split_squad)
+
     p = sub.add_parser("evaluate", help="held-out MLM/NSP metrics of a pretrained model; dev metrics of a classifier")
     p.add_argument("--config", type=Path, required=True, help="EvaluateConfig JSON")
     p.set_defaults(run=_evaluate)
 
-    p = sub.add_parser("predict", help="fill-mask, next-sentence probability, classification or embeddings")
+    p = sub.add_parser("predict", help="fill-mask, next-sentence probability, classification, QA answers or embeddings")
     p.add_argument("--model", required=True, help="a model directory, models:/name@alias, or a package that ships one")
-    p.add_argument("--task", required=True, choices=("fill-mask", "nsp", "classify", "embed"))
+    p.add_argument("--task", required=True, choices=("fill-mask", "nsp", "classify", "qa", "embed"))
     p.add_argument("--text", action="append", help="an input text (repeatable)")
-    p.add_argument("--pair", action="append", help="the second text of a pair, in --text order (repeatable)")
+    p.add_argument("--pair", action="append",
+                   help="the second text of a pair, in --text order (repeatable); for --task qa the context")
     p.add_argument("--input", type=Path, help="a TSV/CSV/JSONL/Parquet file of texts")
     p.add_argument("--text-column", default="sentence")
     p.add_argument("--pair-column")
     p.add_argument("--top-k", type=int, default=5, help="fill-mask guesses per [MASK]")
     p.add_argument("--pooling", default="mean", choices=("mean", "cls"), help="sentence vector for --task embed")
     p.add_argument("--output", type=Path, help="--task embed: write OUTPUT.npy (pooled) and OUTPUT.arrow (tokens)")
-    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--max-seq-length", type=int, default=None, help="default: 128, and 384 for --task qa")
     p.set_defaults(run=_predict)
 
     p = sub.add_parser("register", help="log a model to MLflow, register it and apply the promotion gate")

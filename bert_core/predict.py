@@ -1,4 +1,4 @@
-"""Inference with a pretrained or fine-tuned BERT: fill-mask, next-sentence probability, classification, embeddings.
+"""Inference with a pretrained or fine-tuned BERT: fill-mask, NSP probability, classification, QA, embeddings.
 
 `python -m bert_core predict --model M --task T ...` where M is a directory, `models:/name@alias` (a registered
 MLflow model) or an installed package that ships one (see `finetune.resolve_model`). Results are JSON lines on
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-TASKS = ("fill-mask", "nsp", "classify", "embed")
+TASKS = ("fill-mask", "nsp", "classify", "qa", "embed")
 
 
 def fill_mask(model_dir: str, texts: list[str], top_k: int = 5) -> list[list[list[dict[str, Any]]]]:
@@ -58,6 +58,21 @@ def classify(model_dir: str, texts: list[str], pairs: list[str] | None = None,
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return [{"label": names[int(i)], "score": round(float(p[int(i)]), 6),
              "probabilities": {n: round(float(q), 6) for n, q in zip(names, p)}} for i, p in zip(ids, probabilities)]
+
+
+def answer(model_dir: str, questions: list[str], contexts: list[str], max_seq_length: int = 384,
+           doc_stride: int = 128) -> list[dict[str, Any]]:
+    """The answer span of each question in its context from a fine-tuned extractive QA model (see `bert_core.qa`)."""
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from bert_core.qa import answer_questions
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForQuestionAnswering.from_pretrained(model_dir)
+    found = answer_questions(model, tokenizer, questions, contexts, max_seq_length=max_seq_length,
+                             doc_stride=min(doc_stride, max_seq_length // 2))
+    return [{"answer": a["answer"], "start": a["start"], "score": round(a["score"], 4),
+             "probability": round(a["probability"], 6)} for a in found]
 
 
 @torch.no_grad()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
+import json
 import random
 import shutil
 from pathlib import Path
@@ -18,6 +20,10 @@ WIKI_FILES = ["wiki_00.gz", "wiki_01.gz"]
 BOOK_FILES = ["pg11.txt.gz", "pg35.txt.gz", "pg7256.txt.gz"]  # Alice, The Time Machine, The Gift of the Magi
 MRPC_TRAIN_ROWS = 800
 SST2_TRAIN_ROWS = 4000
+# Extractive QA: whole articles of the SQuAD v1.1 dev set (the only SQuAD split in shared/data), small ones, split
+# by article so that no context is in both files.
+SQUAD_TRAIN_ARTICLES = ["Normans", "1973_oil_crisis", "Packet_switching", "Black_Death"]
+SQUAD_DEV_ARTICLES = ["Sky_(United_Kingdom)"]
 
 
 def main() -> None:
@@ -54,6 +60,16 @@ def main() -> None:
     random.Random(0).shuffle(body)
     (mrpc / "train.tsv").write_bytes(head + b"".join(body[:MRPC_TRAIN_ROWS]))
     shutil.copyfile(args.shared / "tasks/mrpc/dev.tsv", mrpc / "dev.tsv")
+
+    # SQuAD: chosen articles, unchanged, as gzipped SQuAD JSON (mtime 0: the same bytes on every rebuild).
+    squad = args.out / "squad"
+    squad.mkdir(parents=True, exist_ok=True)
+    source = json.loads((args.shared / "tasks/squad_v1.1/dev-v1.1.json").read_text(encoding="utf-8"))
+    articles = {a["title"]: a for a in source["data"]}
+    for name, titles in (("train", SQUAD_TRAIN_ARTICLES), ("dev", SQUAD_DEV_ARTICLES)):
+        document = {"version": source["version"], "data": [articles[t] for t in titles]}
+        with gzip.GzipFile(squad / f"{name}.json.gz", "wb", mtime=0) as f:
+            f.write(json.dumps(document, ensure_ascii=False).encode("utf-8"))
 
 
 if __name__ == "__main__":
