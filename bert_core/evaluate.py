@@ -1,8 +1,10 @@
 """Evaluation: held-out MLM/NSP metrics of pretrained models, task metrics of classifiers, reports and plots.
 
 Pretrained models are scored on the validation shards, which always carry fixed (static) masks, so two models are
-compared on exactly the same predictions. Classifiers are scored on a labelled dev file: accuracy, F1 of the
-positive class (binary) or macro-F1, Matthews correlation and the confusion matrix.
+compared on exactly the same predictions. Task models are scored on a labelled dev file: classifiers by accuracy,
+F1 of the positive class (binary) or macro-F1, Matthews correlation and the confusion matrix; NER models by
+entity-level F1 (seqeval); QA models by SQuAD exact match and F1. `evaluate_task` writes the report (metrics,
+per-example predictions, a plot, markdown) and compares with the current champion on the same file.
 """
 
 from __future__ import annotations
@@ -59,12 +61,17 @@ class EvaluateConfig:
 
     model_dir: str | None = None  # a BertForPreTraining save_pretrained directory...
     shards_dir: str | None = None  # ...scored on this static-masked split (e.g. <examples>/validation)
-    classifier_dir: str | None = None  # a sequence classifier...
-    data_file: str | None = None  # ...scored on this labelled file
-    output_dir: str | None = None  # where classifier reports go
+    classifier_dir: str | None = None  # a fine-tuned task model...
+    data_file: str | None = None  # ...scored on this labelled file (TSV/CSV/JSONL/Parquet, CoNLL, SQuAD JSON)
+    kind: str = "classifier"  # "classifier", "token-classifier" (NER) or "question-answering"
+    champion_dir: str | None = None  # a model (directory or models:/name@champion) to compare with on the same file
+    output_dir: str | None = None  # where the task model's report goes
     text_column: str = "sentence"
+    text_pair_column: str | None = None
     label_column: str = "label"
-    max_seq_length: int = 128
+    truncation: str = "head"
+    max_seq_length: int = 128  # use the model's fine-tuning value (QA: its window, e.g. 384)
+    doc_stride: int = 128  # QA: overlap of the context windows
     per_device_eval_batch_size: int = 64
 
 
@@ -82,9 +89,15 @@ def evaluate_models(config: EvaluateConfig) -> dict[str, Any]:
                                                     batch_size=config.per_device_eval_batch_size)
     if config.classifier_dir:
         output_dir = config.output_dir or str(Path(config.classifier_dir).parent / "evaluation")
-        results["classifier"] = evaluate_classifier(config.classifier_dir, config.data_file, output_dir,
-                                                    text_column=config.text_column, label_column=config.label_column,
-                                                    max_seq_length=config.max_seq_length)
+        from bert_core.finetune import resolve_model
+
+        champion = resolve_model(config.champion_dir) if config.champion_dir else None
+        result = evaluate_task(config.kind, resolve_model(config.classifier_dir), config.data_file, output_dir,
+                               champion_dir=champion, text_column=config.text_column,
+                               text_pair_column=config.text_pair_column, label_column=config.label_column,
+                               max_seq_length=config.max_seq_length, truncation=config.truncation,
+                               doc_stride=config.doc_stride)
+        results["classifier"] = {k: v for k, v in result.items() if k != "report_markdown"}
     return results
 
 
@@ -174,22 +187,24 @@ def write_pretraining_report(metrics_jsonl: str | Path, output_dir: str | Path) 
     return ReportPaths(json=report, plots=(plot,))
 
 
-def write_confusion_matrix_plot(confusion: list[list[int]], label_names: list[str], path: str | Path) -> Path:
+def write_confusion_matrix_plot(confusion: list[list[int]], label_names: list[str], path: str | Path, *,
+                                title: str = "Confusion matrix (dev)") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     matrix = np.asarray(confusion)
-    fig, ax = plt.subplots(figsize=(4, 4))
+    size = max(4.0, 0.6 * len(label_names) + 1.5)
+    fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(label_names)), label_names)
+    ax.set_xticks(range(len(label_names)), label_names, rotation=45 if len(label_names) > 3 else 0)
     ax.set_yticks(range(len(label_names)), label_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     for (i, j), value in np.ndenumerate(matrix):
         ax.text(j, i, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
-    ax.set_title("Confusion matrix (dev)")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -206,23 +221,227 @@ def evaluate_classifier(
     max_seq_length: int = 128,
 ) -> dict[str, Any]:
     """Score a saved sequence classifier on a labelled file; write metrics JSON, predictions and a confusion plot."""
+    return evaluate_task("classifier", model_dir, data_file, output_dir, text_column=text_column,
+                         label_column=label_column, max_seq_length=max_seq_length)["metrics"]
+
+
+# --- Task models: one scoring function per kind, one report for all ---
+
+TASK_KINDS = ("classifier", "token-classifier", "question-answering")
+PRIMARY_METRIC = {"classifier": "accuracy", "token-classifier": "f1", "question-answering": "f1"}
+
+
+@dataclass
+class TaskScore:
+    metrics: dict[str, Any]
+    rows: list[dict[str, Any]]  # one per example, written to predictions.jsonl
+    correct: np.ndarray  # per example: right (classifier label, NER sentence, QA exact match)
+    plots: dict[str, Any]  # name -> callable(path) drawing a plot
+
+
+def _score_classifier(model_dir, data_file, *, text_column, text_pair_column, label_column, max_seq_length,
+                      truncation, **_) -> TaskScore:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from bert_core.finetune import predict_labels, read_labelled_texts
-    from bert_core.stage import write_json
+    from bert_core.finetune import predict_labels, read_task_file
 
-    texts, labels = read_labelled_texts(data_file, text_column, label_column)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    predictions, probabilities = predict_labels(model, tokenizer, texts, max_seq_length=max_seq_length)
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    metrics = classification_metrics(labels, predictions, model.config.num_labels)
+    texts, pairs, labels = read_task_file(data_file, text_column, label_column, text_pair_column=text_pair_column,
+                                          label_names=tuple(label_names))
+    predictions, probabilities = predict_labels(model, tokenizer, texts, pairs=pairs, max_seq_length=max_seq_length,
+                                                truncation=truncation)
+    metrics = {**classification_metrics(labels, predictions, model.config.num_labels), "label_names": label_names}
+    rows = [{"text": text, **({"text_pair": pairs[i]} if pairs else {}), "label": label_names[int(labels[i])],
+             "prediction": label_names[int(predictions[i])],
+             "probabilities": [round(float(q), 6) for q in probabilities[i]]} for i, text in enumerate(texts)]
+    plots = {"confusion_matrix.png": lambda path: write_confusion_matrix_plot(metrics["confusion_matrix"],
+                                                                              label_names, path)}
+    return TaskScore(metrics, rows, labels == predictions, plots)
+
+
+def _score_ner(model_dir, data_file, *, max_seq_length, **_) -> TaskScore:
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from bert_core.ner import entity_metrics, predict_tags, read_conll
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForTokenClassification.from_pretrained(model_dir)
+    sentences = read_conll(data_file)
+    words, gold = [w for w, _ in sentences], [t for _, t in sentences]
+    predicted = predict_tags(model, tokenizer, words, max_seq_length=max_seq_length)
+    metrics = entity_metrics(gold, predicted)
+    # Tag-level confusion, in the model's label order (tags the model does not know go to no row).
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    index = {name: i for i, name in enumerate(names)}
+    confusion = np.zeros((len(names), len(names)), dtype=np.int64)
+    for gs, ps in zip(gold, predicted):
+        for g, p in zip(gs, ps):
+            if g in index and p in index:
+                confusion[index[g], index[p]] += 1
+    metrics["tag_confusion_matrix"] = confusion.tolist()
+    rows = [{"words": w, "tags": g, "predicted": p} for w, g, p in zip(words, gold, predicted)]
+    correct = np.asarray([g == p for g, p in zip(gold, predicted)])
+    plots = {"confusion_matrix.png": lambda path: write_confusion_matrix_plot(metrics["tag_confusion_matrix"],
+                                                                              names, path, title="Tag confusion (dev)")}
+    return TaskScore(metrics, rows, correct, plots)
+
+
+def _score_qa(model_dir, data_file, *, max_seq_length, doc_stride, **_) -> TaskScore:
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from bert_core.qa import answer_f1, answer_questions, normalize_answer, read_squad, squad_metrics
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForQuestionAnswering.from_pretrained(model_dir)
+    questions = read_squad(data_file)
+    answers = answer_questions(model, tokenizer, [q.question for q in questions], [q.context for q in questions],
+                               max_seq_length=max_seq_length, doc_stride=min(doc_stride, max_seq_length // 2))
+    metrics = squad_metrics(questions, {q.id: a["answer"] for q, a in zip(questions, answers)})
+    rows, correct, by_type = [], [], {}
+    for q, a in zip(questions, answers):
+        exact = any(normalize_answer(a["answer"]) == normalize_answer(g) for g in q.answers)
+        f1 = max((answer_f1(a["answer"], g) for g in q.answers), default=0.0)
+        rows.append({"id": q.id, "question": q.question, "answers": list(q.answers), "prediction": a["answer"],
+                     "exact_match": exact, "f1": round(f1, 4)})
+        correct.append(exact)
+        by_type.setdefault(_question_type(q.question), []).append(f1)
+    metrics["f1_by_question_type"] = {k: 100.0 * float(np.mean(v)) for k, v in sorted(by_type.items())}
+    metrics["questions_by_type"] = {k: len(v) for k, v in sorted(by_type.items())}
+    plots = {"f1_by_question_type.png": lambda path: _bar_plot(metrics["f1_by_question_type"],
+                                                               metrics["questions_by_type"], path)}
+    return TaskScore(metrics, rows, np.asarray(correct), plots)
+
+
+def _question_type(question: str) -> str:
+    words = question.lower().replace("?", " ").split()
+    for word in ("what", "which", "who", "whom", "whose", "when", "where", "why", "how"):
+        if word in words:
+            return "who" if word in ("whom", "whose") else word
+    return "other"
+
+
+def _bar_plot(values: dict[str, float], counts: dict[str, int], path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = list(values)
+    ax.bar(names, [values[n] for n in names], color="#4c72b0")
+    for i, n in enumerate(names):
+        ax.text(i, values[n] + 1, f"n={counts[n]}", ha="center", fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("F1 (%)")
+    ax.set_title("Answer F1 by question word (dev)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+_SCORERS = {"classifier": _score_classifier, "token-classifier": _score_ner, "question-answering": _score_qa}
+
+
+def mcnemar_p_value(new_only: int, champion_only: int) -> float:
+    """Two-sided exact McNemar test: the probability of a split of the discordant examples at least this uneven
+    if both models were equally good (binomial, p = 1/2)."""
+    from math import comb
+
+    n, k = new_only + champion_only, min(new_only, champion_only)
+    if n == 0:
+        return 1.0
+    tail = sum(comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def evaluate_task(kind: str, model_dir: str | Path, data_file: str | Path, output_dir: str | Path, *,
+                  champion_dir: str | Path | None = None, text_column: str = "sentence",
+                  text_pair_column: str | None = None, label_column: str = "label", max_seq_length: int = 128,
+                  truncation: str = "head", doc_stride: int = 128) -> dict[str, Any]:
+    """Score a fine-tuned model on a labelled dev file and write its report under `output_dir`.
+
+    Writes `metrics.json`, `predictions.jsonl` (one row per example: input, gold, prediction), the kind's plot
+    (confusion matrix for classifiers and NER tags, F1 by question word for QA) and `report.md`. With
+    `champion_dir`, the champion is scored on the same file and the report compares the two: each metric and its
+    difference, how many examples only one of them gets right, and the exact McNemar p-value of that split.
+    Returns {"kind", "primary_metric", "metrics", "champion_metrics", "comparison", "reports"}.
+    """
+    from bert_core.stage import atomic_file, write_json
+
+    if kind not in _SCORERS:
+        raise ValueError(f"unknown task kind {kind!r}; one of {TASK_KINDS}")
+    options = dict(text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
+                   max_seq_length=max_seq_length, truncation=truncation, doc_stride=doc_stride)
+    score = _SCORERS[kind](model_dir, data_file, **options)
+    champion = _SCORERS[kind](champion_dir, data_file, **options) if champion_dir else None
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(output_dir / "classifier_metrics.json", {**metrics, "label_names": label_names, "data_file": str(data_file)})
-    with open(output_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
-        for text, label, pred, probs in zip(texts, labels, predictions, probabilities):
-            f.write(json.dumps({"text": text, "label": int(label), "prediction": int(pred),
-                                "probabilities": [round(float(p), 6) for p in probs]}) + "\n")
-    write_confusion_matrix_plot(metrics["confusion_matrix"], label_names, output_dir / "confusion_matrix.png")
-    return metrics
+    primary = PRIMARY_METRIC[kind]
+    comparison = None
+    if champion is not None:
+        if len(champion.correct) != len(score.correct):
+            raise AssertionError("champion and candidate were scored on different numbers of examples")
+        new_only = int((score.correct & ~champion.correct).sum())
+        champion_only = int((champion.correct & ~score.correct).sum())
+        comparison = {"champion_dir": str(champion_dir), "primary_metric": primary,
+                      "candidate": score.metrics[primary], "champion": champion.metrics[primary],
+                      "difference": score.metrics[primary] - champion.metrics[primary],
+                      "candidate_only_correct": new_only, "champion_only_correct": champion_only,
+                      "mcnemar_p_value": mcnemar_p_value(new_only, champion_only)}
+    write_json(output_dir / "metrics.json", {"kind": kind, "data_file": str(data_file), "model_dir": str(model_dir),
+                                             **score.metrics, "champion": champion.metrics if champion else None,
+                                             "comparison": comparison})
+    with atomic_file(output_dir / "predictions.jsonl") as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for i, row in enumerate(score.rows):
+                extra = {"champion_correct": bool(champion.correct[i])} if champion else {}
+                f.write(json.dumps({**row, "correct": bool(score.correct[i]), **extra}, ensure_ascii=False) + "\n")
+    reports = [output_dir / "metrics.json", output_dir / "predictions.jsonl"]
+    for name, draw in score.plots.items():
+        reports.append(draw(output_dir / name))
+    report = render_task_report(kind, data_file, score.metrics, champion.metrics if champion else None, comparison)
+    (output_dir / "report.md").write_text(report, encoding="utf-8")
+    reports.append(output_dir / "report.md")
+    return {"kind": kind, "primary_metric": primary, "metrics": score.metrics,
+            "champion_metrics": champion.metrics if champion else None, "comparison": comparison,
+            "reports": [str(p) for p in reports], "report_markdown": report}
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def render_task_report(kind: str, data_file, metrics: dict[str, Any], champion: dict[str, Any] | None,
+                       comparison: dict[str, Any] | None) -> str:
+    """The evaluation as markdown: metrics table (with the champion's on the same data), per-type scores."""
+    ours, theirs = scalar_metrics(metrics), scalar_metrics(champion or {})
+    lines = [f"## {kind} on `{Path(data_file).name}`", ""]
+    if champion is not None:
+        lines += ["| metric | candidate | champion | difference |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v:.4f} | {theirs.get(k, float('nan')):.4f} | {v - theirs.get(k, float('nan')):+.4f} |"
+                  for k, v in ours.items()]
+    else:
+        lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in ours.items()]
+    for key in ("per_type_f1", "f1_by_question_type"):
+        if key in metrics:
+            lines += ["", f"{key.replace('_', ' ')}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics[key].items())]
+    if "confusion_matrix" in metrics:
+        lines += ["", f"Confusion matrix (rows true, columns predicted; {metrics['label_names']}): "
+                      f"`{metrics['confusion_matrix']}`"]
+    if comparison is not None:
+        lines += ["", f"Against the champion on the same {_count_of(metrics)} examples: the candidate alone is right on "
+                      f"{comparison['candidate_only_correct']}, the champion alone on "
+                      f"{comparison['champion_only_correct']} (exact McNemar p = {comparison['mcnemar_p_value']:.3g})."]
+    else:
+        lines += ["", "No champion to compare with."]
+    return "\n".join(lines) + "\n"
+
+
+def _count_of(metrics: dict[str, Any]) -> str:
+    for key in ("num_examples", "num_sentences", "num_questions"):
+        if key in metrics:
+            return f"{metrics[key]:,}"
+    return "same"

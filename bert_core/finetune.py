@@ -152,25 +152,75 @@ def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, *, max_se
     return encoded
 
 
-def _rows(encoded: dict[str, list], labels: np.ndarray) -> list[dict[str, Any]]:
-    return [{**{k: encoded[k][i] for k in encoded}, "labels": int(labels[i])} for i in range(len(labels))]
+class TokenRows(torch.utils.data.Dataset):
+    """Rows of token ids kept in flat arrays (4 bytes a token instead of a Python int in a list per row), plus one
+    integer per row for each extra field (labels, answer positions). Rows come out as dicts of lists, ready for
+    `DataCollatorWithPadding`."""
+
+    def __init__(self, ids: np.ndarray, types: np.ndarray, lengths: np.ndarray, extra: dict[str, np.ndarray]):
+        self.ids, self.types, self.lengths, self.extra = ids, types, lengths, extra
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+
+    @classmethod
+    def from_chunks(cls, chunks) -> "TokenRows":
+        """From (input_ids rows, token_type_ids rows, {field: values}) chunks, e.g. one per tokenizer call."""
+        ids, types, lengths, extra = [], [], [], {}
+        for input_ids, token_type_ids, fields in chunks:
+            lengths.append(np.fromiter(map(len, input_ids), dtype=np.int64, count=len(input_ids)))
+            ids.append(np.fromiter((t for row in input_ids for t in row), dtype=np.int32))
+            types.append(np.fromiter((t for row in token_type_ids for t in row), dtype=np.int8))
+            for name, values in fields.items():
+                extra.setdefault(name, []).append(np.asarray(values, dtype=np.int64))
+        join = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
+        return cls(join(ids, np.int32), join(types, np.int8), join(lengths, np.int64),
+                   {name: np.concatenate(parts) for name, parts in extra.items()})
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+        row = {"input_ids": self.ids[lo:hi].tolist(), "token_type_ids": self.types[lo:hi].tolist(),
+               "attention_mask": [1] * (hi - lo)}
+        row.update({name: int(values[i]) for name, values in self.extra.items()})
+        return row
+
+
+def encode_dataset(tokenizer, texts: list[str], pairs: list[str] | None = None, labels: np.ndarray | None = None,
+                   *, max_seq_length: int, truncation: str = "head", chunk_size: int = 2048) -> TokenRows:
+    """`encode_texts` over chunks of texts into `TokenRows`: the tokenizer's per-token objects of a whole file
+    never exist at once (IMDb's 25,000 reviews: +0.18 GB instead of +1.2 GB)."""
+
+    def chunks():
+        for start in range(0, len(texts), chunk_size):
+            stop = start + chunk_size
+            encoded = encode_texts(tokenizer, texts[start:stop], pairs[start:stop] if pairs is not None else None,
+                                   max_seq_length=max_seq_length, truncation=truncation)
+            yield encoded["input_ids"], encoded["token_type_ids"], ({} if labels is None else {"labels": labels[start:stop]})
+
+    return TokenRows.from_chunks(chunks())
 
 
 @torch.no_grad()
 def predict_labels(model, tokenizer, texts: list[str], *, pairs: list[str] | None = None, max_seq_length: int = 128,
                    batch_size: int = 64, truncation: str = "head",
                    device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(predicted label ids, class probabilities) for raw texts or text pairs."""
+    """(predicted label ids, class probabilities) for raw texts or text pairs, in input order.
+
+    Batches are formed from texts of similar length (little padding); results are put back in input order.
+    """
     model.eval()
-    encoded = encode_texts(tokenizer, texts, pairs, max_seq_length=max_seq_length, truncation=truncation)
-    predictions, probabilities = [], []
-    for start in range(0, len(texts), batch_size):
-        chunk = [{k: encoded[k][i] for k in encoded} for i in range(start, min(len(texts), start + batch_size))]
-        batch = tokenizer.pad(chunk, return_tensors="pt").to(device)
-        probs = torch.softmax(model(**batch).logits.float(), dim=-1)
-        predictions.append(probs.argmax(-1).cpu().numpy())
-        probabilities.append(probs.cpu().numpy())
-    return np.concatenate(predictions), np.concatenate(probabilities)
+    data = encode_dataset(tokenizer, texts, pairs, max_seq_length=max_seq_length, truncation=truncation)
+    order = np.argsort(data.lengths, kind="stable")
+    probabilities = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = tokenizer.pad([data[int(i)] for i in chunk], return_tensors="pt").to(device)
+        probabilities[chunk] = torch.softmax(model(**batch).logits.float(), dim=-1).cpu().numpy()
+    return probabilities.argmax(-1), probabilities
 
 
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
@@ -206,10 +256,11 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     if config.freeze_encoder:
         for param in model.base_model.parameters():
             param.requires_grad = False
-    encoded = encode_texts(tokenizer, train_texts, train_pairs, max_seq_length=config.max_seq_length,
-                           truncation=config.truncation)
+    train_data = encode_dataset(tokenizer, train_texts, train_pairs, train_labels,
+                                max_seq_length=config.max_seq_length, truncation=config.truncation)
+    del train_texts, train_pairs
     loader = torch.utils.data.DataLoader(
-        _rows(encoded, train_labels), batch_size=config.per_device_train_batch_size, shuffle=True,
+        train_data, batch_size=config.per_device_train_batch_size, shuffle=True,
         collate_fn=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
         generator=torch.Generator().manual_seed(config.seed),
     )
@@ -233,7 +284,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
 
     return fit(accelerator, model, tokenizer, loader, loss_of=loss_of, dev_metrics=dev_metrics, config=config,
                output_dir=output_dir, key=key, stage_name="finetune",
-               summary={"train_examples": len(train_texts), "label_names": list(config.label_names)})
+               summary={"train_examples": len(train_data), "label_names": list(config.label_names)})
 
 
 def run_key(config, model_path: str, *, version: int) -> str:

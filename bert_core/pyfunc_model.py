@@ -1,11 +1,17 @@
-"""The MLflow pyfunc model bertflow registers: a `save_pretrained` BERT directory behind `predict(texts)`.
+"""The MLflow pyfunc model bertflow registers: a `save_pretrained` BERT directory behind `predict(...)`.
 
 MLflow logs this file as "model code" (models-from-code), so a registered model loads in a fresh process with
 transformers and torch alone, without bertflow installed and without unpickling anything. `model_config["kind"]`
 selects the behaviour:
-- "classifier": one row per input text with `label` (name), `label_id` and `score` (probability of that label).
+- "classifier": one row per input with `label` (name), `label_id` and `score` (probability of that label). Inputs:
+  texts, or a DataFrame with `text` and, for sentence-pair models (MRPC, RTE), `text_pair`.
+- "token-classifier" (NER): one row per text with `words` (whitespace-split), their `tags`, and `entities`
+  (`{"type", "text", "start_word", "end_word"}` from the IOB2 tags).
+- "question-answering": a DataFrame with `question` and `context`; one row per question with `answer`, its
+  character `start` in the context and `score` (start + end logit). Long contexts are read in windows of
+  `max_seq_length` tokens with `doc_stride` overlap.
 - "pretrained": fill-mask; one row per input text with the `top_k` predictions for its first [MASK] token.
-Inputs: a DataFrame with a `text` column (or a single string column), a list of strings, or one string.
+Texts come as a DataFrame (`text` column, else the first column), a list of strings, or one string.
 """
 
 from __future__ import annotations
@@ -13,59 +19,140 @@ from __future__ import annotations
 import mlflow
 import mlflow.pyfunc
 
+KINDS = ("classifier", "token-classifier", "question-answering", "pretrained")
 
-def _texts(model_input) -> list[str]:
+
+def _column(model_input, name: str, *, first_if_missing: bool = False) -> list[str] | None:
     if isinstance(model_input, str):
-        return [model_input]
+        return [model_input] if first_if_missing else None
     if hasattr(model_input, "columns"):
-        column = "text" if "text" in model_input.columns else model_input.columns[0]
-        return [str(t) for t in model_input[column].tolist()]
-    return [str(t) for t in model_input]
+        if name in model_input.columns:
+            return [str(t) for t in model_input[name].tolist()]
+        return [str(t) for t in model_input[model_input.columns[0]].tolist()] if first_if_missing else None
+    if isinstance(model_input, dict):
+        value = model_input.get(name)
+        return None if value is None else ([value] if isinstance(value, str) else [str(v) for v in value])
+    return [str(t) for t in model_input] if first_if_missing else None
+
+
+def entities_from_tags(words: list[str], tags: list[str]) -> list[dict]:
+    """Entity spans from IOB2 tags (an I- tag that does not continue its type starts a new entity)."""
+    entities: list[dict] = []
+    for i, tag in enumerate(tags):
+        kind = tag[2:] if tag[:2] in ("B-", "I-") else None
+        if kind is None:
+            continue
+        if tag.startswith("I-") and entities and entities[-1]["type"] == kind and entities[-1]["end_word"] == i - 1:
+            entities[-1]["end_word"] = i
+            entities[-1]["text"] += " " + words[i]
+        else:
+            entities.append({"type": kind, "text": words[i], "start_word": i, "end_word": i})
+    return entities
 
 
 class BertPyfuncModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         import torch
-        from transformers import AutoModelForPreTraining, AutoModelForSequenceClassification, AutoTokenizer
+        import transformers
 
         self.torch = torch
         config = context.model_config or {}
         self.kind = config.get("kind", "classifier")
-        self.max_seq_length = int(config.get("max_seq_length", 128))
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; one of {KINDS}")
+        self.max_seq_length = int(config.get("max_seq_length", 384 if self.kind == "question-answering" else 128))
+        self.doc_stride = int(config.get("doc_stride", min(128, self.max_seq_length // 2)))
+        self.max_answer_length = int(config.get("max_answer_length", 30))
         self.top_k = int(config.get("top_k", 5))
         path = context.artifacts["model_dir"]
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        loader = AutoModelForSequenceClassification if self.kind == "classifier" else AutoModelForPreTraining
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        loader = {"classifier": transformers.AutoModelForSequenceClassification,
+                  "token-classifier": transformers.AutoModelForTokenClassification,
+                  "question-answering": transformers.AutoModelForQuestionAnswering,
+                  "pretrained": transformers.AutoModelForPreTraining}[self.kind]
         self.model = loader.from_pretrained(path).eval()
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
-        texts = _texts(model_input)
         with self.torch.no_grad():
-            batch = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length, padding=True,
-                                   return_tensors="pt")
+            if self.kind == "question-answering":
+                return pd.DataFrame(self._answer(model_input))
+            texts = _column(model_input, "text", first_if_missing=True)
             if self.kind == "classifier":
-                probs = self.torch.softmax(self.model(**batch).logits.float(), dim=-1)
-                score, label_id = probs.max(dim=-1)
-                id2label = self.model.config.id2label
-                return pd.DataFrame({
-                    "label": [id2label[int(i)] for i in label_id],
-                    "label_id": label_id.tolist(),
-                    "score": score.tolist(),
-                })
-            logits = self.model(**batch).prediction_logits
-            rows = []
-            for i in range(len(texts)):
-                positions = (batch["input_ids"][i] == self.tokenizer.mask_token_id).nonzero().flatten()
-                if positions.numel() == 0:
-                    rows.append({"tokens": [], "scores": []})
-                    continue
-                probs = self.torch.softmax(logits[i, int(positions[0])].float(), dim=-1)
-                top = probs.topk(self.top_k)
-                rows.append({"tokens": self.tokenizer.convert_ids_to_tokens(top.indices.tolist()),
-                             "scores": top.values.tolist()})
-            return pd.DataFrame(rows)
+                return pd.DataFrame(self._classify(texts, _column(model_input, "text_pair")))
+            if self.kind == "token-classifier":
+                return pd.DataFrame(self._tag(texts))
+            return pd.DataFrame(self._fill_mask(texts))
+
+    def _classify(self, texts, pairs):
+        batch = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_seq_length, padding=True,
+                               return_tensors="pt")
+        probs = self.torch.softmax(self.model(**batch).logits.float(), dim=-1)
+        score, label_id = probs.max(dim=-1)
+        id2label = self.model.config.id2label
+        return {"label": [id2label[int(i)] for i in label_id], "label_id": label_id.tolist(), "score": score.tolist()}
+
+    def _tag(self, texts):
+        words = [t.split() for t in texts]
+        batch = self.tokenizer(words, is_split_into_words=True, truncation=True, max_length=self.max_seq_length,
+                               padding=True, return_tensors="pt")
+        predicted = self.model(**batch).logits.argmax(-1).tolist()
+        id2label = self.model.config.id2label
+        rows = []
+        for i, sentence in enumerate(words):
+            tags, previous = ["O"] * len(sentence), None
+            for position, word in enumerate(batch.word_ids(i)):
+                if word is not None and word != previous:
+                    tags[word] = id2label[predicted[i][position]]
+                previous = word
+            rows.append({"words": sentence, "tags": tags, "entities": entities_from_tags(sentence, tags)})
+        return rows
+
+    def _answer(self, model_input):
+        questions, contexts = _column(model_input, "question"), _column(model_input, "context")
+        if questions is None or contexts is None:
+            raise ValueError("question-answering input needs `question` and `context` columns")
+        encoded = self.tokenizer(questions, contexts, truncation="only_second", max_length=self.max_seq_length,
+                                 stride=self.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+                                 padding=True, return_tensors="pt")
+        samples = encoded.pop("overflow_to_sample_mapping").tolist()
+        offsets = encoded.pop("offset_mapping").tolist()
+        out = self.model(**encoded)
+        best = [{"answer": "", "start": -1, "score": float("-inf")} for _ in questions]
+        for i, sample in enumerate(samples):
+            context_positions = [p for p, s in enumerate(encoded.sequence_ids(i)) if s == 1]
+            if not context_positions:
+                continue
+            lo, hi = context_positions[0], context_positions[-1] + 1
+            start_logits, end_logits = out.start_logits[i, lo:hi].float(), out.end_logits[i, lo:hi].float()
+            scores = start_logits[:, None] + end_logits[None, :]
+            n = hi - lo
+            allowed = self.torch.ones(n, n, dtype=self.torch.bool).triu().tril(self.max_answer_length - 1)
+            scores = scores.masked_fill(~allowed, float("-inf"))
+            flat = int(scores.argmax())
+            s, e = divmod(flat, n)
+            score = float(scores[s, e])
+            if score > best[sample]["score"]:
+                start, end = offsets[i][lo + s][0], offsets[i][lo + e][1]
+                best[sample] = {"answer": contexts[sample][start:end], "start": start, "score": score}
+        return best
+
+    def _fill_mask(self, texts):
+        batch = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length, padding=True,
+                               return_tensors="pt")
+        logits = self.model(**batch).prediction_logits
+        rows = []
+        for i in range(len(texts)):
+            positions = (batch["input_ids"][i] == self.tokenizer.mask_token_id).nonzero().flatten()
+            if positions.numel() == 0:
+                rows.append({"tokens": [], "scores": []})
+                continue
+            probs = self.torch.softmax(logits[i, int(positions[0])].float(), dim=-1)
+            top = probs.topk(self.top_k)
+            rows.append({"tokens": self.tokenizer.convert_ids_to_tokens(top.indices.tolist()),
+                         "scores": top.values.tolist()})
+        return rows
 
 
 mlflow.models.set_model(BertPyfuncModel())

@@ -15,6 +15,8 @@ answers of each question.
 
 Training answers whose `answer_start` does not point at their text are searched for in the context (nearest
 occurrence); answers not found are counted as rejected, never trained on silently.
+
+Reading and scoring import neither torch nor transformers (the ingest stage reads SQuAD files to decontaminate).
 """
 
 from __future__ import annotations
@@ -27,16 +29,14 @@ import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding
 
 from bert_core import stage
-from bert_core.finetune import fit, resolve_model, run_key
+
+if TYPE_CHECKING:
+    from bert_core.finetune import TokenRows
 
 logger = logging.getLogger(__name__)
 
@@ -219,43 +219,53 @@ def locate_answer(question: Question) -> tuple[int, int] | None:
     return best, best + len(text)
 
 
-def training_features(tokenizer, questions: list[Question], config: QaConfig) -> tuple[list[dict], dict[str, int]]:
-    """Windows with start/end token positions of the answer ([CLS] = 0 where the window does not hold it)."""
+def training_features(tokenizer, questions: list[Question], config: QaConfig,
+                      chunk_size: int = 1024) -> tuple[TokenRows, dict[str, int]]:
+    """Windows with start/end token positions of the answer ([CLS] = 0 where the window does not hold it), as
+    `TokenRows` (flat arrays; questions encoded in chunks)."""
+    from bert_core.finetune import TokenRows
+
     spans = [locate_answer(q) for q in questions]
     kept = [(q, s) for q, s in zip(questions, spans) if s is not None]
-    counts = {"questions": len(questions), "rejected_answer_not_in_context": len(questions) - len(kept)}
-    encoded = encode_windows(tokenizer, [q.question for q, _ in kept], [q.context for q, _ in kept],
-                             max_seq_length=config.max_seq_length, doc_stride=config.doc_stride,
-                             max_query_length=config.max_query_length)
-    rows, without_answer = [], 0
-    for i, sample in enumerate(encoded["overflow_to_sample_mapping"]):
-        start_char, end_char = kept[sample][1]
-        offsets = encoded["offset_mapping"][i]
-        first, last = _context_span(encoded.sequence_ids(i))
-        start_token = end_token = 0
-        if offsets[first][0] <= start_char and offsets[last][1] >= end_char:
-            start_token = first
-            while start_token <= last and offsets[start_token][1] <= start_char:
-                start_token += 1
-            end_token = last
-            while end_token >= first and offsets[end_token][0] >= end_char:
-                end_token -= 1
-        else:
-            without_answer += 1
-        rows.append({"input_ids": encoded["input_ids"][i], "token_type_ids": encoded["token_type_ids"][i],
-                     "attention_mask": encoded["attention_mask"][i],
-                     "start_positions": start_token, "end_positions": end_token})
-    counts.update(windows=len(rows), windows_without_answer=without_answer)
-    return rows, counts
+    counts = {"questions": len(questions), "rejected_answer_not_in_context": len(questions) - len(kept),
+              "windows": 0, "windows_without_answer": 0}
+
+    def chunks():
+        for begin in range(0, len(kept), chunk_size):
+            part = kept[begin : begin + chunk_size]
+            encoded = encode_windows(tokenizer, [q.question for q, _ in part], [q.context for q, _ in part],
+                                     max_seq_length=config.max_seq_length, doc_stride=config.doc_stride,
+                                     max_query_length=config.max_query_length)
+            starts, ends = [], []
+            for i, sample in enumerate(encoded["overflow_to_sample_mapping"]):
+                start_char, end_char = part[sample][1]
+                offsets = encoded["offset_mapping"][i]
+                first, last = _context_span(encoded.sequence_ids(i))
+                start_token = end_token = 0
+                if offsets[first][0] <= start_char and offsets[last][1] >= end_char:
+                    start_token = first
+                    while start_token <= last and offsets[start_token][1] <= start_char:
+                        start_token += 1
+                    end_token = last
+                    while end_token >= first and offsets[end_token][0] >= end_char:
+                        end_token -= 1
+                else:
+                    counts["windows_without_answer"] += 1
+                starts.append(start_token)
+                ends.append(end_token)
+            counts["windows"] += len(starts)
+            yield encoded["input_ids"], encoded["token_type_ids"], {"start_positions": starts, "end_positions": ends}
+
+    return TokenRows.from_chunks(chunks()), counts
 
 
-@torch.no_grad()
 def answer_questions(model, tokenizer, questions: list[str], contexts: list[str], *, max_seq_length: int = 384,
                      doc_stride: int = 128, max_query_length: int = 64, max_answer_length: int = 30,
-                     n_best_size: int = 20, batch_size: int = 64,
-                     device: str | torch.device = "cpu") -> list[dict[str, Any]]:
+                     n_best_size: int = 20, batch_size: int = 64, device="cpu") -> list[dict[str, Any]]:
     """The best answer span of each question in its context: text, character start, score (start + end logit) and
     probability (softmax over the window's start times end logits)."""
+    import torch
+
     model.eval()
     encoded = encode_windows(tokenizer, questions, contexts, max_seq_length=max_seq_length, doc_stride=doc_stride,
                              max_query_length=max_query_length)
@@ -268,7 +278,8 @@ def answer_questions(model, tokenizer, questions: list[str], contexts: list[str]
     for begin in range(0, len(order), batch_size):
         chunk = order[begin : begin + batch_size]
         batch = tokenizer.pad([{k: encoded[k][i] for k in keys} for i in chunk], return_tensors="pt").to(device)
-        out = model(**batch)
+        with torch.no_grad():
+            out = model(**batch)
         starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
         for row, i in enumerate(chunk):
             first, last = _context_span(encoded.sequence_ids(i))
@@ -298,6 +309,13 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def finetune_qa(config: QaConfig) -> dict[str, Any]:
     """Fine-tune an extractive QA model; score EM/F1 on the validation file; skip when done with the same inputs."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding
+
+    from bert_core.finetune import fit, resolve_model, run_key
+
     output_dir = Path(config.output_dir)
     model_path = resolve_model(config.model_name_or_path)
     key = run_key(config, model_path, version=1)

@@ -29,6 +29,7 @@ from bert_core import stage
 logger = logging.getLogger(__name__)
 
 PYFUNC_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"
+KINDS = ("classifier", "token-classifier", "question-answering", "pretrained")  # as in pyfunc_model.KINDS
 CHAMPION, CANDIDATE = "champion", "candidate"
 
 
@@ -81,20 +82,28 @@ def ensure_experiment(name: str, home: str | Path | None = None) -> str:
 class RegisterConfig:
     model_dir: str
     registered_model_name: str
-    kind: str = "classifier"  # "classifier" or "pretrained"
+    kind: str = "classifier"  # "classifier", "token-classifier", "question-answering" or "pretrained"
+    text_pair: bool = False  # a sentence-pair classifier: its pyfunc takes `text` and `text_pair` columns
     experiment_name: str = "bertflow"
     run_name: str | None = None
     primary_metric: str = "eval_accuracy"
     greater_is_better: bool = True
     min_improvement: float = 0.0
-    max_seq_length: int = 128
+    max_seq_length: int | None = None  # the pyfunc's window (default 128; 384 for question answering)
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: tuple[str, ...] = ()
     metrics_history: str | None = None  # a metrics.jsonl whose per-step values are logged with their step
     run_id: str | None = None  # log into this existing run (e.g. the one training logged its metrics to)
+    # The current champion's metrics on the same evaluation set as `metrics`, measured now; the gate compares with
+    # these instead of the figures the champion was registered with (which may come from another dev set).
+    champion_metrics: dict[str, float] | None = None
     home: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; one of {KINDS}")
 
 
 def start_run(experiment_name: str, run_name: str, params: Any = None, home: str | Path | None = None) -> str:
@@ -127,13 +136,30 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
 
 
-def _signature(kind: str) -> ModelSignature:
-    # One unnamed string column: accepts a list of raw strings, one string, or a DataFrame with a text column.
-    inputs = Schema([ColSpec("string")])
+def _signature(kind: str, pairs: bool = False) -> tuple[ModelSignature, Any]:
+    """The model signature and input example of a pyfunc model of this kind (see `pyfunc_model`)."""
+    import pandas as pd
+
+    if kind == "question-answering":
+        inputs = Schema([ColSpec("string", "question"), ColSpec("string", "context")])
+        outputs = Schema([ColSpec("string", "answer"), ColSpec("long", "start"), ColSpec("double", "score")])
+        example = pd.DataFrame({"question": ["Who wrote the play?"],
+                                "context": ["The play was written by Henrik Ibsen in 1879."]})
+        return ModelSignature(inputs=inputs, outputs=outputs), example
     if kind == "classifier":
         outputs = Schema([ColSpec("string", "label"), ColSpec("long", "label_id"), ColSpec("double", "score")])
-        return ModelSignature(inputs=inputs, outputs=outputs)
-    return ModelSignature(inputs=inputs)
+        if pairs:
+            inputs = Schema([ColSpec("string", "text"), ColSpec("string", "text_pair")])
+            example = pd.DataFrame({"text": ["The company said profits rose."],
+                                    "text_pair": ["Profits went up, the company said."]})
+            return ModelSignature(inputs=inputs, outputs=outputs), example
+        # One unnamed string column: accepts a list of raw strings, one string, or a DataFrame with a text column.
+        return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=outputs), ["a gorgeous, witty film"]
+    if kind == "token-classifier":
+        return ModelSignature(inputs=Schema([ColSpec("string")])), ["Alice Smith flew from Paris to Berlin ."]
+    if kind == "pretrained":
+        return ModelSignature(inputs=Schema([ColSpec("string")])), ["the [MASK] of the film"]
+    raise ValueError(f"unknown model kind {kind!r}; one of {KINDS}")
 
 
 def _version_info(client: MlflowClient, name: str, version: str, **extra) -> dict[str, Any]:
@@ -162,16 +188,20 @@ def promote(client: MlflowClient, config: RegisterConfig, version: str) -> tuple
     if str(champion.version) == str(version):
         return True, "already champion"
     old = _metric_of(client, name, champion.version, config.primary_metric)
+    same_set = bool(config.champion_metrics) and config.primary_metric in config.champion_metrics
+    if same_set:
+        old = float(config.champion_metrics[config.primary_metric])
     if new is None:
         return False, f"version {version} has no {config.primary_metric}; champion v{champion.version} stays"
     if old is None:
         client.set_registered_model_alias(name, CHAMPION, version)
         return True, f"champion v{champion.version} has no {config.primary_metric}"
     gain = (new - old) if config.greater_is_better else (old - new)
+    where = " on the same evaluation set" if same_set else ", as registered"
     if gain > config.min_improvement:
         client.set_registered_model_alias(name, CHAMPION, version)
-        return True, f"{config.primary_metric} {new:.4f} beats champion v{champion.version} ({old:.4f})"
-    return False, (f"{config.primary_metric} {new:.4f} does not beat champion v{champion.version} ({old:.4f}) "
+        return True, f"{config.primary_metric} {new:.4f} beats champion v{champion.version} ({old:.4f}{where})"
+    return False, (f"{config.primary_metric} {new:.4f} does not beat champion v{champion.version} ({old:.4f}{where}) "
                    f"by more than {config.min_improvement}")
 
 
@@ -215,13 +245,17 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
         for path in config.artifacts:
             (mlflow.log_artifacts if Path(path).is_dir() else mlflow.log_artifact)(path)
         mlflow.set_tags({**config.tags, "bertflow.model_hash": model_hash, "bertflow.kind": config.kind})
+        signature, example = _signature(config.kind, config.text_pair)
+        model_config = {"kind": config.kind}
+        if config.max_seq_length:
+            model_config["max_seq_length"] = config.max_seq_length
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_CODE),
             artifacts={"model_dir": str(config.model_dir)},
-            model_config={"kind": config.kind, "max_seq_length": config.max_seq_length},
-            signature=_signature(config.kind),
-            input_example=["a gorgeous, witty film"] if config.kind == "classifier" else ["the [MASK] of the film"],
+            model_config=model_config,
+            signature=signature,
+            input_example=example,
             pip_requirements=_requirements(),
             registered_model_name=name,
         )

@@ -1,4 +1,5 @@
-"""Flow: evaluate a pretrained model on held-out shards and a classifier on its dev file; write reports and plots."""
+"""Flow: evaluate a pretrained model on held-out shards and a fine-tuned task model on its dev file, compare the
+task model with the registered champion on the same file, and write reports and plots."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from bert_core.finetune import FinetuneConfig
-from tasks.evaluate import evaluate_classifier, evaluate_pretrained, write_pretraining_report
+from tasks.evaluate import evaluate_pretrained, evaluate_task_model, write_pretraining_report
 
 
 @flow(name="evaluate")
@@ -18,18 +18,28 @@ def evaluate_flow(
     pretrain_metrics_file: str | None = None,
     classifier_dir: str | None = None,
     classifier_data_file: str | None = None,
-    text_column: str = FinetuneConfig.text_column,
-    label_column: str = FinetuneConfig.label_column,
+    task_kind: str = "classifier",
+    champion_model_uri: str | None = None,
+    text_column: str = "sentence",
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+    truncation: str = "head",
+    max_seq_length: int = 128,
+    doc_stride: int = 128,
 ) -> dict:
-    """Held-out MLM/NSP metrics, classifier dev metrics (or None) and the report files written for each."""
+    """Held-out MLM/NSP metrics, the task model's dev metrics (or None) and the report files of each.
+
+    `classifier_dir` is any fine-tuned task model (`task_kind`: classifier, token-classifier, question-answering);
+    `champion_model_uri` (e.g. models:/bertflow-sst2@champion) is scored on the same dev file when it exists.
+    """
     pretrained = evaluate_pretrained(pretrained_dir, validation_shards_dir)
     pretrained_reports = write_pretraining_report(pretrain_metrics_file, report_dir) if pretrain_metrics_file else []
-    classifier, classifier_reports = None, []
+    task = None
     if classifier_dir and classifier_data_file:
-        classifier_report = str(Path(report_dir) / "classifier")
-        classifier = evaluate_classifier(classifier_dir, classifier_data_file, classifier_report, text_column,
-                                         label_column)
-        classifier_reports = [str(Path(classifier_report) / name) for name in
-                              ("classifier_metrics.json", "predictions.jsonl", "confusion_matrix.png")]
-    return {"pretrained": pretrained, "classifier": classifier, "pretrained_reports": pretrained_reports,
-            "classifier_reports": classifier_reports}
+        task = evaluate_task_model(task_kind, classifier_dir, classifier_data_file, str(Path(report_dir) / "classifier"),
+                                   champion_model_uri=champion_model_uri, text_column=text_column,
+                                   text_pair_column=text_pair_column, label_column=label_column,
+                                   truncation=truncation, max_seq_length=max_seq_length, doc_stride=doc_stride)
+    return {"pretrained": pretrained, "classifier": task["metrics"] if task else None,
+            "champion": task["champion_metrics"] if task else None, "comparison": task["comparison"] if task else None,
+            "pretrained_reports": pretrained_reports, "classifier_reports": task["reports"] if task else []}

@@ -1,4 +1,9 @@
-"""Flow: fine-tune a pretrained model for sentence or sentence-pair classification (default: the bundled SST-2 sample)."""
+"""Flow: fine-tune a pretrained model for a downstream task (default: the bundled SST-2 sample).
+
+Tasks: sentence classification (sst2, imdb), sentence pairs (mrpc, rte), NER on CoNLL files (conll2003) and
+extractive QA on SQuAD JSON (squad); any other task name is a sentence classification whose columns and labels
+come from the parameters.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,47 @@ from prefect import flow
 
 from bert_core.corpus import SAMPLE_DIR
 from bert_core.finetune import TASK_PRESETS, FinetuneConfig
+from bert_core.ner import NerConfig
+from bert_core.qa import QaConfig
 from flows import default_work_dir
-from tasks.finetune import finetune
+from tasks.finetune import finetune, finetune_ner, finetune_qa
 
 SAMPLE_TRAIN_FILE = str(SAMPLE_DIR / "sst2" / "train.tsv")
 SAMPLE_VALIDATION_FILE = str(SAMPLE_DIR / "sst2" / "dev.tsv")
+# The bundled sample of each task that has one (CoNLL-2003's Reuters text may not be redistributed).
+SAMPLE_FILES = {
+    "sst2": (SAMPLE_TRAIN_FILE, SAMPLE_VALIDATION_FILE),
+    "mrpc": (str(SAMPLE_DIR / "mrpc" / "train.tsv"), str(SAMPLE_DIR / "mrpc" / "dev.tsv")),
+    "squad": (str(SAMPLE_DIR / "squad" / "train.json.gz"), str(SAMPLE_DIR / "squad" / "dev.json.gz")),
+}
+TASK_KINDS = {"conll2003": "token-classifier", "ner": "token-classifier", "squad": "question-answering"}
+
+
+def task_kind(task_name: str) -> str:
+    """"classifier", "token-classifier" or "question-answering" for a task name."""
+    return TASK_KINDS.get(task_name, "classifier")
+
+
+def task_files(task_name: str, train_file: str | None, validation_file: str | None) -> tuple[str, str]:
+    default = SAMPLE_FILES.get(task_name)
+    if (train_file is None or validation_file is None) and default is None:
+        raise ValueError(f"task {task_name!r} ships no sample: give train_file and validation_file")
+    return train_file or default[0], validation_file or default[1]
 
 
 @flow(name="finetune")
 def finetune_flow(
     model_name_or_path: str,
     task_name: str = "sst2",
-    train_file: str = SAMPLE_TRAIN_FILE,
-    validation_file: str = SAMPLE_VALIDATION_FILE,
+    train_file: str | None = None,
+    validation_file: str | None = None,
     work_dir: str | None = None,
     text_column: str | None = None,
     text_pair_column: str | None = None,
     label_column: str | None = None,
     label_names: list[str] | None = None,
     truncation: str | None = None,
-    max_seq_length: int = FinetuneConfig.max_seq_length,
+    max_seq_length: int | None = None,
     per_device_train_batch_size: int = FinetuneConfig.per_device_train_batch_size,
     learning_rate: float = FinetuneConfig.learning_rate,
     num_train_epochs: int = FinetuneConfig.num_train_epochs,
@@ -39,29 +65,40 @@ def finetune_flow(
 ) -> dict:
     """Fine-tune `model_name_or_path` (a directory, models:/name@alias, or a package that ships a model).
 
-    `task_name` sst2 / imdb / mrpc / rte fills in the columns, labels and truncation of that GLUE-style file; the
-    other column and label parameters override them (any other task name needs them).
+    `task_name` sst2 / imdb / mrpc / rte fills in the columns, labels and truncation of that GLUE-style file (the
+    column and label parameters override them; any other classification task needs them); conll2003 trains NER
+    on CoNLL files (label_names: its tags), squad extractive QA on SQuAD JSON. Without train/validation files
+    the task's bundled sample is used (sst2, mrpc, squad). `max_seq_length` defaults to 128 (384 for squad).
+    Returns the run's summary with `kind`, `task_name`, `validation_file` and `evaluation` (the options that
+    read the validation file) added.
     """
-    preset = dict(TASK_PRESETS.get(task_name, {}))
-    overrides = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column,
-                 "label_names": tuple(label_names) if label_names else None, "truncation": truncation}
-    preset.update({k: v for k, v in overrides.items() if v is not None})
-    config = FinetuneConfig(
-        model_name_or_path=model_name_or_path,
-        train_file=train_file,
-        validation_file=validation_file,
-        output_dir=str(default_work_dir(work_dir) / "finetune" / task_name),
-        max_seq_length=max_seq_length,
-        per_device_train_batch_size=per_device_train_batch_size,
-        learning_rate=learning_rate,
-        num_train_epochs=num_train_epochs,
-        max_train_steps=max_train_steps,
-        eval_steps=eval_steps,
-        early_stopping_patience=early_stopping_patience,
-        freeze_encoder=freeze_encoder,
-        class_weights=class_weights,
-        mixed_precision=mixed_precision,
-        seed=seed,
-        **preset,
-    )
-    return finetune(config)
+    kind = task_kind(task_name)
+    train_file, validation_file = task_files(task_name, train_file, validation_file)
+    common = dict(model_name_or_path=model_name_or_path, train_file=train_file, validation_file=validation_file,
+                  output_dir=str(default_work_dir(work_dir) / "finetune" / task_name),
+                  per_device_train_batch_size=per_device_train_batch_size, learning_rate=learning_rate,
+                  num_train_epochs=num_train_epochs, max_train_steps=max_train_steps, eval_steps=eval_steps,
+                  early_stopping_patience=early_stopping_patience, mixed_precision=mixed_precision, seed=seed)
+    if kind == "question-answering":
+        config = QaConfig(max_seq_length=max_seq_length or QaConfig.max_seq_length, **common)
+        summary = finetune_qa(config)
+        evaluation = {"max_seq_length": config.max_seq_length, "doc_stride": config.doc_stride}
+    elif kind == "token-classifier":
+        labels = {"label_names": tuple(label_names)} if label_names else {}
+        config = NerConfig(max_seq_length=max_seq_length or NerConfig.max_seq_length, **common, **labels)
+        summary = finetune_ner(config)
+        evaluation = {"max_seq_length": config.max_seq_length}
+    else:
+        preset = dict(TASK_PRESETS.get(task_name, {}))
+        overrides = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column,
+                     "label_names": tuple(label_names) if label_names else None, "truncation": truncation}
+        preset.update({k: v for k, v in overrides.items() if v is not None})
+        config = FinetuneConfig(max_seq_length=max_seq_length or FinetuneConfig.max_seq_length,
+                                freeze_encoder=freeze_encoder, class_weights=class_weights, **common, **preset)
+        summary = finetune(config)
+        evaluation = {"text_column": config.text_column, "text_pair_column": config.text_pair_column,
+                      "label_column": config.label_column, "truncation": config.truncation,
+                      "max_seq_length": config.max_seq_length}
+    # `evaluation`: how evaluate_flow reads the same validation file.
+    return {**summary, "kind": kind, "task_name": task_name, "validation_file": validation_file,
+            "evaluation": evaluation}

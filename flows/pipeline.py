@@ -19,11 +19,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from bert_core import stage
+from bert_core.evaluate import PRIMARY_METRIC, scalar_metrics
+from bert_core.finetune import TASK_PRESETS
 from bert_core.registry import bertflow_home, configure_tracking, lineage_tags
 from flows import default_work_dir
 from flows.evaluate import evaluate_flow
 from flows.examples import examples_flow
-from flows.finetune import SAMPLE_TRAIN_FILE, SAMPLE_VALIDATION_FILE, finetune_flow
+from flows.finetune import finetune_flow, task_files, task_kind
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
 from flows.register import register_flow
@@ -53,21 +55,27 @@ def bert_pipeline(
     mixed_precision: str = "no",
     num_processes: int = 1,
     task_name: str = "sst2",
-    task_train_file: str = SAMPLE_TRAIN_FILE,
-    task_validation_file: str = SAMPLE_VALIDATION_FILE,
-    text_column: str = "sentence",
-    label_column: str = "label",
+    task_train_file: str | None = None,
+    task_validation_file: str | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
     finetune_learning_rate: float = 5e-4,
     finetune_num_train_epochs: int = 3,
     registered_model_prefix: str = "bertflow",
     min_improvement: float = 0.0,
     seed: int = 42,
 ) -> dict:
-    """Raw text to registered, evaluated BERT models. Defaults run on the bundled sample in a few minutes on CPU."""
+    """Raw text to registered, evaluated BERT models. Defaults run on the bundled sample in a few minutes on CPU.
+
+    `task_name`: sst2, imdb, mrpc, rte (classification), conll2003 (NER) or squad (extractive QA); without task
+    files the task's bundled sample is used (sst2, mrpc, squad).
+    """
     started = time.perf_counter()
     work = default_work_dir(work_dir)
+    kind = task_kind(task_name)
+    task_train_file, task_validation_file = task_files(task_name, task_train_file, task_validation_file)
     # The fine-tuning task's dev set is always kept out of the pretraining corpus.
-    decontaminate = [f"{task_validation_file}::{text_column}", *(decontamination_files or [])]
+    decontaminate = [*_dev_texts(task_name, task_validation_file, text_column), *(decontamination_files or [])]
     documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction,
                                 decontamination_files=decontaminate, n_workers=data_workers,
                                 dask_address=dask_address)
@@ -86,22 +94,29 @@ def bert_pipeline(
     finetuned = finetune_flow(
         model_name_or_path=pretrained["final_dir"], task_name=task_name, train_file=task_train_file,
         validation_file=task_validation_file, work_dir=str(work), text_column=text_column, label_column=label_column,
-        max_seq_length=max_seq_length, learning_rate=finetune_learning_rate, num_train_epochs=finetune_num_train_epochs,
+        max_seq_length=max_seq_length if kind != "question-answering" else None,
+        learning_rate=finetune_learning_rate, num_train_epochs=finetune_num_train_epochs,
         mixed_precision=mixed_precision, seed=seed,
     )
+    task_model_name = f"{registered_model_prefix}-{task_name}"
     evaluation = evaluate_flow(
         pretrained_dir=pretrained["final_dir"], validation_shards_dir=str(Path(examples_dir) / "validation"),
         report_dir=str(work / "reports"), pretrain_metrics_file=str(pretrain_dir / "metrics.jsonl"),
-        classifier_dir=finetuned["final_dir"], classifier_data_file=task_validation_file,
-        text_column=text_column, label_column=label_column,
+        classifier_dir=finetuned["final_dir"], classifier_data_file=task_validation_file, task_kind=kind,
+        champion_model_uri=f"models:/{task_model_name}@champion", **finetuned["evaluation"],
     )
     pretrained_metrics = {**evaluation["pretrained"], "initial_eval_mlm_loss": pretrained["initial_eval_mlm_loss"]}
     pretrained_metrics = {("eval_" + k if not k.startswith(("eval_", "initial_")) else k): v
                           for k, v in pretrained_metrics.items()}
-    classifier_metrics = {f"eval_{k}": v for k, v in evaluation["classifier"].items() if k != "confusion_matrix"}
+    classifier_metrics = {f"eval_{k}": v for k, v in scalar_metrics(evaluation["classifier"]).items()}
+    champion_metrics = ({f"eval_{k}": v for k, v in scalar_metrics(evaluation["champion"]).items()}
+                        if evaluation["champion"] else None)
     registered = register_flow(
         pretrained_dir=pretrained["final_dir"], preset=preset, pretrained_metrics=pretrained_metrics,
         classifier_dir=finetuned["final_dir"], task_name=task_name, classifier_metrics=classifier_metrics,
+        task_kind=kind, primary_metric=f"eval_{PRIMARY_METRIC[kind]}", champion_metrics=champion_metrics,
+        text_pair=bool(finetuned["evaluation"].get("text_pair_column")),
+        max_seq_length=finetuned["evaluation"]["max_seq_length"],
         lineage=lineage_tags(documents_dir=documents_dir, examples_dir=examples_dir, pretrain_dir=pretrain_dir),
         params={"pretrain": stage.read_json(pretrain_dir / stage.STAGE_RECORD)["config"],
                 "finetune": stage.read_json(Path(finetuned["final_dir"]).parent / stage.STAGE_RECORD)["config"]},
@@ -121,7 +136,9 @@ def bert_pipeline(
         "corpus": stage.read_json(Path(documents_dir) / "manifest.json"),
         "examples": {s: stage.read_json(Path(examples_dir) / s / "manifest.json") for s in ("train", "validation")},
         "pretrained": pretrained_metrics,
+        "task": {"name": task_name, "kind": kind, "primary_metric": f"eval_{PRIMARY_METRIC[kind]}"},
         "classifier": classifier_metrics,
+        "comparison": evaluation["comparison"],
         "registered": registered,
     }
     create_markdown_artifact(key="pipeline-summary", markdown=render_summary(summary, markdown=True),
@@ -131,11 +148,12 @@ def bert_pipeline(
 
 def render_summary(summary: dict, *, markdown: bool = False) -> str:
     corpus, train, validation = summary["corpus"], summary["examples"]["train"], summary["examples"]["validation"]
-    pre, clf, reg = summary["pretrained"], summary["classifier"], summary["registered"]
+    pre, reg = summary["pretrained"], summary["registered"]
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(corpus["documents_rejected"].items())) or "none"
     quality = train["quality"]
     models = [reg["pretrained"]] + ([reg["classifier"]] if reg.get("classifier") else [])
     uri = summary["tracking_uri"]
+    kind = summary.get("task", {}).get("kind", "classifier")
     clf_name = reg["classifier"]["name"] if reg.get("classifier") else reg["pretrained"]["name"]
     lines = [
         f"bert-pipeline finished in {summary['seconds']:.0f} s; outputs under {summary['work_dir']}",
@@ -148,17 +166,57 @@ def render_summary(summary: dict, *, markdown: bool = False) -> str:
         f"masked {quality.get('masked_share_of_maskable', float('nan')):.1%} of maskable tokens",
         f"pretrained: held-out MLM loss {pre['initial_eval_mlm_loss']:.3f} -> {pre['eval_mlm_loss']:.3f} "
         f"(MLM accuracy {pre['eval_mlm_accuracy']:.1%}, NSP accuracy {pre['eval_nsp_accuracy']:.1%})",
-        f"classifier: dev accuracy {clf.get('eval_accuracy', float('nan')):.1%}, F1 {clf.get('eval_f1', float('nan')):.3f}",
+        _task_line(summary),
     ]
+    comparison = summary.get("comparison")
+    if comparison:
+        lines.append(f"vs champion: {comparison['primary_metric']} {comparison['candidate']:.4f} vs "
+                     f"{comparison['champion']:.4f} on the same dev set; right only by the new model "
+                     f"{comparison['candidate_only_correct']}, only by the champion {comparison['champion_only_correct']} "
+                     f"(McNemar p {comparison['mcnemar_p_value']:.2g})")
     for info in models:
         lines.append(f"registered: {info['name']} v{info['version']} aliases {info['aliases']} ({info['reason']})")
     lines += [
         f"MLflow UI:  mlflow ui --backend-store-uri {uri} --port 5000   then open http://127.0.0.1:5000/#/models/{clf_name}",
         f"Prefect UI: prefect server start   then open http://127.0.0.1:4200/runs/flow-run/{summary['flow_run_id']}",
-        f"Predict:    MLFLOW_TRACKING_URI={uri} python -c \"import mlflow; "
-        f"print(mlflow.pyfunc.load_model('models:/{clf_name}@champion').predict(['a gorgeous, witty film']))\"",
+        f"Predict:    MLFLOW_TRACKING_URI={uri} python -c \"import mlflow{_PREDICT_IMPORTS[kind]}; "
+        f"print(mlflow.pyfunc.load_model('models:/{clf_name}@champion').predict({_PREDICT_INPUT[kind]}))\"",
     ]
     return ("```\n" + "\n".join(lines) + "\n```\n") if markdown else "\n".join(lines)
+
+
+_PREDICT_IMPORTS = {"classifier": "", "token-classifier": "", "question-answering": ", pandas as pd"}
+_PREDICT_INPUT = {
+    "classifier": "['a gorgeous, witty film']",
+    "token-classifier": "['Alice Smith flew from Paris to Berlin .']",
+    "question-answering": "pd.DataFrame({'question': ['Who ruled Normandy?'], "
+                          "'context': ['Normandy was ruled by Rollo, a Viking leader.']})",
+}
+
+
+def _task_line(summary: dict) -> str:
+    clf, kind = summary["classifier"], summary.get("task", {}).get("kind", "classifier")
+    nan = float("nan")
+    if kind == "question-answering":
+        return f"qa model:   dev exact match {clf.get('eval_exact_match', nan):.1f}, F1 {clf.get('eval_f1', nan):.1f}"
+    if kind == "token-classifier":
+        return (f"ner model:  dev entity F1 {clf.get('eval_f1', nan):.3f} (precision {clf.get('eval_precision', nan):.3f}, "
+                f"recall {clf.get('eval_recall', nan):.3f})")
+    return f"classifier: dev accuracy {clf.get('eval_accuracy', nan):.1%}, F1 {clf.get('eval_f1', nan):.3f}"
+
+
+def _dev_texts(task_name: str, validation_file: str, text_column: str | None) -> list[str]:
+    """Decontamination specs (`path::columns`) for the texts of a task's dev file."""
+    kind = task_kind(task_name)
+    if kind == "token-classifier":
+        return []  # CoNLL files are one word per line: nothing to match sentences against
+    if kind == "question-answering":
+        return [f"{validation_file}::context"]
+    preset = TASK_PRESETS.get(task_name, {})
+    columns = [text_column or preset.get("text_column", "sentence")]
+    if preset.get("text_pair_column"):
+        columns.append(preset["text_pair_column"])
+    return [f"{validation_file}::{','.join(columns)}"]
 
 
 def main(argv: list[str] | None = None) -> int:

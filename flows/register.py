@@ -17,6 +17,11 @@ def register_flow(
     classifier_dir: str | None = None,
     task_name: str = "sst2",
     classifier_metrics: dict | None = None,
+    task_kind: str = "classifier",
+    primary_metric: str = "eval_accuracy",
+    champion_metrics: dict | None = None,
+    text_pair: bool = False,
+    max_seq_length: int | None = None,
     lineage: dict | None = None,
     params: dict | None = None,
     pretrain_metrics_file: str | None = None,
@@ -27,7 +32,12 @@ def register_flow(
     min_improvement: float = 0.0,
     pretrain_run_id: str | None = None,
 ) -> dict:
-    """Returns {"pretrained": version info, "classifier": version info or None}."""
+    """Returns {"pretrained": version info, "classifier": version info or None}.
+
+    The task model (`classifier_dir`, of `task_kind`) becomes champion when its `primary_metric` beats the current
+    champion's; `champion_metrics` are the champion's figures on the same dev set (from the evaluate flow), which
+    the gate prefers to the ones the champion was registered with.
+    """
     tags = {**(lineage or {}), "prefect.flow_run_id": str(flow_run.get_parent_flow_run_id() or flow_run.get_id())}
     pretrained = register_model(RegisterConfig(
         model_dir=pretrained_dir,
@@ -49,9 +59,12 @@ def register_flow(
         classifier = register_model(RegisterConfig(
             model_dir=classifier_dir,
             registered_model_name=f"{registered_model_prefix}-{task_name}",
-            kind="classifier",
+            kind=task_kind,
+            text_pair=text_pair,
+            max_seq_length=max_seq_length,
             run_name=f"finetune-{task_name}",
-            primary_metric="eval_accuracy",
+            primary_metric=primary_metric,
+            champion_metrics=champion_metrics,
             greater_is_better=True,
             min_improvement=min_improvement,
             metrics={k: v for k, v in (classifier_metrics or {}).items() if isinstance(v, (int, float))},

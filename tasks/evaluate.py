@@ -1,9 +1,10 @@
-"""Prefect tasks for evaluation: held-out MLM/NSP metrics, classifier dev metrics, reports and plots."""
+"""Prefect tasks for evaluation: held-out MLM/NSP metrics, task-model dev metrics with the champion comparison,
+reports, plots and their Prefect artifacts."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from bert_core import evaluate
@@ -22,17 +23,35 @@ def write_pretraining_report(metrics_jsonl: str, output_dir: str) -> list[str]:
     return [str(paths.json), *map(str, paths.plots)]
 
 
-@task(name="evaluate_classifier", cache_policy=NO_CACHE)
-def evaluate_classifier(model_dir: str, data_file: str, output_dir: str, text_column: str, label_column: str) -> dict:
-    metrics = evaluate.evaluate_classifier(model_dir, data_file, output_dir, text_column=text_column,
-                                           label_column=label_column)
-    matrix = metrics["confusion_matrix"]
-    create_markdown_artifact(
-        key="classifier-evaluation",
-        markdown=(f"## Classifier on `{data_file}`\n\n| metric | value |\n|---|---|\n"
-                  + "".join(f"| {k} | {metrics[k]:.4f} |\n" for k in ("accuracy", "f1", "macro_f1", "matthews_correlation"))
-                  + f"\nConfusion matrix (rows true, columns predicted): `{matrix}`\n"),
-        description="Dev-set metrics of the fine-tuned classifier",
-    )
-    get_run_logger().info("classifier: accuracy %.4f, F1 %.4f", metrics["accuracy"], metrics["f1"])
-    return metrics
+def _champion_dir(model_uri: str | None) -> str | None:
+    """The local directory of a registered champion, or None when there is none yet."""
+    if not model_uri:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    from bert_core.finetune import resolve_model
+
+    try:
+        return resolve_model(model_uri)
+    except (MlflowException, OSError) as error:
+        get_run_logger().info("no champion to compare with (%s): %s", model_uri, str(error).splitlines()[0][:200])
+        return None
+
+
+@task(name="evaluate_task_model", cache_policy=NO_CACHE)
+def evaluate_task_model(kind: str, model_dir: str, data_file: str, output_dir: str, *,
+                        champion_model_uri: str | None = None, **options) -> dict:
+    result = evaluate.evaluate_task(kind, model_dir, data_file, output_dir,
+                                    champion_dir=_champion_dir(champion_model_uri), **options)
+    create_markdown_artifact(key="task-evaluation", markdown=result.pop("report_markdown"),
+                             description=f"Dev-set evaluation of the fine-tuned {kind} model")
+    metrics = evaluate.scalar_metrics(result["metrics"])
+    champion = evaluate.scalar_metrics(result["champion_metrics"] or {})
+    create_table_artifact(key="task-metrics", description="Candidate vs champion on the same dev set",
+                          table=[{"metric": k, "candidate": round(v, 6),
+                                  "champion": round(champion[k], 6) if k in champion else None}
+                                 for k, v in metrics.items()])
+    primary = result["primary_metric"]
+    get_run_logger().info("%s on %s: %s %.4f%s", kind, data_file, primary, metrics[primary],
+                          f" (champion {champion[primary]:.4f})" if primary in champion else "")
+    return result

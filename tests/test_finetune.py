@@ -165,3 +165,29 @@ def test_several_seeds_report_mean_and_spread(pretrained, tmp_path):
     accuracies = [r["eval_accuracy"] for r in summary["runs"]]
     assert summary["eval_accuracy_mean"] == pytest.approx(sum(accuracies) / 2)
     assert summary["eval_accuracy_std"] >= 0 and Path(summary["best_final_dir"]).is_dir()
+
+
+def test_encoded_rows_match_the_tokenizer_across_chunks(pretrained):
+    """The flat-array rows hold exactly what the tokenizer gives, for single texts, pairs and labels, whatever the
+    chunk size; predictions come back in input order although batches are sorted by length."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from bert_core.finetune import encode_dataset, encode_texts, predict_labels
+
+    tokenizer = AutoTokenizer.from_pretrained(pretrained["final_dir"])
+    texts = ["a short one .", "a much longer sentence about the river and the bank .", "x", "the end of it all ."]
+    pairs = ["b", "another", "pair text here", "last"]
+    labels = np.array([1, 0, 1, 0])
+    for chunk_size in (1, 3, 100):
+        rows = encode_dataset(tokenizer, texts, pairs, labels, max_seq_length=12, chunk_size=chunk_size)
+        expected = encode_texts(tokenizer, texts, pairs, max_seq_length=12)
+        assert len(rows) == 4 and list(rows.lengths) == [len(r) for r in expected["input_ids"]]
+        for i, row in enumerate(rows):
+            assert row["input_ids"] == expected["input_ids"][i]
+            assert row["token_type_ids"] == expected["token_type_ids"][i]
+            assert row["attention_mask"] == [1] * len(row["input_ids"]) and row["labels"] == labels[i]
+    model = AutoModelForSequenceClassification.from_pretrained(pretrained["final_dir"], num_labels=2)
+    _, together = predict_labels(model, tokenizer, texts, pairs=pairs, batch_size=2)
+    one_by_one = np.concatenate([predict_labels(model, tokenizer, [t], pairs=[p])[1] for t, p in zip(texts, pairs)])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
