@@ -121,8 +121,13 @@ def resolve_model(name_or_path: str) -> str:
         from bert_core.registry import configure_tracking
 
         configure_tracking()
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{name_or_path}/artifacts/model_dir"))
-        return str(local)
+        # The registered pyfunc keeps the save_pretrained directory as its artifact "model_dir", stored under
+        # artifacts/<original directory name>; MLmodel says where.
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=name_or_path))
+        artifacts = mlflow.models.Model.load(str(local)).flavors.get("python_function", {}).get("artifacts") or {}
+        if "model_dir" not in artifacts:
+            raise FileNotFoundError(f"{name_or_path} is not a bertflow model (no model_dir artifact)")
+        return str(local / artifacts["model_dir"]["path"])
     import importlib.resources
     import importlib.util
 

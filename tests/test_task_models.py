@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -104,7 +105,8 @@ def test_gate_uses_the_champions_figures_on_the_same_dev_set(mrpc_models, tmp_pa
     assert info["promoted"] and CHAMPION in info["aliases"] and "same evaluation set" in info["reason"]
 
 
-def test_pair_ner_and_qa_pyfunc_models_predict_in_a_fresh_process(mrpc_models, ner_model, qa_model, tmp_path):
+def test_pair_ner_and_qa_pyfunc_models_predict_in_a_fresh_process(mrpc_models, ner_model, qa_model, tmp_path,
+                                                                   monkeypatch):
     home = tmp_path / "home"
     register_model(RegisterConfig(model_dir=mrpc_models[0]["final_dir"], registered_model_name="t-mrpc",
                                   text_pair=True, home=str(home), metrics={"eval_accuracy": 0.7}))
@@ -114,6 +116,12 @@ def test_pair_ner_and_qa_pyfunc_models_predict_in_a_fresh_process(mrpc_models, n
     register_model(RegisterConfig(model_dir=qa_model["final_dir"], registered_model_name="t-qa",
                                   kind="question-answering", home=str(home), primary_metric="eval_f1",
                                   metrics={"eval_f1": 1.0}))
+    # Fine-tuning and predict can start from a registered model: its weights come back as a plain directory.
+    from bert_core.finetune import resolve_model
+
+    monkeypatch.setenv("BERTFLOW_HOME", str(home))
+    local = resolve_model("models:/t-qa@champion")
+    assert (Path(local) / "config.json").is_file() and (Path(local) / "model.safetensors").is_file()
     script = textwrap.dedent(f"""
         import mlflow, pandas as pd
         mlflow.set_tracking_uri("sqlite:///{home / 'mlflow.db'}")
