@@ -10,7 +10,10 @@ selects the behaviour:
 - "question-answering": a DataFrame with `question` and `context`; one row per question with `answer`, its
   character `start` in the context and `score` (start + end logit). Long contexts are read in windows of
   `max_seq_length` tokens with `doc_stride` overlap.
-- "pretrained": fill-mask; one row per input text with the `top_k` predictions for its first [MASK] token.
+- "pretrained": `params={"task": ...}` picks what the pretraining heads and encoder give:
+  "fill-mask" (default): one row per text with the `top_k` predictions for its first [MASK] token;
+  "nsp": a DataFrame with `text` and `text_pair`; `is_next_probability` from the next-sentence head;
+  "embed": one row per text with its pooled `vector` (`pooling` "mean" or "cls") and its `tokens`.
 Texts come as a DataFrame (`text` column, else the first column), a list of strings, or one string.
 """
 
@@ -75,6 +78,7 @@ class BertPyfuncModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
+        params = params or {}
         with self.torch.no_grad():
             if self.kind == "question-answering":
                 return pd.DataFrame(self._answer(model_input))
@@ -83,7 +87,36 @@ class BertPyfuncModel(mlflow.pyfunc.PythonModel):
                 return pd.DataFrame(self._classify(texts, _column(model_input, "text_pair")))
             if self.kind == "token-classifier":
                 return pd.DataFrame(self._tag(texts))
+            task = params.get("task", "fill-mask")
+            if task == "nsp":
+                pairs = _column(model_input, "text_pair")
+                if pairs is None:
+                    raise ValueError("task nsp needs a DataFrame with `text` and `text_pair` columns")
+                return pd.DataFrame(self._next_sentence(texts, pairs))
+            if task == "embed":
+                return pd.DataFrame(self._embed(texts, params.get("pooling", "mean")))
+            if task != "fill-mask":
+                raise ValueError(f"unknown task {task!r} for a pretrained model: fill-mask, nsp or embed")
             return pd.DataFrame(self._fill_mask(texts))
+
+    def _next_sentence(self, texts, pairs):
+        batch = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_seq_length, padding=True,
+                               return_tensors="pt")
+        probs = self.torch.softmax(self.model(**batch).seq_relationship_logits.float(), dim=-1)
+        return {"is_next_probability": probs[:, 0].tolist()}  # label 0 = B follows A
+
+    def _embed(self, texts, pooling):
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"unknown pooling {pooling!r}: mean or cls")
+        batch = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length, padding=True,
+                               return_tensors="pt")
+        hidden = self.model.base_model(**batch).last_hidden_state.float()
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        vectors = hidden[:, 0] if pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1)
+        lengths = batch["attention_mask"].sum(1).tolist()
+        return [{"vector": vectors[i].tolist(),
+                 "tokens": self.tokenizer.convert_ids_to_tokens(batch["input_ids"][i, : lengths[i]].tolist())}
+                for i in range(len(texts))]
 
     def _classify(self, texts, pairs):
         batch = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_seq_length, padding=True,

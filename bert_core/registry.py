@@ -22,7 +22,7 @@ from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import ColSpec, Schema
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from bert_core import stage
 
@@ -158,7 +158,9 @@ def _signature(kind: str, pairs: bool = False) -> tuple[ModelSignature, Any]:
     if kind == "token-classifier":
         return ModelSignature(inputs=Schema([ColSpec("string")])), ["Alice Smith flew from Paris to Berlin ."]
     if kind == "pretrained":
-        return ModelSignature(inputs=Schema([ColSpec("string")])), ["the [MASK] of the film"]
+        # No input schema: the task param decides the input (texts; `text` + `text_pair` for nsp).
+        params = ParamSchema([ParamSpec("task", "string", "fill-mask"), ParamSpec("pooling", "string", "mean")])
+        return ModelSignature(params=params), ["the [MASK] of the film"]
     raise ValueError(f"unknown model kind {kind!r}; one of {KINDS}")
 
 

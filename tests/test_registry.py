@@ -59,6 +59,18 @@ def test_pretrained_model_fill_mask(pretrained, tmp_path):
     model = mlflow.pyfunc.load_model(f"models:/tiny-test@{CHAMPION}")
     out = model.predict(["the [MASK] of the river", "no mask here"])
     assert len(out["tokens"][0]) == 5 and out["tokens"][1] == [] and info["version"] == "1"
+    # The same model gives next-sentence probabilities and sentence vectors by the task param.
+    import pandas as pd
+
+    nsp = model.predict(pd.DataFrame({"text": ["the river rose ."], "text_pair": ["the town flooded ."]}),
+                        params={"task": "nsp"})
+    assert 0 < nsp["is_next_probability"][0] < 1
+    vectors = model.predict(["a river bank", "a bank loan"], params={"task": "embed", "pooling": "cls"})
+    width = pretrained_width(pretrained)
+    assert len(vectors) == 2 and len(vectors["vector"][0]) == width and vectors["tokens"][0][0] == "[CLS]"
+    assert vectors["vector"][0] != vectors["vector"][1]
+    with pytest.raises(Exception, match="unknown task"):
+        model.predict(["x"], params={"task": "translate"})
 
 
 def _copy_with_marker(src, dst, marker):
@@ -90,3 +102,10 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")  # a user's server wins...
     assert configure_tracking() == "http://127.0.0.1:5999"
     assert configure_tracking(tmp_path / "c") == f"sqlite:///{tmp_path / 'c' / 'mlflow.db'}"  # ...unless home is explicit
+
+
+def pretrained_width(pretrained) -> int:
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(pretrained["final_dir"]) / "config.json").read_text())["hidden_size"]
