@@ -147,18 +147,23 @@ class BertPyfuncModel(mlflow.pyfunc.PythonModel):
         if questions is None or contexts is None:
             raise ValueError("question-answering input needs `question` and `context` columns")
         encoded = self.tokenizer(questions, contexts, truncation="only_second", max_length=self.max_seq_length,
-                                 stride=self.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
-                                 padding=True, return_tensors="pt")
-        samples = encoded.pop("overflow_to_sample_mapping").tolist()
-        offsets = encoded.pop("offset_mapping").tolist()
-        out = self.model(**encoded)
+                                 stride=self.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True)
+        samples, offsets = encoded["overflow_to_sample_mapping"], encoded["offset_mapping"]
+        keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in encoded]
+        start_rows, end_rows = [], []
+        for begin in range(0, len(samples), 32):  # windows in batches of 32
+            rows = range(begin, min(len(samples), begin + 32))
+            batch = self.tokenizer.pad([{k: encoded[k][i] for k in keys} for i in rows], return_tensors="pt")
+            out = self.model(**batch)
+            start_rows += list(out.start_logits.float())
+            end_rows += list(out.end_logits.float())
         best = [{"answer": "", "start": -1, "score": float("-inf")} for _ in questions]
         for i, sample in enumerate(samples):
             context_positions = [p for p, s in enumerate(encoded.sequence_ids(i)) if s == 1]
             if not context_positions:
                 continue
             lo, hi = context_positions[0], context_positions[-1] + 1
-            start_logits, end_logits = out.start_logits[i, lo:hi].float(), out.end_logits[i, lo:hi].float()
+            start_logits, end_logits = start_rows[i][lo:hi], end_rows[i][lo:hi]
             scores = start_logits[:, None] + end_logits[None, :]
             n = hi - lo
             allowed = self.torch.ones(n, n, dtype=self.torch.bool).triu().tril(self.max_answer_length - 1)

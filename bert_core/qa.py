@@ -118,6 +118,9 @@ def read_squad(path: str | Path) -> list[Question]:
                 raise ValueError(f"{path}:{number}: not a SQuAD row ({error!r})") from error
     if not questions:
         raise ValueError(f"{path}: no questions")
+    empty = [q.id for q in questions if not q.context.strip()]
+    if empty:
+        raise ValueError(f"{path}: {len(empty)} question(s) with an empty context, e.g. id {empty[0]!r}")
     return questions
 
 
@@ -198,7 +201,10 @@ def encode_windows(tokenizer, questions: list[str], contexts: list[str], *, max_
                      return_offsets_mapping=True)
 
 
-def _context_span(sequence_ids: list[int | None]) -> tuple[int, int]:
+def _context_span(sequence_ids: list[int | None]) -> tuple[int, int] | None:
+    """First and last token of the context in a window (None for an empty context)."""
+    if 1 not in sequence_ids:
+        return None
     first = sequence_ids.index(1)
     last = len(sequence_ids) - 1 - sequence_ids[::-1].index(1)
     return first, last
@@ -282,7 +288,10 @@ def answer_questions(model, tokenizer, questions: list[str], contexts: list[str]
             out = model(**batch)
         starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
         for row, i in enumerate(chunk):
-            first, last = _context_span(encoded.sequence_ids(i))
+            span = _context_span(encoded.sequence_ids(i))
+            if span is None:
+                continue  # an empty context has no answer
+            first, last = span
             start_logits, end_logits = starts[row, first : last + 1], ends[row, first : last + 1]
             top_s = np.argsort(start_logits)[::-1][:n_best_size]
             top_e = np.argsort(end_logits)[::-1][:n_best_size]

@@ -29,6 +29,9 @@ def test_read_squad_json_and_jsonl_rows_agree(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"id": "1", "question": "q"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1"):
         read_squad(tmp_path / "bad.jsonl")
+    (tmp_path / "empty.jsonl").write_text(json.dumps({**rows[0], "id": "e1", "context": " "}) + "\n")
+    with pytest.raises(ValueError, match="empty context, e.g. id 'e1'"):
+        read_squad(tmp_path / "empty.jsonl")
 
 
 def test_split_by_article_keeps_articles_whole(tmp_path):
@@ -105,8 +108,9 @@ def test_windows_and_post_processing_recover_every_gold_answer(pretrained):
     scores = squad_metrics(questions, {q.id: a["answer"] for q, a in zip(questions, answers)})
     assert scores["exact_match"] == 100.0 and scores["num_questions"] == 108
     # A model with no preference gives some answer inside the context, never text from the question.
-    flat = answer_questions(OracleQa({}), tokenizer, [questions[0].question], [questions[0].context])
+    flat = answer_questions(OracleQa({}), tokenizer, [questions[0].question, "who?"], [questions[0].context, ""])
     assert flat[0]["answer"] in questions[0].context
+    assert flat[1]["answer"] == "" and flat[1]["start"] == -1  # an empty context has no answer
 
 
 def test_qa_finetuning_trains_scores_and_reloads(pretrained, tmp_path):
