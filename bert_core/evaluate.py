@@ -291,18 +291,17 @@ def _score_ner(model_dir, data_file, *, max_seq_length, **_) -> TaskScore:
 def _score_qa(model_dir, data_file, *, max_seq_length, doc_stride, **_) -> TaskScore:
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from bert_core.qa import answer_f1, answer_questions, normalize_answer, read_squad, squad_metrics
+    from bert_core.qa import answer_questions, question_score, read_squad, summarise_scores
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForQuestionAnswering.from_pretrained(model_dir)
     questions = read_squad(data_file)
     answers = answer_questions(model, tokenizer, [q.question for q in questions], [q.context for q in questions],
                                max_seq_length=max_seq_length, doc_stride=min(doc_stride, max_seq_length // 2))
-    metrics = squad_metrics(questions, {q.id: a["answer"] for q, a in zip(questions, answers)})
+    scores = [question_score(q, a["answer"]) for q, a in zip(questions, answers)]
+    metrics = summarise_scores([score for q, score in zip(questions, scores) if q.answers])
     rows, correct, by_type = [], [], {}
-    for q, a in zip(questions, answers):
-        exact = any(normalize_answer(a["answer"]) == normalize_answer(g) for g in q.answers)
-        f1 = max((answer_f1(a["answer"], g) for g in q.answers), default=0.0)
+    for q, a, (exact, f1) in zip(questions, answers, scores):
         rows.append({"id": q.id, "question": q.question, "answers": list(q.answers), "prediction": a["answer"],
                      "exact_match": exact, "f1": round(f1, 4)})
         correct.append(exact)

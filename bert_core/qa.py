@@ -164,17 +164,21 @@ def answer_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def question_score(question: Question, prediction: str) -> tuple[bool, float]:
+    """(exact match, F1 in [0, 1]) of one prediction, each the best over the question's gold answers."""
+    exact = any(normalize_answer(prediction) == normalize_answer(g) for g in question.answers)
+    return exact, max((answer_f1(prediction, g) for g in question.answers), default=0.0)
+
+
+def summarise_scores(scores: list[tuple[bool, float]]) -> dict[str, Any]:
+    """Exact match and F1 in percent, as SQuAD reports them, over per-question scores."""
+    return {"exact_match": 100.0 * float(np.mean([e for e, _ in scores])) if scores else 0.0,
+            "f1": 100.0 * float(np.mean([f for _, f in scores])) if scores else 0.0, "num_questions": len(scores)}
+
+
 def squad_metrics(questions: list[Question], predictions: dict[str, str]) -> dict[str, Any]:
-    """Exact match and F1 (in percent, as SQuAD reports them), best over each question's gold answers."""
-    exact, f1 = [], []
-    for q in questions:
-        if not q.answers:
-            continue
-        prediction = predictions.get(q.id, "")
-        exact.append(max(float(normalize_answer(prediction) == normalize_answer(g)) for g in q.answers))
-        f1.append(max(answer_f1(prediction, g) for g in q.answers))
-    return {"exact_match": 100.0 * float(np.mean(exact)) if exact else 0.0,
-            "f1": 100.0 * float(np.mean(f1)) if f1 else 0.0, "num_questions": len(exact)}
+    """Exact match and F1 (in percent), best over each question's gold answers; questions without one skipped."""
+    return summarise_scores([question_score(q, predictions.get(q.id, "")) for q in questions if q.answers])
 
 
 # --- features ---
