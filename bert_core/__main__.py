@@ -72,6 +72,12 @@ def _register(args) -> object:
     return register_model(stage.load_config(RegisterConfig, args.config))
 
 
+def _rollback(args) -> object:
+    from bert_core.registry import rollback
+
+    return rollback(args.model, args.version, reason=args.reason)
+
+
 def _predict(args) -> None:
     from bert_core import predict
     from bert_core.corpus import read_table_file
@@ -188,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("register", help="log a model to MLflow, register it and apply the promotion gate")
     p.add_argument("--config", type=Path, required=True, help="RegisterConfig JSON")
     p.set_defaults(run=_register)
+
+    p = sub.add_parser("rollback", help="move the champion alias of a registered model back to an earlier version")
+    p.add_argument("--model", required=True, help="registered model name, e.g. bertflow-sst2")
+    p.add_argument("--version", required=True, help="the version that becomes champion again")
+    p.add_argument("--reason", default="", help="recorded on the version as the tag bertflow.rollback")
+    p.set_defaults(run=_rollback)
     return parser
 
 

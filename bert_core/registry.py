@@ -6,19 +6,29 @@ By default tracking is embedded: a SQLite store and an artifact root under the p
 model hash, input manifests) and its evaluation metrics. A new version gets the alias `candidate`; it also becomes
 `champion` when there is none yet or when its primary metric beats the champion's by `min_improvement`.
 Registering the same model directory twice returns the existing version instead of a duplicate.
+
+Promotion decisions for one registered model are serialised (`promotion_lock`: a file lock beside a local store;
+the Prefect layer adds a global concurrency slot for servers shared by several machines), and a decision re-reads
+the champion inside the lock: two pipelines finishing at once leave exactly one champion, the better one.
+`rollback` moves `champion` back to a named version. A pipeline run is one parent MLflow run with a nested run
+per stage (`start_run(parent_run_id=...)`, `log_stage_run`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import re
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow
-from mlflow.entities import Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -99,6 +109,9 @@ class RegisterConfig:
     # The current champion's metrics on the same evaluation set as `metrics`, measured now; the gate compares with
     # these instead of the figures the champion was registered with (which may come from another dev set).
     champion_metrics: dict[str, float] | None = None
+    champion_version: str | None = None  # the version `champion_metrics` were measured on
+    parent_run_id: str | None = None  # nest the registration run under this (pipeline) run
+    description: str | None = None  # the model card; generated from the config and metrics when None
     home: str | None = None
 
     def __post_init__(self):
@@ -106,17 +119,70 @@ class RegisterConfig:
             raise ValueError(f"unknown model kind {self.kind!r}; one of {KINDS}")
 
 
-def start_run(experiment_name: str, run_name: str, params: Any = None, home: str | Path | None = None) -> str:
-    """Create a run (not made active) with the flattened `params`; return its id, for a process to log into."""
+def start_run(experiment_name: str, run_name: str, params: Any = None, home: str | Path | None = None, *,
+              parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
+    """Create a run (not made active) with the flattened `params`; return its id, for a process to log into.
+
+    With `parent_run_id` the run is nested under that run (MLflow's `mlflow.parentRunId` tag), as the UI shows it.
+    """
     configure_tracking(home)
     client = MlflowClient()
-    run = client.create_run(ensure_experiment(experiment_name, home), run_name=run_name)
+    all_tags = {**(tags or {}), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+    run = client.create_run(ensure_experiment(experiment_name, home), run_name=run_name, tags=all_tags)
     flat: dict[str, str] = {}
     _flatten("", stage.to_jsonable(params) if params is not None else {}, flat)
-    items = list(flat.items())
+    items = [(k, redact(v)) for k, v in flat.items()]
     for chunk in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in items[chunk : chunk + 100]])
     return run.info.run_id
+
+
+def finish_run(run_id: str, status: str = "FINISHED", home: str | Path | None = None) -> None:
+    """Mark a run created by `start_run` as ended (FINISHED, FAILED or KILLED)."""
+    configure_tracking(home)
+    MlflowClient().set_terminated(run_id, status=status)
+
+
+def log_stage_run(parent_run_id: str, stage_name: str, *, experiment_name: str = "bertflow", params: Any = None,
+                  metrics: dict[str, float] | None = None, artifacts: tuple[str, ...] | list[str] = (),
+                  tags: dict[str, str] | None = None, home: str | Path | None = None) -> str:
+    """One finished nested run for a pipeline stage: its config as params, its counts as metrics, its manifests and
+    reports as artifacts. Returns the run id."""
+    run_id = start_run(experiment_name, stage_name, params, home, parent_run_id=parent_run_id,
+                       tags={"bertflow.stage": stage_name, **(tags or {})})
+    client = MlflowClient()
+    log_metrics(run_id, metrics or {}, home)
+    for path in artifacts:
+        if Path(path).is_dir():
+            client.log_artifacts(run_id, str(path))
+        elif Path(path).is_file():
+            client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id)
+    return run_id
+
+
+def tag_run(run_id: str, tags: dict[str, str], home: str | Path | None = None) -> None:
+    configure_tracking(home)
+    MlflowClient().log_batch(run_id, tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()])
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], home: str | Path | None = None) -> None:
+    configure_tracking(home)
+    now = int(time.time() * 1000)
+    values = [Metric(k, float(v), now, 0) for k, v in metrics.items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    for chunk in range(0, len(values), 500):
+        MlflowClient().log_batch(run_id, metrics=values[chunk : chunk + 500])
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s:]+(?::[^/@\s]*)?)@")
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:token|access_token|api_key|apikey|key|password|secret|sig|signature)=)[^&\s]+")
+
+
+def redact(text: str) -> str:
+    """`text` with credentials removed from any URI in it (user:password@, ?token=...), for params, tags and logs."""
+    text = _CREDENTIALS.sub(lambda m: f"{m['scheme']}***@", text)
+    return _SECRET_QUERY.sub(lambda m: f"{m[1]}***", text)
 
 
 def run_exists(run_id: str, home: str | Path | None = None) -> bool:
@@ -164,6 +230,33 @@ def _signature(kind: str, pairs: bool = False) -> tuple[ModelSignature, Any]:
     raise ValueError(f"unknown model kind {kind!r}; one of {KINDS}")
 
 
+def alias_version(model_uri: str, home: str | Path | None = None) -> str | None:
+    """The version number a `models:/name@alias` URI points at now (None when the alias is not set)."""
+    if not model_uri.startswith("models:/") or "@" not in model_uri:
+        raise ValueError(f"expected models:/<name>@<alias>, got {model_uri!r}")
+    name, alias = model_uri.removeprefix("models:/").rsplit("@", 1)
+    configure_tracking(home)
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def ui_links(run_id: str | None = None, model: tuple[str, str] | None = None) -> dict[str, str]:
+    """Links into the MLflow UI: the tracking server's own when MLFLOW_TRACKING_URI is http(s), else where
+    `mlflow ui` serves by default (127.0.0.1:5000). Credentials in the URI are never included."""
+    uri = mlflow.get_tracking_uri()
+    base = redact(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    base = base.replace("***@", "")
+    links: dict[str, str] = {}
+    if run_id:
+        run = MlflowClient().get_run(run_id)
+        links["run"] = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    if model:
+        links["model_version"] = f"{base}/#/models/{model[0]}/versions/{model[1]}"
+    return links
+
+
 def _version_info(client: MlflowClient, name: str, version: str, **extra) -> dict[str, Any]:
     mv = client.get_model_version(name, version)
     return {"name": name, "version": str(mv.version), "aliases": sorted(mv.aliases), "run_id": mv.run_id,
@@ -175,8 +268,51 @@ def _metric_of(client: MlflowClient, name: str, version: str, metric: str) -> fl
     return float(value) if value is not None else None
 
 
+def _lock_dir(home: str | Path | None = None) -> Path:
+    """Where promotion locks live: beside a local SQLite store, else under the data directory."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent / "locks"
+    return (Path(home) if home else bertflow_home()) / "locks"
+
+
+@contextmanager
+def promotion_lock(name: str, home: str | Path | None = None, timeout_seconds: float = 600) -> Iterator[None]:
+    """Hold the lock that serialises alias moves of registered model `name` among processes of this machine.
+
+    MLflow has no compare-and-set on aliases: two processes that both read champion v1, both beat it and both set
+    `champion` would leave whichever wrote last, possibly the worse model. Holding this lock around read-decide-set
+    makes the second decision see the first one's outcome.
+    """
+    directory = _lock_dir(home)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / (re.sub(r"[^A-Za-z0-9._-]", "_", name) + ".lock")
+    deadline = time.monotonic() + timeout_seconds
+    with open(path, "a+") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"waited {timeout_seconds:.0f} s for the promotion lock {path}") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def promote(client: MlflowClient, config: RegisterConfig, version: str) -> tuple[bool, str]:
-    """Give `version` the candidate alias; make it champion if it beats the current one. Return (promoted, why)."""
+    """Give `version` the candidate alias; make it champion if it beats the current one. Return (promoted, why).
+
+    Runs under `promotion_lock`: the champion is read, compared and replaced as one step.
+    """
+    with promotion_lock(config.registered_model_name, config.home):
+        return _promote_locked(client, config, version)
+
+
+def _promote_locked(client: MlflowClient, config: RegisterConfig, version: str) -> tuple[bool, str]:
     name = config.registered_model_name
     client.set_registered_model_alias(name, CANDIDATE, version)
     new = config.metrics.get(config.primary_metric)
@@ -191,6 +327,11 @@ def promote(client: MlflowClient, config: RegisterConfig, version: str) -> tuple
         return True, "already champion"
     old = _metric_of(client, name, champion.version, config.primary_metric)
     same_set = bool(config.champion_metrics) and config.primary_metric in config.champion_metrics
+    moved = ""
+    if same_set and config.champion_version and str(config.champion_version) != str(champion.version):
+        # Another run promoted a model between our evaluation and now: our same-set figure is for the old champion.
+        same_set = False
+        moved = f" (the champion moved from v{config.champion_version} since this model was evaluated)"
     if same_set:
         old = float(config.champion_metrics[config.primary_metric])
     if new is None:
@@ -199,12 +340,66 @@ def promote(client: MlflowClient, config: RegisterConfig, version: str) -> tuple
         client.set_registered_model_alias(name, CHAMPION, version)
         return True, f"champion v{champion.version} has no {config.primary_metric}"
     gain = (new - old) if config.greater_is_better else (old - new)
-    where = " on the same evaluation set" if same_set else ", as registered"
+    where = " on the same evaluation set" if same_set else f", as registered{moved}"
     if gain > config.min_improvement:
         client.set_registered_model_alias(name, CHAMPION, version)
+        client.set_model_version_tag(name, version, "bertflow.promoted_over", str(champion.version))
         return True, f"{config.primary_metric} {new:.4f} beats champion v{champion.version} ({old:.4f}{where})"
     return False, (f"{config.primary_metric} {new:.4f} does not beat champion v{champion.version} ({old:.4f}{where}) "
                    f"by more than {config.min_improvement}")
+
+
+def rollback(name: str, version: str | int, *, reason: str = "", home: str | Path | None = None) -> dict[str, Any]:
+    """Move `champion` of registered model `name` back to `version` (an existing one); return what changed."""
+    configure_tracking(home)
+    client = MlflowClient()
+    version = str(version)
+    with promotion_lock(name, home):
+        try:
+            client.get_model_version(name, version)
+        except MlflowException as error:
+            raise ValueError(f"{name} has no version {version}") from error
+        try:
+            previous = str(client.get_model_version_by_alias(name, CHAMPION).version)
+        except MlflowException:
+            previous = None
+        client.set_registered_model_alias(name, CHAMPION, version)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        client.set_model_version_tag(name, version, "bertflow.rollback",
+                                     json.dumps({"from_version": previous, "at": stamp, "reason": reason}))
+    logger.info("rollback: %s champion v%s -> v%s", name, previous, version)
+    return {"name": name, "previous_champion": previous, "champion": version, "reason": reason,
+            "model_uri": f"models:/{name}@{CHAMPION}"}
+
+
+def model_card(config: RegisterConfig, model_hash: str) -> str:
+    """A markdown model card for a version: what it is, what it was trained on, how it scored, how to load it."""
+    kind = {"classifier": "text classifier", "token-classifier": "token classifier (NER)",
+            "question-answering": "extractive question answering model",
+            "pretrained": "pretrained BERT encoder (MLM + NSP heads)"}[config.kind]
+    tags = config.tags
+    lines = [f"# {config.registered_model_name}", "", f"A {kind} trained by bertflow."]
+    if tags.get("bertflow.parent_model"):
+        lines.append(f"Fine-tuned from `{tags['bertflow.parent_model']}`.")
+    lines += ["", "## Evaluation", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(config.metrics.items()) if isinstance(v, (int, float))]
+    lines += ["", f"Promotion metric: `{config.primary_metric}` ({'higher' if config.greater_is_better else 'lower'} "
+              f"is better, margin {config.min_improvement})."]
+    data = {k.removeprefix("bertflow."): v for k, v in tags.items()
+            if k in ("bertflow.corpus_sources", "bertflow.task_train_file", "bertflow.task_validation_file")}
+    if data:
+        lines += ["", "## Data", ""] + [f"- {k}: `{v}`" for k, v in data.items()]
+    lineage = {k: v for k, v in tags.items() if k.endswith(("sha256", "stage_key", "git_commit", "flow_run_id"))}
+    lines += ["", "## Lineage", "", f"- model files sha256: `{model_hash}`"]
+    lines += [f"- {k}: `{v}`" for k, v in sorted(lineage.items())]
+    example = {"classifier": "model.predict(['a gorgeous, witty film'])",
+               "token-classifier": "model.predict(['Alice Smith flew from Paris to Berlin .'])",
+               "question-answering": "model.predict(pd.DataFrame({'question': [...], 'context': [...]}))",
+               "pretrained": "model.predict(['the [MASK] of the film'])  # params={'task': 'nsp'|'embed'}"}[config.kind]
+    lines += ["", "## Use", "", "```python", "import mlflow",
+              f"model = mlflow.pyfunc.load_model('models:/{config.registered_model_name}@champion')", example, "```",
+              "", "Weights are stored as safetensors; the pyfunc wrapper is code, not a pickle."]
+    return "\n".join(lines) + "\n"
 
 
 def register_model(config: RegisterConfig) -> dict[str, Any]:
@@ -225,11 +420,16 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
 
     experiment_id = ensure_experiment(config.experiment_name, config.home)
     existing = client.get_run(config.run_id) if config.run_id else None
-    run_args = {"run_id": config.run_id} if existing else {"experiment_id": experiment_id,
-                                                           "run_name": config.run_name or name}
+    run_args = {"run_id": config.run_id} if existing else {
+        "experiment_id": experiment_id, "run_name": config.run_name or name,
+        "tags": {"mlflow.parentRunId": config.parent_run_id} if config.parent_run_id else None}
+    tags = {k: redact(str(v)) for k, v in {**config.tags, "bertflow.model_hash": model_hash,
+                                            "bertflow.kind": config.kind}.items()}
+    card = config.description or model_card(config, model_hash)
     with mlflow.start_run(**run_args):
         params: dict[str, str] = {}
         _flatten("", config.params, params)
+        params = {k: redact(v) for k, v in params.items()}
         if existing:  # a param cannot be logged twice; the run's own values stand
             params = {k: v for k, v in params.items() if k not in existing.data.params}
         for chunk in range(0, len(params), 100):
@@ -246,7 +446,8 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
         mlflow.log_metrics(scalar_metrics, step=last_step)  # the final figures, at the run's last step
         for path in config.artifacts:
             (mlflow.log_artifacts if Path(path).is_dir() else mlflow.log_artifact)(path)
-        mlflow.set_tags({**config.tags, "bertflow.model_hash": model_hash, "bertflow.kind": config.kind})
+        mlflow.set_tags(tags)
+        mlflow.log_text(card, "model_card.md")
         signature, example = _signature(config.kind, config.text_pair)
         model_config = {"kind": config.kind}
         if config.max_seq_length:
@@ -262,8 +463,12 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
             registered_model_name=name,
         )
         version = str(info.registered_model_version)
-    for key, value in {**config.tags, "bertflow.model_hash": model_hash, "bertflow.kind": config.kind}.items():
+    for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(name, version, description=card)
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=card.split("\n## Evaluation")[0].strip()
+                                       + "\n\nEach version carries its own model card, metrics and lineage tags.")
     for metric, value in scalar_metrics.items():
         client.set_model_version_tag(name, version, f"bertflow.metric.{metric}", str(value))
     promoted, reason = promote(client, config, version)

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from bert_core import stage
 from bert_core.evaluate import PRIMARY_METRIC, scalar_metrics
 from bert_core.finetune import TASK_PRESETS
-from bert_core.registry import bertflow_home, configure_tracking, lineage_tags
+from bert_core.registry import bertflow_home, configure_tracking, lineage_tags, redact, ui_links
 from flows import default_work_dir
 from flows.evaluate import evaluate_flow
 from flows.examples import examples_flow
@@ -29,6 +29,7 @@ from flows.finetune import finetune_flow, task_files, task_kind
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
 from flows.register import register_flow
+from tasks.registry import finish_run, log_stage_run, start_run
 
 
 @flow(name="bert-pipeline")
@@ -74,23 +75,62 @@ def bert_pipeline(
     work = default_work_dir(work_dir)
     kind = task_kind(task_name)
     task_train_file, task_validation_file = task_files(task_name, task_train_file, task_validation_file)
+    flow_run_id = str(flow_run.get_id())
+    # One parent MLflow run per pipeline run; every stage's run nests under it.
+    run_id = start_run(f"bert-pipeline {flow_run.get_name() or ''}".strip(), params=dict(flow_run.get_parameters()),
+                       tags={"prefect.flow_run_id": flow_run_id, "bertflow.stage": "pipeline"})
+    try:
+        summary = _run_stages(**locals())
+    except BaseException:
+        finish_run(run_id, "FAILED")
+        raise
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    registered = summary["registered"]
+    finish_run(run_id, metrics={**summary["classifier"], **summary["pretrained"]},
+               tags={f"bertflow.registered.{info['name']}": info["version"]
+                     for info in (registered["pretrained"], registered["classifier"]) if info})
+    summary["mlflow_links"] = _links(summary)
+    create_markdown_artifact(key="pipeline-summary", markdown=render_summary(summary, markdown=True),
+                             description="bert-pipeline summary")
+    create_table_artifact(key="pipeline-models", table=_models_table(summary),
+                          description="Models this run registered, their aliases and the promotion decision")
+    return summary
+
+
+def _run_stages(*, sources, work, validation_fraction, decontamination_files, data_workers, dask_address, vocab_size,
+                max_seq_length, dupe_factor, pair_objective, whole_word_mask, preset, per_device_train_batch_size,
+                gradient_accumulation_steps, learning_rate, num_warmup_steps, max_train_steps, eval_steps,
+                checkpointing_steps, mixed_precision, num_processes, task_name, task_train_file, task_validation_file,
+                text_column, label_column, finetune_learning_rate, finetune_num_train_epochs, registered_model_prefix,
+                min_improvement, seed, kind, run_id, flow_run_id, **_) -> dict:
     # The fine-tuning task's dev set is always kept out of the pretraining corpus.
     decontaminate = [*_dev_texts(task_name, task_validation_file, text_column), *(decontamination_files or [])]
     documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction,
                                 decontamination_files=decontaminate, n_workers=data_workers,
                                 dask_address=dask_address)
+    corpus = stage.read_json(Path(documents_dir) / "manifest.json")
+    log_stage_run(run_id, "ingest", documents_dir, metrics=_counts(corpus),
+                  artifacts=[str(Path(documents_dir) / "manifest.json")])
     examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), vocab_size=vocab_size,
                                  max_seq_length=max_seq_length, dupe_factor=dupe_factor,
                                  pair_objective=pair_objective, whole_word_mask=whole_word_mask,
                                  n_workers=data_workers, dask_address=dask_address)
+    examples = {s: stage.read_json(Path(examples_dir) / s / "manifest.json") for s in ("train", "validation")}
+    log_stage_run(run_id, "examples", examples_dir,
+                  metrics={f"{s}_{k}": v for s, m in examples.items() for k, v in _counts(m).items()},
+                  artifacts=[str(Path(examples_dir) / s / "manifest.json") for s in ("train", "validation")])
     pretrained = pretrain_flow(
         shards_dir=examples_dir, work_dir=str(work), preset=preset, max_seq_length=max_seq_length,
         per_device_train_batch_size=per_device_train_batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
         num_warmup_steps=num_warmup_steps, max_train_steps=max_train_steps, mixed_precision=mixed_precision,
         eval_steps=eval_steps, checkpointing_steps=checkpointing_steps, num_processes=num_processes, seed=seed,
+        mlflow_parent_run_id=run_id,
     )
     pretrain_dir = Path(pretrained["final_dir"]).parent
+    if pretrained.get("reused"):  # up to date from an earlier pipeline run: point at the run that trained it
+        log_stage_run(run_id, f"pretrain-{preset}", str(pretrain_dir), metrics=_counts(pretrained),
+                      tags={"bertflow.reused_run_id": pretrained.get("mlflow_run_id") or ""})
     finetuned = finetune_flow(
         model_name_or_path=pretrained["final_dir"], task_name=task_name, train_file=task_train_file,
         validation_file=task_validation_file, work_dir=str(work), text_column=text_column, label_column=label_column,
@@ -111,13 +151,20 @@ def bert_pipeline(
     classifier_metrics = {f"eval_{k}": v for k, v in scalar_metrics(evaluation["classifier"]).items()}
     champion_metrics = ({f"eval_{k}": v for k, v in scalar_metrics(evaluation["champion"]).items()}
                         if evaluation["champion"] else None)
+    log_stage_run(run_id, "evaluate", metrics={**pretrained_metrics, **classifier_metrics,
+                                               **{f"champion_{k}": v for k, v in (champion_metrics or {}).items()}},
+                  artifacts=[*evaluation["pretrained_reports"], *evaluation["classifier_reports"]],
+                  tags={"bertflow.champion_version": evaluation["champion_version"] or "none"})
     registered = register_flow(
         pretrained_dir=pretrained["final_dir"], preset=preset, pretrained_metrics=pretrained_metrics,
         classifier_dir=finetuned["final_dir"], task_name=task_name, classifier_metrics=classifier_metrics,
         task_kind=kind, primary_metric=f"eval_{PRIMARY_METRIC[kind]}", champion_metrics=champion_metrics,
+        champion_version=evaluation["champion_version"],
         text_pair=bool(finetuned["evaluation"].get("text_pair_column")),
         max_seq_length=finetuned["evaluation"]["max_seq_length"],
         lineage=lineage_tags(documents_dir=documents_dir, examples_dir=examples_dir, pretrain_dir=pretrain_dir),
+        classifier_tags={"bertflow.task_train_file": task_train_file,
+                         "bertflow.task_validation_file": task_validation_file},
         params={"pretrain": stage.read_json(pretrain_dir / stage.STAGE_RECORD)["config"],
                 "finetune": stage.read_json(Path(finetuned["final_dir"]).parent / stage.STAGE_RECORD)["config"]},
         pretrain_metrics_file=str(pretrain_dir / "metrics.jsonl"),
@@ -126,24 +173,52 @@ def bert_pipeline(
                               str(Path(documents_dir) / "manifest.json")],
         classifier_artifacts=evaluation["classifier_reports"],
         registered_model_prefix=registered_model_prefix, min_improvement=min_improvement,
-        pretrain_run_id=pretrained.get("mlflow_run_id"),
+        pretrain_run_id=pretrained.get("mlflow_run_id"), parent_run_id=run_id,
     )
-    summary = {
+    return {
         "work_dir": str(work),
-        "seconds": round(time.perf_counter() - started, 1),
-        "flow_run_id": str(flow_run.get_id()),
-        "tracking_uri": configure_tracking(),
-        "corpus": stage.read_json(Path(documents_dir) / "manifest.json"),
-        "examples": {s: stage.read_json(Path(examples_dir) / s / "manifest.json") for s in ("train", "validation")},
+        "flow_run_id": flow_run_id,
+        "mlflow_run_id": run_id,
+        "tracking_uri": redact(configure_tracking()),
+        "corpus": corpus,
+        "examples": examples,
         "pretrained": pretrained_metrics,
         "task": {"name": task_name, "kind": kind, "primary_metric": f"eval_{PRIMARY_METRIC[kind]}"},
         "classifier": classifier_metrics,
         "comparison": evaluation["comparison"],
         "registered": registered,
     }
-    create_markdown_artifact(key="pipeline-summary", markdown=render_summary(summary, markdown=True),
-                             description="bert-pipeline summary")
-    return summary
+
+
+def _counts(record: dict) -> dict[str, float]:
+    """The numeric top-level fields of a manifest or summary, and the per-reason rejection counts."""
+    out = {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for reason, count in (record.get("documents_rejected") or {}).items():
+        out[f"documents_rejected_{reason}"] = float(count)
+    return out
+
+
+def _links(summary: dict) -> dict[str, str]:
+    registered = summary["registered"]
+    links = {"pipeline_run": ui_links(summary["mlflow_run_id"])["run"]}
+    for info in (registered["pretrained"], registered["classifier"]):
+        if info:
+            links[info["name"]] = ui_links(model=(info["name"], info["version"]))["model_version"]
+    return links
+
+
+def _models_table(summary: dict) -> list[dict]:
+    rows = []
+    for role, info in (("pretrained", summary["registered"]["pretrained"]),
+                       ("task", summary["registered"]["classifier"])):
+        if not info:
+            continue
+        metrics = summary["pretrained"] if role == "pretrained" else summary["classifier"]
+        metric = "eval_mlm_loss" if role == "pretrained" else summary["task"]["primary_metric"]
+        rows.append({"model": info["name"], "version": info["version"], "aliases": ", ".join(info["aliases"]),
+                     "metric": metric, "value": round(float(metrics.get(metric, float("nan"))), 4),
+                     "promoted": info["promoted"], "reason": info["reason"]})
+    return rows
 
 
 def render_summary(summary: dict, *, markdown: bool = False) -> str:
@@ -176,13 +251,22 @@ def render_summary(summary: dict, *, markdown: bool = False) -> str:
                      f"(McNemar p {comparison['mcnemar_p_value']:.2g})")
     for info in models:
         lines.append(f"registered: {info['name']} v{info['version']} aliases {info['aliases']} ({info['reason']})")
+    links = summary.get("mlflow_links") or {}
+    if uri.startswith(("http://", "https://")):
+        lines.append(f"MLflow UI:  {links.get('pipeline_run', uri)}")
+    else:
+        lines.append(f"MLflow UI:  mlflow ui --backend-store-uri {uri} --port 5000   then open "
+                     f"{links.get('pipeline_run', 'http://127.0.0.1:5000')}")
     lines += [
-        f"MLflow UI:  mlflow ui --backend-store-uri {uri} --port 5000   then open http://127.0.0.1:5000/#/models/{clf_name}",
         f"Prefect UI: prefect server start   then open http://127.0.0.1:4200/runs/flow-run/{summary['flow_run_id']}",
         f"Predict:    MLFLOW_TRACKING_URI={uri} python -c \"import mlflow{_PREDICT_IMPORTS[kind]}; "
         f"print(mlflow.pyfunc.load_model('models:/{clf_name}@champion').predict({_PREDICT_INPUT[kind]}))\"",
     ]
-    return ("```\n" + "\n".join(lines) + "\n```\n") if markdown else "\n".join(lines)
+    if not markdown:
+        return "\n".join(lines)
+    link_lines = [f"- [{'MLflow pipeline run' if k == 'pipeline_run' else k + ' (model version)'}]({v})"
+                  for k, v in links.items()]
+    return "```\n" + "\n".join(lines) + "\n```\n" + ("\n" + "\n".join(link_lines) + "\n" if link_lines else "")
 
 
 _PREDICT_IMPORTS = {"classifier": "", "token-classifier": "", "question-answering": ", pandas as pd"}

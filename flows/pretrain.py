@@ -30,6 +30,7 @@ def pretrain_flow(
     accelerate_config_file: str | None = PretrainConfig.accelerate_config_file,
     init_from: str | None = PretrainConfig.init_from,
     seed: int = PretrainConfig.seed,
+    mlflow_parent_run_id: str | None = None,
 ) -> dict:
     """Returns the training summary (final/ path, held-out metrics at step 0 and at the end, the MLflow run).
 
@@ -56,4 +57,4 @@ def pretrain_flow(
         init_from=init_from,
         seed=seed,
     )
-    return pretrain(config)
+    return pretrain(config, mlflow_parent_run_id)

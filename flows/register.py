@@ -31,12 +31,16 @@ def register_flow(
     registered_model_prefix: str = "bertflow",
     min_improvement: float = 0.0,
     pretrain_run_id: str | None = None,
+    champion_version: str | None = None,
+    parent_run_id: str | None = None,
+    classifier_tags: dict | None = None,
 ) -> dict:
     """Returns {"pretrained": version info, "classifier": version info or None}.
 
     The task model (`classifier_dir`, of `task_kind`) becomes champion when its `primary_metric` beats the current
     champion's; `champion_metrics` are the champion's figures on the same dev set (from the evaluate flow), which
-    the gate prefers to the ones the champion was registered with.
+    the gate prefers to the ones the champion was registered with while `champion_version` is still the champion.
+    New MLflow runs nest under `parent_run_id` (the pipeline's run).
     """
     tags = {**(lineage or {}), "prefect.flow_run_id": str(flow_run.get_parent_flow_run_id() or flow_run.get_id())}
     pretrained = register_model(RegisterConfig(
@@ -53,6 +57,7 @@ def register_flow(
         artifacts=tuple(pretrained_artifacts or ()),
         metrics_history=pretrain_metrics_file,
         run_id=pretrain_run_id,
+        parent_run_id=parent_run_id,
     ))
     classifier = None
     if classifier_dir:
@@ -65,11 +70,13 @@ def register_flow(
             run_name=f"finetune-{task_name}",
             primary_metric=primary_metric,
             champion_metrics=champion_metrics,
+            champion_version=champion_version,
+            parent_run_id=parent_run_id,
             greater_is_better=True,
             min_improvement=min_improvement,
             metrics={k: v for k, v in (classifier_metrics or {}).items() if isinstance(v, (int, float))},
             params=(params or {}).get("finetune", {}),
-            tags={**tags, "bertflow.parent_model": pretrained["model_uri"]},
+            tags={**tags, **(classifier_tags or {}), "bertflow.parent_model": pretrained["model_uri"]},
             artifacts=tuple(classifier_artifacts or ()),
             metrics_history=finetune_metrics_file,
         ))

@@ -23,26 +23,37 @@ def write_pretraining_report(metrics_jsonl: str, output_dir: str) -> list[str]:
     return [str(paths.json), *map(str, paths.plots)]
 
 
-def _champion_dir(model_uri: str | None) -> str | None:
-    """The local directory of a registered champion, or None when there is none yet."""
+def _champion(model_uri: str | None) -> tuple[str | None, str | None]:
+    """(local directory, version) of the registered champion, or (None, None) when there is none yet.
+
+    The alias is read once and the version is downloaded by number, so the figures belong to a known version even
+    if another run moves the alias meanwhile (the promotion gate checks that version against the current one).
+    """
     if not model_uri:
-        return None
+        return None, None
     from mlflow.exceptions import MlflowException
 
     from bert_core.finetune import resolve_model
+    from bert_core.registry import alias_version
 
     try:
-        return resolve_model(model_uri)
+        version = alias_version(model_uri)
+        if version is None:
+            get_run_logger().info("no champion to compare with: %s is not set", model_uri)
+            return None, None
+        name = model_uri.removeprefix("models:/").rsplit("@", 1)[0]
+        return resolve_model(f"models:/{name}/{version}"), version
     except (MlflowException, OSError) as error:
         get_run_logger().info("no champion to compare with (%s): %s", model_uri, str(error).splitlines()[0][:200])
-        return None
+        return None, None
 
 
 @task(name="evaluate_task_model", cache_policy=NO_CACHE)
 def evaluate_task_model(kind: str, model_dir: str, data_file: str, output_dir: str, *,
                         champion_model_uri: str | None = None, **options) -> dict:
-    result = evaluate.evaluate_task(kind, model_dir, data_file, output_dir,
-                                    champion_dir=_champion_dir(champion_model_uri), **options)
+    champion_dir, champion_version = _champion(champion_model_uri)
+    result = evaluate.evaluate_task(kind, model_dir, data_file, output_dir, champion_dir=champion_dir, **options)
+    result["champion_version"] = champion_version if result["champion_metrics"] else None
     create_markdown_artifact(key="task-evaluation", markdown=result.pop("report_markdown"),
                              description=f"Dev-set evaluation of the fine-tuned {kind} model")
     metrics = evaluate.scalar_metrics(result["metrics"])

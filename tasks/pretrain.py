@@ -24,20 +24,22 @@ _STEP = re.compile(r"step (\d+)/(\d+)")
 
 
 @task(name="pretrain", cache_policy=NO_CACHE)
-def pretrain(config: pretrain_lib.PretrainConfig) -> dict:
+def pretrain(config: pretrain_lib.PretrainConfig, mlflow_parent_run_id: str | None = None) -> dict:
+    """Run (or resume, or skip when up to date) pretraining; its MLflow run nests under `mlflow_parent_run_id`."""
     logger = get_run_logger()
     output_dir = Path(config.output_dir)
     if stage.completed_stage(output_dir, pretrain_lib.stage_key(config)):
         logger.info("pretrain: %s is up to date, skipping", output_dir)
         run_file = output_dir / "mlflow_run.json"
         run_id = stage.read_json(run_file)["run_id"] if run_file.is_file() else None
-        return {**stage.read_json(output_dir / "summary.json"), "mlflow_run_id": run_id}
+        return {**stage.read_json(output_dir / "summary.json"), "mlflow_run_id": run_id, "reused": True}
     # Training logs its metrics to an MLflow run as it goes; a resumed run continues the same MLflow run.
     run_file = output_dir / "mlflow_run.json"
     run_id = stage.read_json(run_file)["run_id"] if run_file.is_file() else None
     if run_id is None or not registry.run_exists(run_id):
         run_id = registry.start_run("bertflow", f"pretrain-{config.preset}",
-                                    params={k: v for k, v in stage.to_jsonable(config).items() if k != "mlflow_run_id"})
+                                    params={k: v for k, v in stage.to_jsonable(config).items() if k != "mlflow_run_id"},
+                                    parent_run_id=mlflow_parent_run_id, tags={"bertflow.stage": "pretrain"})
         stage.write_json(run_file, {"run_id": run_id})
     config = replace(config, mlflow_run_id=run_id)
     config_path = output_dir / "pretrain_config.json"
@@ -67,4 +69,4 @@ def pretrain(config: pretrain_lib.PretrainConfig) -> dict:
     if not summary_path.is_file():
         raise RuntimeError(f"pretraining stopped before the end (interrupted?); no {summary_path}")
     update_progress_artifact(progress_id, progress=100.0)
-    return {**stage.read_json(summary_path), "mlflow_run_id": run_id}
+    return {**stage.read_json(summary_path), "mlflow_run_id": run_id, "reused": False}

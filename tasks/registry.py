@@ -1,15 +1,54 @@
-"""Prefect task for MLflow registration (run, model version, aliases)."""
+"""Prefect tasks for MLflow: the pipeline's parent run and its nested stage runs, registration behind the gate."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 
-from bert_core import registry
+from bert_core import registry, stage
+
+# A global concurrency limit of this name with 1 slot (deployments/servers.py `setup` creates it) serialises
+# registrations across workers on different machines that share one MLflow server; on one machine the library's
+# file lock already does. Without the limit the slot is a no-op.
+REGISTRY_LIMIT = "bertflow-registry"
 
 
 @task(name="register_model", cache_policy=NO_CACHE)
 def register_model(config: registry.RegisterConfig) -> dict:
-    info = registry.register_model(config)
+    with concurrency(REGISTRY_LIMIT, occupy=1, strict=False):
+        info = registry.register_model(config)
     get_run_logger().info("%s v%s aliases %s: %s", info["name"], info["version"], info["aliases"], info["reason"])
     return info
+
+
+@task(name="start_run", cache_policy=NO_CACHE)
+def start_run(run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+    """The pipeline's parent MLflow run; stage runs nest under it."""
+    run_id = registry.start_run("bertflow", run_name, params, tags=tags)
+    get_run_logger().info("MLflow run %s: %s", run_id, registry.ui_links(run_id)["run"])
+    return run_id
+
+
+@task(name="log_stage_run", cache_policy=NO_CACHE)
+def log_stage_run(parent_run_id: str, stage_name: str, stage_dir: str | None = None,
+                  metrics: dict[str, float] | None = None, artifacts: list[str] | None = None,
+                  tags: dict[str, str] | None = None) -> str:
+    """A nested run for one stage: the config its stage record holds as params, `metrics`, `artifacts`."""
+    record = Path(stage_dir) / stage.STAGE_RECORD if stage_dir else None
+    params = stage.read_json(record)["config"] if record and record.is_file() else None
+    return registry.log_stage_run(parent_run_id, stage_name, params=params, metrics=metrics,
+                                  artifacts=artifacts or (), tags=tags)
+
+
+@task(name="finish_run", cache_policy=NO_CACHE)
+def finish_run(run_id: str, status: str = "FINISHED", metrics: dict[str, float] | None = None,
+               tags: dict[str, str] | None = None) -> None:
+    if tags:
+        registry.tag_run(run_id, tags)
+    if metrics:
+        registry.log_metrics(run_id, metrics)
+    registry.finish_run(run_id, status)

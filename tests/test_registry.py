@@ -109,3 +109,112 @@ def pretrained_width(pretrained) -> int:
     from pathlib import Path
 
     return json.loads((Path(pretrained["final_dir"]) / "config.json").read_text())["hidden_size"]
+
+
+def test_model_card_lineage_and_rollback(classifier, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from bert_core.registry import rollback
+
+    home = tmp_path / "home"
+    base = dict(registered_model_name="card-test", home=str(home), primary_metric="eval_accuracy",
+                tags={"bertflow.git_commit": "abc123", "bertflow.parent_model": "models:/tiny/1"})
+    first = register_model(RegisterConfig(model_dir=classifier["final_dir"], metrics={"eval_accuracy": 0.7}, **base))
+    better_dir = tmp_path / "better"
+    _copy_with_marker(classifier["final_dir"], better_dir, "better")
+    second = register_model(RegisterConfig(model_dir=str(better_dir), metrics={"eval_accuracy": 0.8}, **base))
+    assert second["promoted"] and CHAMPION in second["aliases"]
+    client = MlflowClient()
+    version = client.get_model_version("card-test", second["version"])
+    assert "| eval_accuracy | 0.8000 |" in version.description and "abc123" in version.description
+    assert "models:/tiny/1" in version.description and "models:/card-test@champion" in version.description
+    assert version.tags["bertflow.promoted_over"] == first["version"]
+    assert client.get_registered_model("card-test").description.startswith("# card-test")
+
+    moved = rollback("card-test", first["version"], reason="regression seen in production", home=str(home))
+    assert moved["previous_champion"] == second["version"] and moved["champion"] == first["version"]
+    assert str(client.get_model_version_by_alias("card-test", CHAMPION).version) == first["version"]
+    assert "regression seen" in client.get_model_version("card-test", first["version"]).tags["bertflow.rollback"]
+    with pytest.raises(ValueError, match="no version 9"):
+        rollback("card-test", 9, home=str(home))
+    # The same through the CLI, as an operator would run it.
+    result = subprocess.run([sys.executable, "-m", "bert_core", "rollback", "--model", "card-test", "--version",
+                             second["version"]], capture_output=True, text=True, timeout=120,
+                            env={**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert str(client.get_model_version_by_alias("card-test", CHAMPION).version) == second["version"]
+
+
+_PROMOTER = textwrap.dedent("""
+    import contextlib, sys, time
+    from pathlib import Path
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from bert_core import registry
+
+    home, version, accuracy, delay, locked = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "1"
+    registry.configure_tracking(home)
+    read = MlflowClient.get_model_version_by_alias
+
+    def slow_read(self, name, alias):  # widen the window between reading the champion and moving the alias
+        result = read(self, name, alias)
+        time.sleep(delay)
+        return result
+
+    MlflowClient.get_model_version_by_alias = slow_read
+    if not locked:
+        registry.promotion_lock = lambda *a, **k: contextlib.nullcontext()
+    Path(home, f"ready-{version}").touch()
+    while not Path(home, "go").exists():
+        time.sleep(0.01)
+    config = registry.RegisterConfig(model_dir="-", registered_model_name="race", home=home,
+                                     metrics={"eval_accuracy": accuracy})
+    print(registry.promote(MlflowClient(), config, version))
+""")
+
+
+@pytest.mark.parametrize("locked", [False, True])
+def test_two_promotions_at_once_leave_the_better_champion(tmp_path, locked):
+    """v1 (0.70) is champion; v2 (0.80) and v3 (0.85) are promoted at the same moment. Without the lock both read v1
+    and the slower, worse v2 writes last (the race is real); with it the result is v3, whatever the order."""
+    from mlflow.tracking import MlflowClient
+
+    from bert_core.registry import configure_tracking
+
+    home = tmp_path / "home"
+    configure_tracking(home)
+    client = MlflowClient()
+    client.create_registered_model("race")
+    for accuracy in (0.70, 0.80, 0.85):
+        mv = client.create_model_version("race", source=str(tmp_path))
+        client.set_model_version_tag("race", mv.version, "bertflow.metric.eval_accuracy", str(accuracy))
+    client.set_registered_model_alias("race", CHAMPION, "1")
+    processes = [subprocess.Popen([sys.executable, "-c", _PROMOTER, str(home), version, accuracy, delay,
+                                   "1" if locked else "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for version, accuracy, delay in (("2", "0.80", "3.0"), ("3", "0.85", "0.5"))]
+    deadline = __import__("time").monotonic() + 240
+    while not all((home / f"ready-{v}").exists() for v in ("2", "3")):
+        assert __import__("time").monotonic() < deadline and all(p.poll() is None for p in processes)
+        __import__("time").sleep(0.05)
+    (home / "go").touch()
+    outputs = [p.communicate(timeout=240) for p in processes]
+    assert all(p.returncode == 0 for p in processes), [err[-2000:] for _, err in outputs]
+    champion = str(client.get_model_version_by_alias("race", CHAMPION).version)
+    holders = [v for v in ("1", "2", "3") if CHAMPION in client.get_model_version("race", v).aliases]
+    assert holders == [champion]
+    assert champion == ("3" if locked else "2"), outputs
+
+
+def test_credentials_never_reach_params_tags_or_links(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from bert_core.registry import redact, start_run, ui_links
+
+    secret = "https://alice:s3cret@mlflow.example.com/api?token=tok123&x=1"
+    assert redact(secret) == "https://***@mlflow.example.com/api?token=***&x=1"
+    assert redact("plain text, no uri") == "plain text, no uri"
+    run_id = start_run("redact-test", "r", {"sources": [secret], "nested": {"uri": secret}}, tmp_path)
+    params = MlflowClient().get_run(run_id).data.params
+    assert "s3cret" not in str(params) and "tok123" not in str(params) and "mlflow.example.com" in params["nested.uri"]
+    monkeypatch.setattr("mlflow.get_tracking_uri", lambda: "https://bob:hunter2@tracking.example.com")
+    assert ui_links(model=("m", "1"))["model_version"] == "https://tracking.example.com/#/models/m/versions/1"

@@ -50,6 +50,35 @@ def test_pipeline_runs_every_stage(run):
     assert "flowtest-sst2 v1" in text and "mlflow ui --backend-store-uri sqlite:///" in text
 
 
+def test_one_parent_run_with_a_nested_run_per_stage(run):
+    from mlflow.tracking import MlflowClient
+
+    home, summary = run
+    client = MlflowClient()
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["prefect.flow_run_id"] == summary["flow_run_id"]
+    assert parent.data.params["max_train_steps"] == str(TINY["max_train_steps"])  # the flow's parameters
+    assert parent.data.metrics["eval_accuracy"] == summary["classifier"]["eval_accuracy"]
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_name = {r.info.run_name: r for r in children}
+    assert {"ingest", "examples", "pretrain-bert-tiny", "evaluate", "finetune-sst2"} <= set(by_name), sorted(by_name)
+    assert all(r.info.status == "FINISHED" for r in children)
+    ingest = by_name["ingest"]
+    assert ingest.data.metrics["documents_read"] == summary["corpus"]["documents_read"]
+    assert ingest.data.params["validation_fraction"] == "0.05"
+    assert "manifest.json" in {a.path for a in client.list_artifacts(ingest.info.run_id)}
+    assert by_name["examples"].data.metrics["train_num_examples"] == summary["examples"]["train"]["num_examples"]
+    evaluate_files = {a.path for a in client.list_artifacts(by_name["evaluate"].info.run_id)}
+    assert {"pretraining_curves.png", "confusion_matrix.png", "report.md"} <= evaluate_files, evaluate_files
+    # The registered task model lives in the nested fine-tuning run and carries a model card.
+    classifier = summary["registered"]["classifier"]
+    assert classifier["run_id"] == by_name["finetune-sst2"].info.run_id
+    card = client.get_model_version(classifier["name"], classifier["version"]).description
+    assert "## Evaluation" in card and "sst2" in card and "tokenizer_sha256" in card
+    assert summary["mlflow_links"]["pipeline_run"].endswith(f"/runs/{parent.info.run_id}")
+
+
 def test_registered_classifier_predicts_in_a_fresh_process(run):
     home, summary = run
     script = textwrap.dedent(f"""
