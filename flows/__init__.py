@@ -2,12 +2,27 @@
 
 import os
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 # Let bert_core's own log lines reach the Prefect run logs (and the UI), not only the console.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "bert_core")
 # The temporary server a local run starts would try to send usage telemetry and log an ERROR on machines without
 # internet access; opt out unless the user set it.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+# Parameter types shared by the flows: Prefect validates runs against them and renders them as UI form fields
+# (choices as drop-downs, bounds checked before a run starts); each flow's docstring `Args:` gives the descriptions.
+Preset = Literal["bert-tiny", "bert-mini", "bert-small", "bert-medium", "bert-base", "bert-large"]
+MixedPrecision = Literal["no", "bf16", "fp16"]
+PairObjective = Literal["nsp", "sop", "none"]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+LearningRate = Annotated[float, Field(gt=0.0, le=1.0)]
+SeqLength = Annotated[int, Field(ge=16, le=512)]
 
 
 def default_work_dir(work_dir: str | None) -> Path:

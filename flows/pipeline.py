@@ -13,8 +13,10 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 from prefect import flow
+from pydantic import Field
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
@@ -22,7 +24,8 @@ from bert_core import stage
 from bert_core.evaluate import PRIMARY_METRIC, scalar_metrics
 from bert_core.finetune import TASK_PRESETS
 from bert_core.registry import bertflow_home, configure_tracking, lineage_tags, redact, ui_links
-from flows import default_work_dir
+from flows import (Fraction, LearningRate, MixedPrecision, NonNegativeInt, PairObjective, PositiveInt, Preset,
+                   SeqLength, default_work_dir)
 from flows.evaluate import evaluate_flow
 from flows.examples import examples_flow
 from flows.finetune import finetune_flow, task_files, task_kind
@@ -36,40 +39,72 @@ from tasks.registry import finish_run, log_stage_run, start_run
 def bert_pipeline(
     sources: list[str] | None = None,
     work_dir: str | None = None,
-    validation_fraction: float = 0.05,
+    validation_fraction: Fraction = 0.05,
     decontamination_files: list[str] | None = None,
-    data_workers: int = 1,
+    data_workers: PositiveInt = 1,
     dask_address: str | None = None,
-    vocab_size: int = 8192,
-    max_seq_length: int = 128,
-    dupe_factor: int = 1,
-    pair_objective: str = "nsp",
+    vocab_size: Annotated[int, Field(ge=200, le=250_000)] = 8192,
+    max_seq_length: SeqLength = 128,
+    dupe_factor: PositiveInt = 1,
+    pair_objective: PairObjective = "nsp",
     whole_word_mask: bool = False,
-    preset: str = "bert-tiny",
-    per_device_train_batch_size: int = 32,
-    gradient_accumulation_steps: int = 1,
-    learning_rate: float = 1e-3,
-    num_warmup_steps: int = 50,
-    max_train_steps: int = 500,
-    eval_steps: int = 100,
-    checkpointing_steps: int = 100,
-    mixed_precision: str = "no",
-    num_processes: int = 1,
+    preset: Preset = "bert-tiny",
+    per_device_train_batch_size: PositiveInt = 32,
+    gradient_accumulation_steps: PositiveInt = 1,
+    learning_rate: LearningRate = 1e-3,
+    num_warmup_steps: NonNegativeInt = 50,
+    max_train_steps: PositiveInt = 500,
+    eval_steps: PositiveInt = 100,
+    checkpointing_steps: PositiveInt = 100,
+    mixed_precision: MixedPrecision = "no",
+    num_processes: PositiveInt = 1,
     task_name: str = "sst2",
     task_train_file: str | None = None,
     task_validation_file: str | None = None,
     text_column: str | None = None,
     label_column: str | None = None,
-    finetune_learning_rate: float = 5e-4,
-    finetune_num_train_epochs: int = 3,
-    registered_model_prefix: str = "bertflow",
-    min_improvement: float = 0.0,
+    finetune_learning_rate: LearningRate = 5e-4,
+    finetune_num_train_epochs: PositiveInt = 3,
+    registered_model_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "bertflow",
+    min_improvement: Annotated[float, Field(ge=0.0)] = 0.0,
     seed: int = 42,
 ) -> dict:
     """Raw text to registered, evaluated BERT models. Defaults run on the bundled sample in a few minutes on CPU.
 
-    `task_name`: sst2, imdb, mrpc, rte (classification), conll2003 (NER) or squad (extractive QA); without task
-    files the task's bundled sample is used (sst2, mrpc, squad).
+    Args:
+        sources: Corpus files, directories, globs or `hf:NAME:CONFIG:SPLIT` datasets; empty: the bundled sample.
+        work_dir: Where stage outputs go; empty: `$BERTFLOW_HOME/work`.
+        validation_fraction: Share of documents held out for the pretraining evaluation.
+        decontamination_files: Extra `path::columns` whose texts are removed from the corpus (the task's dev set
+            always is).
+        data_workers: Processes for ingest and example generation (a local Dask cluster when above 1).
+        dask_address: An existing Dask scheduler (tcp://host:8786) to run data stages on instead.
+        vocab_size: WordPiece vocabulary size of the tokenizer trained on the corpus.
+        max_seq_length: Tokens per pretraining example and per fine-tuning input (QA uses 384).
+        dupe_factor: How many differently masked copies of the corpus to write.
+        pair_objective: nsp (BERT next sentence), sop (ALBERT sentence order) or none (MLM only).
+        whole_word_mask: Mask all pieces of a word together.
+        preset: Model size, from bert-tiny (2 layers, 128 wide) to bert-large (24 layers, 1024 wide).
+        per_device_train_batch_size: Pretraining examples per device per step.
+        gradient_accumulation_steps: Steps whose gradients are summed before one optimizer update.
+        learning_rate: Peak pretraining learning rate.
+        num_warmup_steps: Linear warm-up steps of the pretraining schedule.
+        max_train_steps: Pretraining optimizer steps.
+        eval_steps: Held-out MLM/NSP evaluation every this many steps.
+        checkpointing_steps: A resumable checkpoint every this many steps.
+        mixed_precision: no, bf16 (CPUs with bf16 units, Ampere+ GPUs) or fp16 (GPUs).
+        num_processes: Training processes (one per GPU).
+        task_name: sst2, imdb, mrpc, rte (classification), conll2003 (NER), squad (extractive QA), or a name of your
+            own for a sentence classification (then give the files and columns). sst2, mrpc and squad ship a sample.
+        task_train_file: Fine-tuning training file (TSV/CSV/JSON/JSONL/Parquet, CoNLL, SQuAD JSON).
+        task_validation_file: Dev file: the fine-tuned model and the current champion are both scored on it.
+        text_column: Text column of the task files; empty: the task's own.
+        label_column: Label column of the task files; empty: the task's own.
+        finetune_learning_rate: Fine-tuning learning rate.
+        finetune_num_train_epochs: Fine-tuning epochs.
+        registered_model_prefix: MLflow names are `<prefix>-<preset>` and `<prefix>-<task_name>`.
+        min_improvement: A new model becomes champion only when it beats the champion by more than this.
+        seed: Random seed of every stage.
     """
     started = time.perf_counter()
     work = default_work_dir(work_dir)

@@ -11,9 +11,9 @@ from tasks.registry import register_model
 
 @flow(name="register")
 def register_flow(
-    pretrained_dir: str,
+    pretrained_dir: str | None,
     preset: str,
-    pretrained_metrics: dict,
+    pretrained_metrics: dict | None = None,
     classifier_dir: str | None = None,
     task_name: str = "sst2",
     classifier_metrics: dict | None = None,
@@ -34,8 +34,12 @@ def register_flow(
     champion_version: str | None = None,
     parent_run_id: str | None = None,
     classifier_tags: dict | None = None,
+    pretrained_champion_metrics: dict | None = None,
+    pretrained_champion_version: str | None = None,
+    parent_model_uri: str | None = None,
+    pretrained_model_name: str | None = None,
 ) -> dict:
-    """Returns {"pretrained": version info, "classifier": version info or None}.
+    """Returns {"pretrained": version info or None, "classifier": version info or None}.
 
     The task model (`classifier_dir`, of `task_kind`) becomes champion when its `primary_metric` beats the current
     champion's; `champion_metrics` are the champion's figures on the same dev set (from the evaluate flow), which
@@ -43,15 +47,17 @@ def register_flow(
     New MLflow runs nest under `parent_run_id` (the pipeline's run).
     """
     tags = {**(lineage or {}), "prefect.flow_run_id": str(flow_run.get_parent_flow_run_id() or flow_run.get_id())}
-    pretrained = register_model(RegisterConfig(
+    pretrained = None if pretrained_dir is None else register_model(RegisterConfig(
         model_dir=pretrained_dir,
-        registered_model_name=f"{registered_model_prefix}-{preset}",
+        registered_model_name=pretrained_model_name or f"{registered_model_prefix}-{preset}",
         kind="pretrained",
         run_name=f"pretrain-{preset}",
         primary_metric="eval_mlm_loss",
         greater_is_better=False,
         min_improvement=min_improvement,
-        metrics={k: v for k, v in pretrained_metrics.items() if isinstance(v, (int, float))},
+        metrics={k: v for k, v in (pretrained_metrics or {}).items() if isinstance(v, (int, float))},
+        champion_metrics=pretrained_champion_metrics,
+        champion_version=pretrained_champion_version,
         params=(params or {}).get("pretrain", {}),
         tags=tags,
         artifacts=tuple(pretrained_artifacts or ()),
@@ -76,7 +82,7 @@ def register_flow(
             min_improvement=min_improvement,
             metrics={k: v for k, v in (classifier_metrics or {}).items() if isinstance(v, (int, float))},
             params=(params or {}).get("finetune", {}),
-            tags={**tags, **(classifier_tags or {}), "bertflow.parent_model": pretrained["model_uri"]},
+            tags={**tags, **(classifier_tags or {}), "bertflow.parent_model": parent_model_uri or (pretrained or {}).get("model_uri", "")},
             artifacts=tuple(classifier_artifacts or ()),
             metrics_history=finetune_metrics_file,
         ))

@@ -35,12 +35,15 @@ def pretrain(config: pretrain_lib.PretrainConfig, mlflow_parent_run_id: str | No
         return {**stage.read_json(output_dir / "summary.json"), "mlflow_run_id": run_id, "reused": True}
     # Training logs its metrics to an MLflow run as it goes; a resumed run continues the same MLflow run.
     run_file = output_dir / "mlflow_run.json"
-    run_id = stage.read_json(run_file)["run_id"] if run_file.is_file() else None
+    key = pretrain_lib.stage_key(config)
+    record = stage.read_json(run_file) if run_file.is_file() else {}
+    # A resumed run goes on logging into its own MLflow run; a run of another config gets a new one.
+    run_id = record.get("run_id") if record.get("key") == key else None
     if run_id is None or not registry.run_exists(run_id):
         run_id = registry.start_run("bertflow", f"pretrain-{config.preset}",
                                     params={k: v for k, v in stage.to_jsonable(config).items() if k != "mlflow_run_id"},
                                     parent_run_id=mlflow_parent_run_id, tags={"bertflow.stage": "pretrain"})
-        stage.write_json(run_file, {"run_id": run_id})
+        stage.write_json(run_file, {"run_id": run_id, "key": key})
     config = replace(config, mlflow_run_id=run_id)
     config_path = output_dir / "pretrain_config.json"
     stage.write_json(config_path, config)

@@ -105,3 +105,41 @@ def test_rerun_reuses_every_stage_and_version(run):
     assert again["registered"]["classifier"]["version"] == summary["registered"]["classifier"]["version"]
     assert again["registered"]["pretrained"]["version"] == summary["registered"]["pretrained"]["version"]
     assert again["pretrained"] == summary["pretrained"]
+
+
+def test_continued_pretraining_from_the_champion(run, tmp_path):
+    """The nightly flow: new text, the champion's tokenizer and weights, a gate on the same held-out shards."""
+    from mlflow.tracking import MlflowClient
+
+    from bert_core.corpus import SAMPLE_DIR
+    from flows.continued_pretraining import continued_pretraining
+
+    params = dict(sources=[str(SAMPLE_DIR / "corpus" / "wikipedia")], base_model="models:/flowtest-bert-tiny@champion",
+                  work_dir=str(tmp_path / "continued"), validation_fraction=0.1, max_seq_length=64, max_train_steps=8, num_warmup_steps=1,
+                  per_device_train_batch_size=8)
+    result = continued_pretraining(**params)
+    info = result["registered"]
+    assert info["name"] == "flowtest-bert-tiny" and result["base_version"] == "1"
+    assert info["version"] != "1" and "candidate" in info["aliases"]
+    assert "on the same evaluation set" in info["reason"] or info["reason"] == "already champion", info["reason"]
+    # Same held-out shards for both: the gate decided by comparing these two figures.
+    assert info["promoted"] == (result["eval_mlm_loss"] < result["base_eval_mlm_loss"])
+    tags = MlflowClient().get_model_version(info["name"], info["version"]).tags
+    assert tags["bertflow.base_model"].startswith("models:/flowtest-bert-tiny@champion (v1)")
+    # Nothing new: a rerun reuses every stage and the registered version.
+    if info["promoted"]:
+        params["base_model"] = "models:/flowtest-bert-tiny/1"
+    again = continued_pretraining(**params)
+    assert again["registered"]["version"] == info["version"] and again["registered"]["reused"]
+
+
+def test_on_demand_task_model_from_the_registered_encoder(run, tmp_path):
+    from flows.task_model import task_model
+
+    home, summary = run
+    result = task_model(task_name="sst2", base_model="models:/flowtest-bert-tiny/1", work_dir=str(tmp_path / "tm"),
+                        num_train_epochs=1, registered_model_prefix="flowtest")
+    info = result["registered"]
+    assert info["name"] == "flowtest-sst2" and result["base_model"] == "models:/flowtest-bert-tiny/1"
+    assert result["champion_metrics"] is not None  # scored next to the champion on the same dev file
+    assert "on the same evaluation set" in info["reason"] or info["reason"] == "already champion", info["reason"]

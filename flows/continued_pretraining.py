@@ -1,0 +1,170 @@
+"""Flow `continued-pretraining`: go on pretraining the champion encoder on newly ingested text.
+
+The nightly deployment runs it. It ingests the new sources, writes shards with the champion's own tokenizer (so the
+vocabulary and the weights still fit), pretrains from the champion's weights, and scores the new model and the
+champion on the same held-out shards of the new text; the new version becomes champion only when its held-out MLM
+loss is lower by more than `min_improvement`. Nothing new to read means every stage is up to date: a rerun costs
+seconds and registers nothing new.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from bert_core import stage
+from bert_core.finetune import resolve_model
+from bert_core.registry import alias_version, lineage_tags, ui_links
+from flows import Fraction, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength, default_work_dir
+from flows.examples import examples_flow
+from flows.ingest import ingest_flow
+from flows.pretrain import pretrain_flow
+from flows.register import register_flow
+from tasks.evaluate import evaluate_pretrained
+from tasks.registry import finish_run, log_stage_run, start_run
+
+
+@flow(name="continued-pretraining")
+def continued_pretraining(
+    sources: list[str] | None = None,
+    base_model: str = "models:/bertflow-bert-tiny@champion",
+    work_dir: str | None = None,
+    validation_fraction: Fraction = 0.05,
+    max_seq_length: SeqLength = 128,
+    per_device_train_batch_size: PositiveInt = 32,
+    learning_rate: LearningRate = 1e-4,
+    num_warmup_steps: NonNegativeInt = 10,
+    max_train_steps: PositiveInt = 200,
+    mixed_precision: MixedPrecision = "no",
+    registered_model_name: str | None = None,
+    min_improvement: float = 0.0,
+    seed: int = 42,
+) -> dict:
+    """Continue pretraining the registered champion on new text; promote the result only if it is better.
+
+    Args:
+        sources: The newly ingested text: files, directories, globs or `hf:` datasets; empty: the bundled sample.
+        base_model: The encoder to continue from: `models:/<name>@champion`, `models:/<name>/<version>` or a
+            local `final/` directory.
+        work_dir: Where stage outputs go; empty: `$BERTFLOW_HOME/work/continued`.
+        validation_fraction: Share of the new documents held out to score the new model and the champion.
+        max_seq_length: Tokens per example (at most the base model's positions).
+        per_device_train_batch_size: Examples per device per step.
+        learning_rate: Peak learning rate; lower than from scratch, the weights are already trained.
+        num_warmup_steps: Linear warm-up steps.
+        max_train_steps: Optimizer steps on the new text.
+        mixed_precision: no, bf16 or fp16.
+        registered_model_name: MLflow name of the result; empty: the base model's registered name (a local
+            directory needs one).
+        min_improvement: The new version must lower the held-out MLM loss by more than this to become champion.
+        seed: Random seed of every stage.
+    """
+    started = time.perf_counter()
+    work = Path(work_dir) if work_dir else default_work_dir(None) / "continued"
+    base_name, base_version = _registered(base_model)
+    if base_name and base_version is None:
+        raise ValueError(f"{base_model} is not set: register a pretrained model first (the bert-pipeline flow does)")
+    # Pinned to the version read above, and copied to a directory named by its content: the stage keys of the
+    # shards and of pretraining then stay the same from one night to the next while the base model does.
+    base_dir = _stable_copy(resolve_model(f"models:/{base_name}/{base_version}" if base_name else base_model),
+                            work / "base-models")
+    name = registered_model_name or base_name
+    if not name:
+        raise ValueError("base_model is a local directory: give registered_model_name")
+    run_id = start_run(f"continued-pretraining {flow_run.get_name() or ''}".strip(),
+                       params=dict(flow_run.get_parameters()),
+                       tags={"prefect.flow_run_id": str(flow_run.get_id()), "bertflow.stage": "continued-pretraining",
+                             "bertflow.base_model": base_model})
+    try:
+        documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction)
+        log_stage_run(run_id, "ingest", documents_dir, artifacts=[str(Path(documents_dir) / "manifest.json")],
+                      metrics={k: v for k, v in stage.read_json(Path(documents_dir) / "manifest.json").items()
+                               if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), tokenizer_path=base_dir,
+                                     max_seq_length=max_seq_length, seed=seed)
+        preset = _preset_of(base_dir)
+        pretrained = pretrain_flow(
+            shards_dir=examples_dir, work_dir=str(work), preset=preset, max_seq_length=max_seq_length,
+            per_device_train_batch_size=per_device_train_batch_size, learning_rate=learning_rate,
+            num_warmup_steps=num_warmup_steps, max_train_steps=max_train_steps, mixed_precision=mixed_precision,
+            eval_steps=max_train_steps, checkpointing_steps=max(1, max_train_steps // 2), init_from=base_dir,
+            seed=seed, mlflow_parent_run_id=run_id,
+        )
+        validation = str(Path(examples_dir) / "validation")
+        # The champion and the new model on the same held-out shards of the new text.
+        new_metrics = _prefixed(evaluate_pretrained(pretrained["final_dir"], validation))
+        base_metrics = _prefixed(evaluate_pretrained(base_dir, validation))
+        log_stage_run(run_id, "evaluate", metrics={**new_metrics, **{f"base_{k}": v for k, v in base_metrics.items()}})
+        pretrain_dir = Path(pretrained["final_dir"]).parent
+        registered = register_flow(
+            pretrained_dir=pretrained["final_dir"], preset=preset, pretrained_metrics=new_metrics,
+            pretrained_champion_metrics=base_metrics if base_version else None,
+            pretrained_champion_version=base_version,
+            lineage={**lineage_tags(documents_dir=documents_dir, examples_dir=examples_dir, pretrain_dir=pretrain_dir),
+                     "bertflow.base_model": base_model + (f" (v{base_version})" if base_version else "")},
+            params={"pretrain": stage.read_json(pretrain_dir / stage.STAGE_RECORD)["config"]},
+            pretrain_metrics_file=str(pretrain_dir / "metrics.jsonl"),
+            pretrained_artifacts=[str(Path(examples_dir) / "train" / "manifest.json")],
+            pretrained_model_name=name, min_improvement=min_improvement,
+            pretrain_run_id=pretrained.get("mlflow_run_id"), parent_run_id=run_id,
+        )
+    except BaseException:
+        finish_run(run_id, "FAILED")
+        raise
+    finish_run(run_id, metrics=new_metrics)
+    info = registered["pretrained"]
+    summary = {"base_model": base_model, "base_version": base_version, "registered": info,
+               "eval_mlm_loss": new_metrics["eval_mlm_loss"], "base_eval_mlm_loss": base_metrics["eval_mlm_loss"],
+               "mlflow_run_id": run_id, "seconds": round(time.perf_counter() - started, 1)}
+    links = {**ui_links(run_id), **ui_links(model=(info["name"], info["version"]))}
+    create_markdown_artifact(key="continued-pretraining-summary", description="continued-pretraining summary",
+                             markdown=(f"Held-out MLM loss on the new text: **{summary['eval_mlm_loss']:.4f}** "
+                                       f"(base {base_model}: {summary['base_eval_mlm_loss']:.4f}).\n\n"
+                                       f"{info['name']} v{info['version']}, aliases {info['aliases']}: "
+                                       f"{info['reason']}.\n\n- [MLflow run]({links['run']})\n"
+                                       f"- [model version]({links['model_version']})\n"))
+    return summary
+
+
+def _registered(model: str) -> tuple[str | None, str | None]:
+    """(registered name, version) of a models:/ URI; (None, None) for a local directory."""
+    if not model.startswith("models:/"):
+        return None, None
+    ref = model.removeprefix("models:/")
+    if "@" in ref:
+        return ref.rsplit("@", 1)[0], alias_version(model)
+    name, _, version = ref.rpartition("/")
+    return name, version
+
+
+def _stable_copy(model_dir: str, root: Path) -> str:
+    import shutil
+
+    target = root / stage.hash_path(model_dir)[:16]
+    if not (target / "config.json").is_file():
+        tmp = root / f".tmp-{target.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(model_dir, tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return str(target)
+
+
+def _preset_of(model_dir: str) -> str:
+    """The preset whose sizes match a saved model's config (the pretraining output directory is named by it)."""
+    from bert_core.model import PRESETS
+
+    config = stage.read_json(Path(model_dir) / "config.json")
+    for preset, sizes in PRESETS.items():
+        if all(config.get(k) == v for k, v in sizes.items()):
+            return preset
+    raise ValueError(f"{model_dir}: its sizes match no preset")
+
+
+def _prefixed(metrics: dict) -> dict[str, float]:
+    return {(k if k.startswith("eval_") else f"eval_{k}"): float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float))}

