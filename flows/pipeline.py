@@ -65,6 +65,7 @@ def bert_pipeline(
     label_column: str | None = None,
     finetune_learning_rate: LearningRate = 5e-4,
     finetune_num_train_epochs: PositiveInt = 3,
+    finetune_max_train_steps: PositiveInt | None = None,
     registered_model_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "bertflow",
     min_improvement: Annotated[float, Field(ge=0.0)] = 0.0,
     seed: int = 42,
@@ -102,6 +103,7 @@ def bert_pipeline(
         label_column: Label column of the task files; empty: the task's own.
         finetune_learning_rate: Fine-tuning learning rate.
         finetune_num_train_epochs: Fine-tuning epochs.
+        finetune_max_train_steps: Stop fine-tuning after this many steps (smoke tests); empty: all epochs.
         registered_model_prefix: MLflow names are `<prefix>-<preset>` and `<prefix>-<task_name>`.
         min_improvement: A new model becomes champion only when it beats the champion by more than this.
         seed: Random seed of every stage.
@@ -136,7 +138,8 @@ def _run_stages(*, sources, work, validation_fraction, decontamination_files, da
                 max_seq_length, dupe_factor, pair_objective, whole_word_mask, preset, per_device_train_batch_size,
                 gradient_accumulation_steps, learning_rate, num_warmup_steps, max_train_steps, eval_steps,
                 checkpointing_steps, mixed_precision, num_processes, task_name, task_train_file, task_validation_file,
-                text_column, label_column, finetune_learning_rate, finetune_num_train_epochs, registered_model_prefix,
+                text_column, label_column, finetune_learning_rate, finetune_num_train_epochs, finetune_max_train_steps,
+                registered_model_prefix,
                 min_improvement, seed, kind, run_id, flow_run_id, **_) -> dict:
     # The fine-tuning task's dev set is always kept out of the pretraining corpus.
     decontaminate = [*_dev_texts(task_name, task_validation_file, text_column), *(decontamination_files or [])]
@@ -171,7 +174,7 @@ def _run_stages(*, sources, work, validation_fraction, decontamination_files, da
         validation_file=task_validation_file, work_dir=str(work), text_column=text_column, label_column=label_column,
         max_seq_length=max_seq_length if kind != "question-answering" else None,
         learning_rate=finetune_learning_rate, num_train_epochs=finetune_num_train_epochs,
-        mixed_precision=mixed_precision, seed=seed,
+        max_train_steps=finetune_max_train_steps, mixed_precision=mixed_precision, seed=seed,
     )
     task_model_name = f"{registered_model_prefix}-{task_name}"
     evaluation = evaluate_flow(

@@ -5,12 +5,14 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks import TRAINING_TAG
+
 from bert_core import finetune as finetune_lib
 from bert_core import ner as ner_lib
 from bert_core import qa as qa_lib
 
 
-@task(name="finetune", cache_policy=NO_CACHE)
+@task(name="finetune", cache_policy=NO_CACHE, tags=[TRAINING_TAG])
 def finetune(config: finetune_lib.FinetuneConfig) -> dict:
     logger = get_run_logger()
     summary = finetune_lib.finetune(config)
@@ -19,7 +21,7 @@ def finetune(config: finetune_lib.FinetuneConfig) -> dict:
     return summary
 
 
-@task(name="finetune_ner", cache_policy=NO_CACHE)
+@task(name="finetune_ner", cache_policy=NO_CACHE, tags=[TRAINING_TAG])
 def finetune_ner(config: ner_lib.NerConfig) -> dict:
     summary = ner_lib.finetune_ner(config)
     get_run_logger().info("finetune_ner: dev entity F1 %.4f (precision %.4f, recall %.4f) after %d steps",
@@ -27,7 +29,7 @@ def finetune_ner(config: ner_lib.NerConfig) -> dict:
     return summary
 
 
-@task(name="finetune_qa", cache_policy=NO_CACHE)
+@task(name="finetune_qa", cache_policy=NO_CACHE, tags=[TRAINING_TAG])
 def finetune_qa(config: qa_lib.QaConfig) -> dict:
     summary = qa_lib.finetune_qa(config)
     get_run_logger().info("finetune_qa: dev exact match %.2f, F1 %.2f after %d steps (%s)", summary["eval_exact_match"],

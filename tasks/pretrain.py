@@ -17,13 +17,15 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks import TRAINING_TAG
+
 from bert_core import pretrain as pretrain_lib
 from bert_core import registry, stage
 
 _STEP = re.compile(r"step (\d+)/(\d+)")
 
 
-@task(name="pretrain", cache_policy=NO_CACHE)
+@task(name="pretrain", cache_policy=NO_CACHE, tags=[TRAINING_TAG])
 def pretrain(config: pretrain_lib.PretrainConfig, mlflow_parent_run_id: str | None = None) -> dict:
     """Run (or resume, or skip when up to date) pretraining; its MLflow run nests under `mlflow_parent_run_id`."""
     logger = get_run_logger()

@@ -10,11 +10,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from bert_core import registry, stage
+from tasks import REGISTRY_LIMIT
 
-# A global concurrency limit of this name with 1 slot (deployments/servers.py `setup` creates it) serialises
-# registrations across workers on different machines that share one MLflow server; on one machine the library's
-# file lock already does. Without the limit the slot is a no-op.
-REGISTRY_LIMIT = "bertflow-registry"
 
 
 @task(name="register_model", cache_policy=NO_CACHE)

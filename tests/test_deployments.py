@@ -28,7 +28,45 @@ def test_deployment_is_valid(deployment, monkeypatch):
     unknown = set(deployment.get("parameters", {})) - set(flow.parameters.properties)
     assert not unknown, f"{deployment['name']}: parameters the flow does not take: {unknown}"
     schedules = [CronSchedule(cron=s["cron"], timezone=s.get("timezone", "UTC")) for s in deployment.get("schedules", [])]
-    assert deployment["work_pool"]["name"] == "bertflow-process"
+    assert deployment["work_pool"]["name"] in ("bertflow-process", "bertflow-gpu")
+    # Every parameter of the flow shows in the UI's run form with a description; the values given here validate.
+    schema = flow.parameters.model_dump()["properties"]
+    undescribed = [name for name, spec in schema.items() if not spec.get("description")]
+    assert not undescribed, f"{deployment['name']}: parameters without a description in the UI: {undescribed}"
     built = flow.to_deployment(name=deployment["name"], parameters=parameters, schedules=schedules,
                                description=deployment.get("description"), tags=deployment.get("tags"))
     assert built.name == deployment["name"] and built.parameters == parameters
+
+
+def test_the_deployments_users_need():
+    by_name = {d["name"]: d for d in DEPLOYMENTS}
+    nightly = by_name["nightly-continued-pretraining"]
+    assert nightly["entrypoint"] == "flows/continued_pretraining.py:continued_pretraining"
+    (schedule,) = nightly["schedules"]
+    assert CronSchedule(cron=schedule["cron"], timezone="UTC").cron.split()[2:] == ["*", "*", "*"]  # every day
+    on_demand = by_name["on-demand-finetuning"]
+    assert on_demand["entrypoint"] == "flows/task_model.py:task_model" and not on_demand.get("schedules")
+    gpu = by_name["weekly-retraining-gpu"]
+    assert gpu["work_pool"]["name"] == "bertflow-gpu" and gpu["parameters"]["mixed_precision"] == "bf16"
+    assert gpu["work_pool"]["job_variables"]["env"]["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_bad_parameters_are_refused_before_a_run_starts(monkeypatch):
+    from prefect.exceptions import ParameterTypeError
+
+    monkeypatch.chdir(REPO)
+    flow = load_flow_from_entrypoint("flows/pipeline.py:bert_pipeline")
+    for bad in ({"preset": "bert-huge"}, {"max_train_steps": 0}, {"validation_fraction": 1.5},
+                {"mixed_precision": "fp8"}, {"registered_model_prefix": "a b"}):
+        with pytest.raises(ParameterTypeError):
+            flow.validate_parameters(bad)
+    schema = flow.parameters.model_dump()["properties"]
+    assert schema["preset"]["enum"][0] == "bert-tiny" and schema["max_train_steps"]["minimum"] == 1
+
+
+def test_training_tasks_share_a_concurrency_tag():
+    from tasks import TRAINING_TAG
+    from tasks.finetune import finetune, finetune_ner, finetune_qa
+    from tasks.pretrain import pretrain
+
+    assert all(TRAINING_TAG in t.tags for t in (pretrain, finetune, finetune_ner, finetune_qa))
