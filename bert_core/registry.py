@@ -424,6 +424,7 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
         "experiment_id": experiment_id, "run_name": config.run_name or name,
         "tags": {"mlflow.parentRunId": config.parent_run_id} if config.parent_run_id else None}
     tags = {k: redact(str(v)) for k, v in {**config.tags, "bertflow.model_hash": model_hash,
+                                            "bertflow.config_sha256": stage.hash_json(stage.to_jsonable(config.params)),
                                             "bertflow.kind": config.kind}.items()}
     card = config.description or model_card(config, model_hash)
     with mlflow.start_run(**run_args):

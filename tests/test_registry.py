@@ -218,3 +218,22 @@ def test_credentials_never_reach_params_tags_or_links(tmp_path, monkeypatch):
     assert "s3cret" not in str(params) and "tok123" not in str(params) and "mlflow.example.com" in params["nested.uri"]
     monkeypatch.setattr("mlflow.get_tracking_uri", lambda: "https://bob:hunter2@tracking.example.com")
     assert ui_links(model=("m", "1"))["model_version"] == "https://tracking.example.com/#/models/m/versions/1"
+
+
+def test_registered_models_hold_safetensors_and_no_pickles(pretrained, tmp_path):
+    """What a registered version stores: weights as safetensors, the pyfunc wrapper as source code, no pickles."""
+    from pathlib import Path
+
+    import mlflow
+
+    info = register_model(RegisterConfig(model_dir=pretrained["final_dir"], registered_model_name="files-test",
+                                         kind="pretrained", home=str(tmp_path), primary_metric="eval_mlm_loss",
+                                         greater_is_better=False, metrics={"eval_mlm_loss": 6.0}))
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info["model_uri"], dst_path=str(tmp_path / "dl")))
+    files = [p for p in local.rglob("*") if p.is_file()]
+    assert any(p.name == "model.safetensors" for p in files)
+    pickles = [p.name for p in files if p.suffix in {".pkl", ".pickle", ".bin", ".pt", ".pth", ".joblib"}]
+    assert not pickles, pickles
+    flavor = mlflow.models.Model.load(str(local)).flavors["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # the wrapper is loaded as source code
+    assert flavor["model_code_path"].endswith("pyfunc_model.py") and "python_model" not in flavor

@@ -90,7 +90,8 @@ def test_registered_classifier_predicts_in_a_fresh_process(run):
         version = mlflow.MlflowClient().get_model_version_by_alias("flowtest-sst2", "champion")
         tags = version.tags
         for key in ("bertflow.tokenizer_sha256", "bertflow.train_shards_manifest_sha256", "bertflow.git_commit",
-                    "bertflow.parent_model", "prefect.flow_run_id", "bertflow.metric.eval_accuracy"):
+                    "bertflow.parent_model", "prefect.flow_run_id", "bertflow.metric.eval_accuracy",
+                    "bertflow.config_sha256", "bertflow.corpus_sources", "bertflow.ingest_manifest_sha256"):
             assert key in tags, key
         print("OK")
     """)

@@ -120,6 +120,14 @@ def test_deployed_pipeline_completes_and_registers_a_champion(served):
                         ).encode())
     (parent,) = json.loads(urllib.request.urlopen(search, timeout=30).read())["runs"]  # noqa: S310
     assert parent["info"]["status"] == "FINISHED"
+    # Both servers listen on the loopback interface only.
+    import psutil
+
+    for name in ("prefect", "mlflow"):
+        leader = psutil.Process(int((settings.state / f"{name}.pid").read_text()))
+        ports = [c.laddr for p in (leader, *leader.children(recursive=True))
+                 for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        assert ports and all(addr.ip == "127.0.0.1" for addr in ports), (name, ports)
     # Secrets never reach params or tags: the servers have none, and nothing that looks like one was logged.
     assert not re.search(r"://[^/\s]+:[^/\s]+@", json.dumps(parent))
 
