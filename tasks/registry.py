@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,20 @@ from tasks import REGISTRY_LIMIT
 
 
 
+def _registry_slot():
+    """The `bertflow-registry` global concurrency slot against a Prefect server (where several workers share one
+    MLflow server); with the temporary local server of a plain run there is none to take, and the library's file
+    lock serialises registrations on this machine."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return contextlib.nullcontext()
+    return concurrency(REGISTRY_LIMIT, occupy=1, strict=False)
+
+
 @task(name="register_model", cache_policy=NO_CACHE)
 def register_model(config: registry.RegisterConfig) -> dict:
-    with concurrency(REGISTRY_LIMIT, occupy=1, strict=False):
+    with _registry_slot():
         info = registry.register_model(config)
     get_run_logger().info("%s v%s aliases %s: %s", info["name"], info["version"], info["aliases"], info["reason"])
     return info
