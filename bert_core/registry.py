@@ -242,6 +242,18 @@ def alias_version(model_uri: str, home: str | Path | None = None) -> str | None:
         return None
 
 
+def registered_version(model: str, home: str | Path | None = None) -> tuple[str | None, str | None]:
+    """(registered name, version) that a `models:/name@alias` or `models:/name/version` URI means now; the version
+    is None when the alias is not set; (None, None) for anything else (a local directory, a package name)."""
+    if not model.startswith("models:/"):
+        return None, None
+    ref = model.removeprefix("models:/")
+    if "@" in ref:
+        return ref.rsplit("@", 1)[0], alias_version(model, home)
+    name, _, version = ref.rpartition("/")
+    return name, version
+
+
 def ui_links(run_id: str | None = None, model: tuple[str, str] | None = None) -> dict[str, str]:
     """Links into the MLflow UI: the tracking server's own when MLFLOW_TRACKING_URI is http(s), else where
     `mlflow ui` serves by default (127.0.0.1:5000). Credentials in the URI are never included."""

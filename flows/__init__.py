@@ -25,6 +25,15 @@ LearningRate = Annotated[float, Field(gt=0.0, le=1.0)]
 SeqLength = Annotated[int, Field(ge=16, le=512)]
 
 
+def manifest_metrics(record: dict) -> dict[str, float]:
+    """The numeric top-level fields of a stage manifest or summary, and its per-reason rejection counts, as
+    MLflow metrics of the stage's run."""
+    out = {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for reason, count in (record.get("documents_rejected") or {}).items():
+        out[f"documents_rejected_{reason}"] = float(count)
+    return out
+
+
 def default_work_dir(work_dir: str | None) -> Path:
     """Stage outputs live under the project data directory unless a work_dir is given."""
     from bert_core.registry import bertflow_home

@@ -18,8 +18,9 @@ from prefect.runtime import flow_run
 
 from bert_core import stage
 from bert_core.finetune import resolve_model
-from bert_core.registry import alias_version, lineage_tags, ui_links
-from flows import Fraction, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength, default_work_dir
+from bert_core.registry import lineage_tags, registered_version, ui_links
+from flows import (Fraction, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength, default_work_dir,
+                   manifest_metrics)
 from flows.examples import examples_flow
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
@@ -65,7 +66,7 @@ def continued_pretraining(
     """
     started = time.perf_counter()
     work = Path(work_dir) if work_dir else default_work_dir(None) / "continued"
-    base_name, base_version = _registered(base_model)
+    base_name, base_version = registered_version(base_model)
     if base_name and base_version is None:
         raise ValueError(f"{base_model} is not set: register a pretrained model first (the bert-pipeline flow does)")
     # Pinned to the version read above, and copied to a directory named by its content: the stage keys of the
@@ -82,8 +83,7 @@ def continued_pretraining(
     try:
         documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction)
         log_stage_run(run_id, "ingest", documents_dir, artifacts=[str(Path(documents_dir) / "manifest.json")],
-                      metrics={k: v for k, v in stage.read_json(Path(documents_dir) / "manifest.json").items()
-                               if isinstance(v, (int, float)) and not isinstance(v, bool)})
+                      metrics=manifest_metrics(stage.read_json(Path(documents_dir) / "manifest.json")))
         examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), tokenizer_path=base_dir,
                                      max_seq_length=max_seq_length, seed=seed)
         preset = _preset_of(base_dir)
@@ -128,17 +128,6 @@ def continued_pretraining(
                                        f"{info['reason']}.\n\n- [MLflow run]({links['run']})\n"
                                        f"- [model version]({links['model_version']})\n"))
     return summary
-
-
-def _registered(model: str) -> tuple[str | None, str | None]:
-    """(registered name, version) of a models:/ URI; (None, None) for a local directory."""
-    if not model.startswith("models:/"):
-        return None, None
-    ref = model.removeprefix("models:/")
-    if "@" in ref:
-        return ref.rsplit("@", 1)[0], alias_version(model)
-    name, _, version = ref.rpartition("/")
-    return name, version
 
 
 def _stable_copy(model_dir: str, root: Path) -> str:

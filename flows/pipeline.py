@@ -25,7 +25,7 @@ from bert_core.evaluate import PRIMARY_METRIC, scalar_metrics
 from bert_core.finetune import TASK_PRESETS
 from bert_core.registry import bertflow_home, configure_tracking, lineage_tags, redact, ui_links
 from flows import (Fraction, LearningRate, MixedPrecision, NonNegativeInt, PairObjective, PositiveInt, Preset,
-                   SeqLength, default_work_dir)
+                   SeqLength, default_work_dir, manifest_metrics)
 from flows.evaluate import evaluate_flow
 from flows.examples import examples_flow
 from flows.finetune import finetune_flow, task_files, task_kind
@@ -147,7 +147,7 @@ def _run_stages(*, sources, work, validation_fraction, decontamination_files, da
                                 decontamination_files=decontaminate, n_workers=data_workers,
                                 dask_address=dask_address)
     corpus = stage.read_json(Path(documents_dir) / "manifest.json")
-    log_stage_run(run_id, "ingest", documents_dir, metrics=_counts(corpus),
+    log_stage_run(run_id, "ingest", documents_dir, metrics=manifest_metrics(corpus),
                   artifacts=[str(Path(documents_dir) / "manifest.json")])
     examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), vocab_size=vocab_size,
                                  max_seq_length=max_seq_length, dupe_factor=dupe_factor,
@@ -155,7 +155,7 @@ def _run_stages(*, sources, work, validation_fraction, decontamination_files, da
                                  n_workers=data_workers, dask_address=dask_address)
     examples = {s: stage.read_json(Path(examples_dir) / s / "manifest.json") for s in ("train", "validation")}
     log_stage_run(run_id, "examples", examples_dir,
-                  metrics={f"{s}_{k}": v for s, m in examples.items() for k, v in _counts(m).items()},
+                  metrics={f"{s}_{k}": v for s, m in examples.items() for k, v in manifest_metrics(m).items()},
                   artifacts=[str(Path(examples_dir) / s / "manifest.json") for s in ("train", "validation")])
     pretrained = pretrain_flow(
         shards_dir=examples_dir, work_dir=str(work), preset=preset, max_seq_length=max_seq_length,
@@ -167,7 +167,7 @@ def _run_stages(*, sources, work, validation_fraction, decontamination_files, da
     )
     pretrain_dir = Path(pretrained["final_dir"]).parent
     if pretrained.get("reused"):  # up to date from an earlier pipeline run: point at the run that trained it
-        log_stage_run(run_id, f"pretrain-{preset}", str(pretrain_dir), metrics=_counts(pretrained),
+        log_stage_run(run_id, f"pretrain-{preset}", str(pretrain_dir), metrics=manifest_metrics(pretrained),
                       tags={"bertflow.reused_run_id": pretrained.get("mlflow_run_id") or ""})
     finetuned = finetune_flow(
         model_name_or_path=pretrained["final_dir"], task_name=task_name, train_file=task_train_file,
@@ -226,14 +226,6 @@ def _run_stages(*, sources, work, validation_fraction, decontamination_files, da
         "comparison": evaluation["comparison"],
         "registered": registered,
     }
-
-
-def _counts(record: dict) -> dict[str, float]:
-    """The numeric top-level fields of a manifest or summary, and the per-reason rejection counts."""
-    out = {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    for reason, count in (record.get("documents_rejected") or {}).items():
-        out[f"documents_rejected_{reason}"] = float(count)
-    return out
 
 
 def _links(summary: dict) -> dict[str, str]:

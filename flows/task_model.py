@@ -16,8 +16,8 @@ from prefect.runtime import flow_run
 
 from bert_core import stage
 from bert_core.evaluate import PRIMARY_METRIC, scalar_metrics
+from bert_core.registry import registered_version
 from flows import LearningRate, MixedPrecision, PositiveInt, default_work_dir
-from flows.continued_pretraining import _registered
 from flows.finetune import finetune_flow, task_files
 from flows.register import register_flow
 from tasks.evaluate import evaluate_task_model
@@ -65,7 +65,7 @@ def task_model(
     """
     started = time.perf_counter()
     work = default_work_dir(work_dir)
-    base_name, base_version = _registered(base_model)
+    base_name, base_version = registered_version(base_model)
     if base_name and base_version is None:
         raise ValueError(f"{base_model} is not set: register a pretrained model first (the bert-pipeline flow does)")
     start_from = f"models:/{base_name}/{base_version}" if base_name else base_model  # pinned for the whole run
