@@ -47,6 +47,7 @@ class FinetuneConfig:
     label_names: tuple[str, ...] = ("negative", "positive")
     max_seq_length: int = 128
     per_device_train_batch_size: int = 32
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step: the batch of N x size in 1/N the memory
     per_device_eval_batch_size: int = 64
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
@@ -241,7 +242,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         logger.info("finetune: %s is up to date, skipping", output_dir)
         return stage.read_json(output_dir / "summary.json")
 
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision,
+                              gradient_accumulation_steps=config.gradient_accumulation_steps)
     set_seed(config.seed)
     read = dict(text_pair_column=config.text_pair_column, label_names=config.label_names)
     train_texts, train_pairs, train_labels = read_task_file(config.train_file, config.text_column, config.label_column, **read)
@@ -309,7 +311,8 @@ def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metr
     `config.early_stopping_patience` evaluations without improvement; saves the best model with its tokenizer to
     `final/`, then `summary.json` (`summary` plus steps and the best dev metrics) and the stage record.
     """
-    max_steps = config.max_train_steps or config.num_train_epochs * len(loader)
+    # A step is an optimizer update; with gradient accumulation it consumes that many micro-batches of the loader.
+    max_steps = config.max_train_steps or config.num_train_epochs * math.ceil(len(loader) / config.gradient_accumulation_steps)
     optimizer = build_optimizer(model, name="adamw", lr=config.learning_rate, weight_decay=config.weight_decay,
                                 betas=(0.9, 0.999), eps=1e-8)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(config.warmup_ratio * max_steps),
@@ -318,7 +321,7 @@ def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metr
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = output_dir / "metrics.jsonl"
     metrics_path.write_text("")
-    steps_per_epoch = len(loader)
+    steps_per_epoch = math.ceil(len(loader) / config.gradient_accumulation_steps)
     progress = tqdm(total=max_steps, desc="finetune", unit="step", disable=_no_progress_bar(accelerator))
     best: dict[str, Any] = {"value": -math.inf, "metrics": None, "state": None, "step": 0}
     tally = {"step": 0, "waited": 0, "loss": 0.0, "count": 0}
@@ -348,14 +351,19 @@ def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metr
     for epoch in range(math.ceil(max_steps / steps_per_epoch)):
         stop = False
         for batch in loader:
-            loss = loss_of(model, batch)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            tally["loss"] += float(loss.detach())
-            tally["count"] += 1
+            # accumulate(): gradients of the micro-batches add up (each loss scaled by 1/N in backward) and are
+            # synchronised across processes only at the last one; the epoch's last micro-batch always completes a step.
+            with accelerator.accumulate(model):
+                loss = loss_of(model, batch)
+                accelerator.backward(loss)
+                tally["loss"] += float(loss.detach())
+                tally["count"] += 1
+                if not accelerator.sync_gradients:
+                    continue
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
             tally["step"] += 1
             progress.update(1)
             if tally["step"] >= max_steps:

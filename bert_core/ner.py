@@ -37,6 +37,7 @@ class NerConfig:
     label_names: tuple[str, ...] = CONLL2003_TAGS
     max_seq_length: int = 128
     per_device_train_batch_size: int = 32
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step: the batch of N x size in 1/N the memory
     per_device_eval_batch_size: int = 64
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
@@ -134,7 +135,8 @@ def finetune_ner(config: NerConfig) -> dict[str, Any]:
     key = run_key(config, model_path, version=1)
     if stage.completed_stage(output_dir, key):
         return stage.read_json(output_dir / "summary.json")
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision,
+                              gradient_accumulation_steps=config.gradient_accumulation_steps)
     set_seed(config.seed)
     label_ids = {name: i for i, name in enumerate(config.label_names)}
     train = read_conll(config.train_file)[: config.max_train_sentences]

@@ -53,6 +53,7 @@ class QaConfig:
     max_answer_length: int = 30
     n_best_size: int = 20
     per_device_train_batch_size: int = 32
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step: the batch of N x size in 1/N the memory
     per_device_eval_batch_size: int = 64
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
@@ -334,7 +335,8 @@ def finetune_qa(config: QaConfig) -> dict[str, Any]:
     key = run_key(config, model_path, version=1)
     if stage.completed_stage(output_dir, key):
         return stage.read_json(output_dir / "summary.json")
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision,
+                              gradient_accumulation_steps=config.gradient_accumulation_steps)
     set_seed(config.seed)
     train = read_squad(config.train_file)[: config.max_train_questions]
     dev = read_squad(config.validation_file)

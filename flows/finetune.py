@@ -53,6 +53,7 @@ def finetune_flow(
     truncation: str | None = None,
     max_seq_length: int | None = None,
     per_device_train_batch_size: int = FinetuneConfig.per_device_train_batch_size,
+    gradient_accumulation_steps: int = FinetuneConfig.gradient_accumulation_steps,
     learning_rate: float = FinetuneConfig.learning_rate,
     num_train_epochs: int = FinetuneConfig.num_train_epochs,
     max_train_steps: int | None = None,
@@ -76,7 +77,8 @@ def finetune_flow(
     train_file, validation_file = task_files(task_name, train_file, validation_file)
     common = dict(model_name_or_path=model_name_or_path, train_file=train_file, validation_file=validation_file,
                   output_dir=str(default_work_dir(work_dir) / "finetune" / task_name),
-                  per_device_train_batch_size=per_device_train_batch_size, learning_rate=learning_rate,
+                  per_device_train_batch_size=per_device_train_batch_size,
+                  gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
                   num_train_epochs=num_train_epochs, max_train_steps=max_train_steps, eval_steps=eval_steps,
                   early_stopping_patience=early_stopping_patience, mixed_precision=mixed_precision, seed=seed)
     if kind == "question-answering":
