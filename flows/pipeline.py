@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Annotated
 
 from prefect import flow
-from pydantic import Field
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
+from pydantic import Field
 
 from bert_core import stage
 from bert_core.evaluate import PRIMARY_METRIC, scalar_metrics
