@@ -144,3 +144,16 @@ def test_on_demand_task_model_from_the_registered_encoder(run, tmp_path):
     assert info["name"] == "flowtest-sst2" and result["base_model"] == "models:/flowtest-bert-tiny/1"
     assert result["champion_metrics"] is not None  # scored next to the champion on the same dev file
     assert "on the same evaluation set" in info["reason"] or info["reason"] == "already champion", info["reason"]
+
+
+def test_rollback_flow_moves_the_champion_back(run):
+    from mlflow.tracking import MlflowClient
+
+    from flows.rollback import rollback_champion
+
+    client = MlflowClient()
+    before = str(client.get_model_version_by_alias("flowtest-sst2", "champion").version)
+    result = rollback_champion(registered_model_name="flowtest-sst2", version="1", reason="flow test")
+    assert result["previous_champion"] == before and result["champion"] == "1"
+    assert str(client.get_model_version_by_alias("flowtest-sst2", "champion").version) == "1"
+    assert "flow test" in client.get_model_version("flowtest-sst2", "1").tags["bertflow.rollback"]
