@@ -254,12 +254,24 @@ def registered_version(model: str, home: str | Path | None = None) -> tuple[str 
     return name, version
 
 
+def pin_model(model: str, home: str | Path | None = None) -> tuple[str | None, str | None, str]:
+    """(name, version, `models:/name/version`) for a models:/ URI, an alias pinned to the version it points at now,
+    so that a whole run uses one version; (None, None, model) for a local directory or a package name."""
+    name, version = registered_version(model, home)
+    if name is None:
+        return None, None, model
+    if version is None:
+        raise ValueError(f"{model} is not set: register a model under that name first (the bert-pipeline flow does)")
+    return name, version, f"models:/{name}/{version}"
+
+
 def ui_links(run_id: str | None = None, model: tuple[str, str] | None = None) -> dict[str, str]:
     """Links into the MLflow UI: the tracking server's own when MLFLOW_TRACKING_URI is http(s), else where
     `mlflow ui` serves by default (127.0.0.1:5000). Credentials in the URI are never included."""
     uri = mlflow.get_tracking_uri()
-    base = redact(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    base = base.replace("***@", "")
+    # A browser link: the server's address without any credentials (user:password@) or query in the URI.
+    base = (_CREDENTIALS.sub(lambda m: m["scheme"], uri.split("?")[0]).rstrip("/")
+            if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000")
     links: dict[str, str] = {}
     if run_id:
         run = MlflowClient().get_run(run_id)

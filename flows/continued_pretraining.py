@@ -14,11 +14,10 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import flow_run
 
 from bert_core import stage
 from bert_core.finetune import resolve_model
-from bert_core.registry import lineage_tags, registered_version, ui_links
+from bert_core.registry import lineage_tags, pin_model, ui_links
 from flows import (Fraction, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength, default_work_dir,
                    manifest_metrics)
 from flows.examples import examples_flow
@@ -26,7 +25,7 @@ from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
 from flows.register import register_flow
 from tasks.evaluate import evaluate_pretrained
-from tasks.registry import finish_run, log_stage_run, start_run
+from tasks.registry import finish_run, log_stage_run, parent_run
 
 
 @flow(name="continued-pretraining")
@@ -66,21 +65,14 @@ def continued_pretraining(
     """
     started = time.perf_counter()
     work = Path(work_dir) if work_dir else default_work_dir(None) / "continued"
-    base_name, base_version = registered_version(base_model)
-    if base_name and base_version is None:
-        raise ValueError(f"{base_model} is not set: register a pretrained model first (the bert-pipeline flow does)")
-    # Pinned to the version read above, and copied to a directory named by its content: the stage keys of the
-    # shards and of pretraining then stay the same from one night to the next while the base model does.
-    base_dir = _stable_copy(resolve_model(f"models:/{base_name}/{base_version}" if base_name else base_model),
-                            work / "base-models")
+    # Pinned to the version the alias points at now, and copied to a directory named by its content: the stage
+    # keys of the shards and of pretraining then stay the same from one night to the next while the base does.
+    base_name, base_version, pinned = pin_model(base_model)
+    base_dir = _stable_copy(resolve_model(pinned), work / "base-models")
     name = registered_model_name or base_name
     if not name:
         raise ValueError("base_model is a local directory: give registered_model_name")
-    run_id = start_run(f"continued-pretraining {flow_run.get_name() or ''}".strip(),
-                       params=dict(flow_run.get_parameters()),
-                       tags={"prefect.flow_run_id": str(flow_run.get_id()), "bertflow.stage": "continued-pretraining",
-                             "bertflow.base_model": base_model})
-    try:
+    with parent_run("continued-pretraining", "continued-pretraining", {"bertflow.base_model": base_model}) as run_id:
         documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction)
         log_stage_run(run_id, "ingest", documents_dir, artifacts=[str(Path(documents_dir) / "manifest.json")],
                       metrics=manifest_metrics(stage.read_json(Path(documents_dir) / "manifest.json")))
@@ -112,9 +104,6 @@ def continued_pretraining(
             pretrained_model_name=name, min_improvement=min_improvement,
             pretrain_run_id=pretrained.get("mlflow_run_id"), parent_run_id=run_id,
         )
-    except BaseException:
-        finish_run(run_id, "FAILED")
-        raise
     finish_run(run_id, metrics=new_metrics)
     info = registered["pretrained"]
     summary = {"base_model": base_model, "base_version": base_version, "registered": info,

@@ -42,5 +42,6 @@ def evaluate_flow(
                                    truncation=truncation, max_seq_length=max_seq_length, doc_stride=doc_stride)
     return {"pretrained": pretrained, "classifier": task["metrics"] if task else None,
             "champion": task["champion_metrics"] if task else None,
-            "champion_version": task["champion_version"] if task else None, "comparison": task["comparison"] if task else None,
+            "champion_version": task["champion_version"] if task else None,
+            "comparison": task["comparison"] if task else None,
             "pretrained_reports": pretrained_reports, "classifier_reports": task["reports"] if task else []}

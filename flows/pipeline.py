@@ -32,7 +32,7 @@ from flows.finetune import finetune_flow, task_files, task_kind
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
 from flows.register import register_flow
-from tasks.registry import finish_run, log_stage_run, start_run
+from tasks.registry import finish_run, log_stage_run, parent_run
 
 
 @flow(name="bert-pipeline")
@@ -114,13 +114,94 @@ def bert_pipeline(
     task_train_file, task_validation_file = task_files(task_name, task_train_file, task_validation_file)
     flow_run_id = str(flow_run.get_id())
     # One parent MLflow run per pipeline run; every stage's run nests under it.
-    run_id = start_run(f"bert-pipeline {flow_run.get_name() or ''}".strip(), params=dict(flow_run.get_parameters()),
-                       tags={"prefect.flow_run_id": flow_run_id, "bertflow.stage": "pipeline"})
-    try:
-        summary = _run_stages(**locals())
-    except BaseException:
-        finish_run(run_id, "FAILED")
-        raise
+    with parent_run("bert-pipeline", "pipeline") as run_id:
+        # The fine-tuning task's dev set is always kept out of the pretraining corpus.
+        decontaminate = [*_dev_texts(task_name, task_validation_file, text_column), *(decontamination_files or [])]
+        documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction,
+                                    decontamination_files=decontaminate, n_workers=data_workers,
+                                    dask_address=dask_address)
+        corpus = stage.read_json(Path(documents_dir) / "manifest.json")
+        log_stage_run(run_id, "ingest", documents_dir, metrics=manifest_metrics(corpus),
+                      artifacts=[str(Path(documents_dir) / "manifest.json")])
+        examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), vocab_size=vocab_size,
+                                     max_seq_length=max_seq_length, dupe_factor=dupe_factor,
+                                     pair_objective=pair_objective, whole_word_mask=whole_word_mask,
+                                     n_workers=data_workers, dask_address=dask_address)
+        examples = {s: stage.read_json(Path(examples_dir) / s / "manifest.json") for s in ("train", "validation")}
+        log_stage_run(run_id, "examples", examples_dir,
+                      metrics={f"{s}_{k}": v for s, m in examples.items() for k, v in manifest_metrics(m).items()},
+                      artifacts=[str(Path(examples_dir) / s / "manifest.json") for s in ("train", "validation")])
+        pretrained = pretrain_flow(
+            shards_dir=examples_dir, work_dir=str(work), preset=preset, max_seq_length=max_seq_length,
+            per_device_train_batch_size=per_device_train_batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
+            num_warmup_steps=num_warmup_steps, max_train_steps=max_train_steps, mixed_precision=mixed_precision,
+            eval_steps=eval_steps, checkpointing_steps=checkpointing_steps, num_processes=num_processes, seed=seed,
+            mlflow_parent_run_id=run_id,
+        )
+        pretrain_dir = Path(pretrained["final_dir"]).parent
+        if pretrained.get("reused"):  # up to date from an earlier pipeline run: point at the run that trained it
+            log_stage_run(run_id, f"pretrain-{preset}", str(pretrain_dir), metrics=manifest_metrics(pretrained),
+                          tags={"bertflow.reused_run_id": pretrained.get("mlflow_run_id") or ""})
+        finetuned = finetune_flow(
+            model_name_or_path=pretrained["final_dir"], task_name=task_name, train_file=task_train_file,
+            validation_file=task_validation_file, work_dir=str(work), text_column=text_column,
+            label_column=label_column,
+            max_seq_length=max_seq_length if kind != "question-answering" else None,
+            learning_rate=finetune_learning_rate, num_train_epochs=finetune_num_train_epochs,
+            max_train_steps=finetune_max_train_steps, mixed_precision=mixed_precision, seed=seed,
+        )
+        task_model_name = f"{registered_model_prefix}-{task_name}"
+        evaluation = evaluate_flow(
+            pretrained_dir=pretrained["final_dir"], validation_shards_dir=str(Path(examples_dir) / "validation"),
+            report_dir=str(work / "reports"), pretrain_metrics_file=str(pretrain_dir / "metrics.jsonl"),
+            classifier_dir=finetuned["final_dir"], classifier_data_file=task_validation_file, task_kind=kind,
+            champion_model_uri=f"models:/{task_model_name}@champion", **finetuned["evaluation"],
+        )
+        pretrained_metrics = {**evaluation["pretrained"], "initial_eval_mlm_loss": pretrained["initial_eval_mlm_loss"]}
+        pretrained_metrics = {("eval_" + k if not k.startswith(("eval_", "initial_")) else k): v
+                              for k, v in pretrained_metrics.items()}
+        classifier_metrics = {f"eval_{k}": v for k, v in scalar_metrics(evaluation["classifier"]).items()}
+        champion_metrics = ({f"eval_{k}": v for k, v in scalar_metrics(evaluation["champion"]).items()}
+                            if evaluation["champion"] else None)
+        log_stage_run(run_id, "evaluate", metrics={**pretrained_metrics, **classifier_metrics,
+                                                   **{f"champion_{k}": v for k, v in (champion_metrics or {}).items()}},
+                      artifacts=[*evaluation["pretrained_reports"], *evaluation["classifier_reports"]],
+                      tags={"bertflow.champion_version": evaluation["champion_version"] or "none"})
+        registered = register_flow(
+            pretrained_dir=pretrained["final_dir"], preset=preset, pretrained_metrics=pretrained_metrics,
+            classifier_dir=finetuned["final_dir"], task_name=task_name, classifier_metrics=classifier_metrics,
+            task_kind=kind, primary_metric=f"eval_{PRIMARY_METRIC[kind]}", champion_metrics=champion_metrics,
+            champion_version=evaluation["champion_version"],
+            text_pair=bool(finetuned["evaluation"].get("text_pair_column")),
+            max_seq_length=finetuned["evaluation"]["max_seq_length"],
+            lineage=lineage_tags(documents_dir=documents_dir, examples_dir=examples_dir, pretrain_dir=pretrain_dir),
+            classifier_tags={"bertflow.task_train_file": task_train_file,
+                             "bertflow.task_validation_file": task_validation_file},
+            params={"pretrain": stage.read_json(pretrain_dir / stage.STAGE_RECORD)["config"],
+                    "finetune": stage.read_json(Path(finetuned["final_dir"]).parent / stage.STAGE_RECORD)["config"]},
+            pretrain_metrics_file=str(pretrain_dir / "metrics.jsonl"),
+            finetune_metrics_file=str(Path(finetuned["final_dir"]).parent / "metrics.jsonl"),
+            pretrained_artifacts=[*evaluation["pretrained_reports"],
+                                  str(Path(examples_dir) / "train" / "manifest.json"),
+                                  str(Path(documents_dir) / "manifest.json")],
+            classifier_artifacts=evaluation["classifier_reports"],
+            registered_model_prefix=registered_model_prefix, min_improvement=min_improvement,
+            pretrain_run_id=pretrained.get("mlflow_run_id"), parent_run_id=run_id,
+        )
+        summary = {
+            "work_dir": str(work),
+            "flow_run_id": flow_run_id,
+            "mlflow_run_id": run_id,
+            "tracking_uri": redact(configure_tracking()),
+            "corpus": corpus,
+            "examples": examples,
+            "pretrained": pretrained_metrics,
+            "task": {"name": task_name, "kind": kind, "primary_metric": f"eval_{PRIMARY_METRIC[kind]}"},
+            "classifier": classifier_metrics,
+            "comparison": evaluation["comparison"],
+            "registered": registered,
+        }
     summary["seconds"] = round(time.perf_counter() - started, 1)
     registered = summary["registered"]
     finish_run(run_id, metrics={**summary["classifier"], **summary["pretrained"]},
@@ -132,100 +213,6 @@ def bert_pipeline(
     create_table_artifact(key="pipeline-models", table=_models_table(summary),
                           description="Models this run registered, their aliases and the promotion decision")
     return summary
-
-
-def _run_stages(*, sources, work, validation_fraction, decontamination_files, data_workers, dask_address, vocab_size,
-                max_seq_length, dupe_factor, pair_objective, whole_word_mask, preset, per_device_train_batch_size,
-                gradient_accumulation_steps, learning_rate, num_warmup_steps, max_train_steps, eval_steps,
-                checkpointing_steps, mixed_precision, num_processes, task_name, task_train_file, task_validation_file,
-                text_column, label_column, finetune_learning_rate, finetune_num_train_epochs, finetune_max_train_steps,
-                registered_model_prefix,
-                min_improvement, seed, kind, run_id, flow_run_id, **_) -> dict:
-    # The fine-tuning task's dev set is always kept out of the pretraining corpus.
-    decontaminate = [*_dev_texts(task_name, task_validation_file, text_column), *(decontamination_files or [])]
-    documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction,
-                                decontamination_files=decontaminate, n_workers=data_workers,
-                                dask_address=dask_address)
-    corpus = stage.read_json(Path(documents_dir) / "manifest.json")
-    log_stage_run(run_id, "ingest", documents_dir, metrics=manifest_metrics(corpus),
-                  artifacts=[str(Path(documents_dir) / "manifest.json")])
-    examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), vocab_size=vocab_size,
-                                 max_seq_length=max_seq_length, dupe_factor=dupe_factor,
-                                 pair_objective=pair_objective, whole_word_mask=whole_word_mask,
-                                 n_workers=data_workers, dask_address=dask_address)
-    examples = {s: stage.read_json(Path(examples_dir) / s / "manifest.json") for s in ("train", "validation")}
-    log_stage_run(run_id, "examples", examples_dir,
-                  metrics={f"{s}_{k}": v for s, m in examples.items() for k, v in manifest_metrics(m).items()},
-                  artifacts=[str(Path(examples_dir) / s / "manifest.json") for s in ("train", "validation")])
-    pretrained = pretrain_flow(
-        shards_dir=examples_dir, work_dir=str(work), preset=preset, max_seq_length=max_seq_length,
-        per_device_train_batch_size=per_device_train_batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
-        num_warmup_steps=num_warmup_steps, max_train_steps=max_train_steps, mixed_precision=mixed_precision,
-        eval_steps=eval_steps, checkpointing_steps=checkpointing_steps, num_processes=num_processes, seed=seed,
-        mlflow_parent_run_id=run_id,
-    )
-    pretrain_dir = Path(pretrained["final_dir"]).parent
-    if pretrained.get("reused"):  # up to date from an earlier pipeline run: point at the run that trained it
-        log_stage_run(run_id, f"pretrain-{preset}", str(pretrain_dir), metrics=manifest_metrics(pretrained),
-                      tags={"bertflow.reused_run_id": pretrained.get("mlflow_run_id") or ""})
-    finetuned = finetune_flow(
-        model_name_or_path=pretrained["final_dir"], task_name=task_name, train_file=task_train_file,
-        validation_file=task_validation_file, work_dir=str(work), text_column=text_column, label_column=label_column,
-        max_seq_length=max_seq_length if kind != "question-answering" else None,
-        learning_rate=finetune_learning_rate, num_train_epochs=finetune_num_train_epochs,
-        max_train_steps=finetune_max_train_steps, mixed_precision=mixed_precision, seed=seed,
-    )
-    task_model_name = f"{registered_model_prefix}-{task_name}"
-    evaluation = evaluate_flow(
-        pretrained_dir=pretrained["final_dir"], validation_shards_dir=str(Path(examples_dir) / "validation"),
-        report_dir=str(work / "reports"), pretrain_metrics_file=str(pretrain_dir / "metrics.jsonl"),
-        classifier_dir=finetuned["final_dir"], classifier_data_file=task_validation_file, task_kind=kind,
-        champion_model_uri=f"models:/{task_model_name}@champion", **finetuned["evaluation"],
-    )
-    pretrained_metrics = {**evaluation["pretrained"], "initial_eval_mlm_loss": pretrained["initial_eval_mlm_loss"]}
-    pretrained_metrics = {("eval_" + k if not k.startswith(("eval_", "initial_")) else k): v
-                          for k, v in pretrained_metrics.items()}
-    classifier_metrics = {f"eval_{k}": v for k, v in scalar_metrics(evaluation["classifier"]).items()}
-    champion_metrics = ({f"eval_{k}": v for k, v in scalar_metrics(evaluation["champion"]).items()}
-                        if evaluation["champion"] else None)
-    log_stage_run(run_id, "evaluate", metrics={**pretrained_metrics, **classifier_metrics,
-                                               **{f"champion_{k}": v for k, v in (champion_metrics or {}).items()}},
-                  artifacts=[*evaluation["pretrained_reports"], *evaluation["classifier_reports"]],
-                  tags={"bertflow.champion_version": evaluation["champion_version"] or "none"})
-    registered = register_flow(
-        pretrained_dir=pretrained["final_dir"], preset=preset, pretrained_metrics=pretrained_metrics,
-        classifier_dir=finetuned["final_dir"], task_name=task_name, classifier_metrics=classifier_metrics,
-        task_kind=kind, primary_metric=f"eval_{PRIMARY_METRIC[kind]}", champion_metrics=champion_metrics,
-        champion_version=evaluation["champion_version"],
-        text_pair=bool(finetuned["evaluation"].get("text_pair_column")),
-        max_seq_length=finetuned["evaluation"]["max_seq_length"],
-        lineage=lineage_tags(documents_dir=documents_dir, examples_dir=examples_dir, pretrain_dir=pretrain_dir),
-        classifier_tags={"bertflow.task_train_file": task_train_file,
-                         "bertflow.task_validation_file": task_validation_file},
-        params={"pretrain": stage.read_json(pretrain_dir / stage.STAGE_RECORD)["config"],
-                "finetune": stage.read_json(Path(finetuned["final_dir"]).parent / stage.STAGE_RECORD)["config"]},
-        pretrain_metrics_file=str(pretrain_dir / "metrics.jsonl"),
-        finetune_metrics_file=str(Path(finetuned["final_dir"]).parent / "metrics.jsonl"),
-        pretrained_artifacts=[*evaluation["pretrained_reports"], str(Path(examples_dir) / "train" / "manifest.json"),
-                              str(Path(documents_dir) / "manifest.json")],
-        classifier_artifacts=evaluation["classifier_reports"],
-        registered_model_prefix=registered_model_prefix, min_improvement=min_improvement,
-        pretrain_run_id=pretrained.get("mlflow_run_id"), parent_run_id=run_id,
-    )
-    return {
-        "work_dir": str(work),
-        "flow_run_id": flow_run_id,
-        "mlflow_run_id": run_id,
-        "tracking_uri": redact(configure_tracking()),
-        "corpus": corpus,
-        "examples": examples,
-        "pretrained": pretrained_metrics,
-        "task": {"name": task_name, "kind": kind, "primary_metric": f"eval_{PRIMARY_METRIC[kind]}"},
-        "classifier": classifier_metrics,
-        "comparison": evaluation["comparison"],
-        "registered": registered,
-    }
 
 
 def _links(summary: dict) -> dict[str, str]:

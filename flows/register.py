@@ -82,7 +82,8 @@ def register_flow(
             min_improvement=min_improvement,
             metrics={k: v for k, v in (classifier_metrics or {}).items() if isinstance(v, (int, float))},
             params=(params or {}).get("finetune", {}),
-            tags={**tags, **(classifier_tags or {}), "bertflow.parent_model": parent_model_uri or (pretrained or {}).get("model_uri", "")},
+            tags={**tags, **(classifier_tags or {}),
+                  "bertflow.parent_model": parent_model_uri or (pretrained or {}).get("model_uri", "")},
             artifacts=tuple(classifier_artifacts or ()),
             metrics_history=finetune_metrics_file,
         ))

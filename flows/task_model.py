@@ -12,16 +12,15 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import flow_run
 
 from bert_core import stage
 from bert_core.evaluate import PRIMARY_METRIC, scalar_metrics
-from bert_core.registry import registered_version
+from bert_core.registry import pin_model
 from flows import LearningRate, MixedPrecision, PositiveInt, default_work_dir
 from flows.finetune import finetune_flow, task_files
 from flows.register import register_flow
 from tasks.evaluate import evaluate_task_model
-from tasks.registry import finish_run, log_stage_run, start_run
+from tasks.registry import finish_run, log_stage_run, parent_run
 
 
 @flow(name="task-model")
@@ -65,16 +64,9 @@ def task_model(
     """
     started = time.perf_counter()
     work = default_work_dir(work_dir)
-    base_name, base_version = registered_version(base_model)
-    if base_name and base_version is None:
-        raise ValueError(f"{base_model} is not set: register a pretrained model first (the bert-pipeline flow does)")
-    start_from = f"models:/{base_name}/{base_version}" if base_name else base_model  # pinned for the whole run
+    start_from = pin_model(base_model)[2]  # one version for the whole run, whatever the alias does meanwhile
     train_file, validation_file = task_files(task_name, train_file, validation_file)
-    run_id = start_run(f"task-model {task_name} {flow_run.get_name() or ''}".strip(),
-                       params=dict(flow_run.get_parameters()),
-                       tags={"prefect.flow_run_id": str(flow_run.get_id()), "bertflow.stage": "task-model",
-                             "bertflow.base_model": start_from})
-    try:
+    with parent_run("task-model", "task-model", {"bertflow.base_model": start_from}) as run_id:
         finetuned = finetune_flow(model_name_or_path=start_from, task_name=task_name, train_file=train_file,
                                   validation_file=validation_file, work_dir=str(work), text_column=text_column,
                                   label_column=label_column, learning_rate=learning_rate,
@@ -88,8 +80,8 @@ def task_model(
         metrics = {f"eval_{k}": v for k, v in scalar_metrics(evaluation["metrics"]).items()}
         champion = ({f"eval_{k}": v for k, v in scalar_metrics(evaluation["champion_metrics"]).items()}
                     if evaluation["champion_metrics"] else None)
-        log_stage_run(run_id, "evaluate", metrics={**metrics, **{f"champion_{k}": v for k, v in (champion or {}).items()}},
-                      artifacts=evaluation["reports"])
+        champion_figures = {f"champion_{k}": v for k, v in (champion or {}).items()}
+        log_stage_run(run_id, "evaluate", metrics={**metrics, **champion_figures}, artifacts=evaluation["reports"])
         finetune_dir = Path(finetuned["final_dir"]).parent
         registered = register_flow(
             pretrained_dir=None, preset="-", classifier_dir=finetuned["final_dir"], task_name=task_name,
@@ -103,9 +95,6 @@ def task_model(
             registered_model_prefix=registered_model_prefix, min_improvement=min_improvement,
             parent_model_uri=start_from, parent_run_id=run_id,
         )
-    except BaseException:
-        finish_run(run_id, "FAILED")
-        raise
     finish_run(run_id, metrics=metrics)
     info = registered["classifier"]
     primary = f"eval_{PRIMARY_METRIC[kind]}"

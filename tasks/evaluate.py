@@ -34,14 +34,13 @@ def _champion(model_uri: str | None) -> tuple[str | None, str | None]:
     from mlflow.exceptions import MlflowException
 
     from bert_core.finetune import resolve_model
-    from bert_core.registry import alias_version
+    from bert_core.registry import registered_version
 
     try:
-        version = alias_version(model_uri)
+        name, version = registered_version(model_uri)
         if version is None:
             get_run_logger().info("no champion to compare with: %s is not set", model_uri)
             return None, None
-        name = model_uri.removeprefix("models:/").rsplit("@", 1)[0]
         return resolve_model(f"models:/{name}/{version}"), version
     except (MlflowException, OSError) as error:
         get_run_logger().info("no champion to compare with (%s): %s", model_uri, str(error).splitlines()[0][:200])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +62,20 @@ def finish_run(run_id: str, status: str = "FINISHED", metrics: dict[str, float] 
     if metrics:
         registry.log_metrics(run_id, metrics)
     registry.finish_run(run_id, status)
+
+
+@contextlib.contextmanager
+def parent_run(run_name: str, stage_tag: str, tags: dict[str, str] | None = None) -> Iterator[str]:
+    """The calling flow run's parent MLflow run (its parameters as params, tagged with the Prefect flow-run id);
+    stage runs nest under the id it yields. Marked FAILED if the block raises; on success the flow finishes it
+    with `finish_run` and its final metrics."""
+    from prefect.runtime import flow_run
+
+    run_id = start_run(f"{run_name} {flow_run.get_name() or ''}".strip(), params=dict(flow_run.get_parameters()),
+                       tags={"prefect.flow_run_id": str(flow_run.get_id()), "bertflow.stage": stage_tag,
+                             **(tags or {})})
+    try:
+        yield run_id
+    except BaseException:
+        finish_run(run_id, "FAILED")
+        raise

@@ -38,17 +38,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - loopback servers this test started
+def _get(url: str, body: dict | None = None):
+    """JSON from a GET, or from a POST of `body`, to one of the loopback servers this test started."""
+    request = urllib.request.Request(url, method="POST" if body is not None else "GET",
+                                     headers={"Content-Type": "application/json"},
+                                     data=json.dumps(body).encode() if body is not None else None)
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
         return json.loads(response.read())
 
 
 def _artifacts(settings, where: dict) -> list[dict]:
-    request = urllib.request.Request(f"{settings.prefect_api_url}/artifacts/filter", method="POST",
-                                     headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"artifacts": where}).encode())
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-        return json.loads(response.read())
+    return _get(f"{settings.prefect_api_url}/artifacts/filter", {"artifacts": where})
 
 
 def _run(command: list[str], env: dict, timeout: float, cwd: Path = REPO) -> str:
@@ -110,15 +110,11 @@ def test_deployed_pipeline_completes_and_registers_a_champion(served):
     query = urllib.parse.urlencode({"name": "itest-bert-tiny", "alias": "champion"})
     assert _get(f"{settings.mlflow_url}/api/2.0/mlflow/registered-models/alias?{query}")["model_version"]["version"]
     # The parent MLflow run of the pipeline, finished, with its stages nested under it.
-    request = urllib.request.Request(f"{settings.mlflow_url}/api/2.0/mlflow/experiments/get-by-name?"
-                                     + urllib.parse.urlencode({"experiment_name": "bertflow"}))
-    experiment_id = json.loads(urllib.request.urlopen(request, timeout=30).read())["experiment"]["experiment_id"]  # noqa: S310
-    search = urllib.request.Request(
-        f"{settings.mlflow_url}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
-        data=json.dumps({"experiment_ids": [experiment_id],
-                         "filter": f"tags.`prefect.flow_run_id` = '{flow_run_id}' and tags.`bertflow.stage` = 'pipeline'"}
-                        ).encode())
-    (parent,) = json.loads(urllib.request.urlopen(search, timeout=30).read())["runs"]  # noqa: S310
+    experiment_id = _get(f"{settings.mlflow_url}/api/2.0/mlflow/experiments/get-by-name?"
+                         + urllib.parse.urlencode({"experiment_name": "bertflow"}))["experiment"]["experiment_id"]
+    where = f"tags.`prefect.flow_run_id` = '{flow_run_id}' and tags.`bertflow.stage` = 'pipeline'"
+    (parent,) = _get(f"{settings.mlflow_url}/api/2.0/mlflow/runs/search",
+                     {"experiment_ids": [experiment_id], "filter": where})["runs"]
     assert parent["info"]["status"] == "FINISHED"
     # Both servers listen on the loopback interface only.
     import psutil
