@@ -132,7 +132,7 @@ def main() -> None:
         docs = read_ingested(documents, "train")
         text = work / "sentences.txt"
         text.write_text("".join("\n".join(d) + "\n\n" for d in docs), encoding="utf-8")
-        tokenizer = train_tokenizer((s for d in docs for s in d), TokenizerConfig(vocab_size=30522, min_frequency=1))
+        tokenizer = train_tokenizer([s for d in docs for s in d], TokenizerConfig(vocab_size=30522, min_frequency=1))
         tokenizer.save_pretrained(work / "tokenizer")
         vocab = len(tokenizer)
         examples = generate_examples(ExamplesConfig(max_seq_length=128, tokenizer=TokenizerConfig(

@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import unicodedata
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from bert_core.config import check_fields, check_positive, check_range
 
 if TYPE_CHECKING:  # transformers is imported only where a transformers tokenizer is built (see _wrap)
     from transformers import PreTrainedTokenizerFast
@@ -33,6 +38,12 @@ class TokenizerConfig:
     min_frequency: int = 2
     limit_alphabet: int = 1000
     tokenizer_path: str | None = None  # load this tokenizer (directory, tokenizer.json or vocab.txt) instead of training
+
+    def __post_init__(self):
+        check_fields(self)
+        check_range(self, "vocab_size", low=len(SPECIAL_TOKENS) + 1)
+        check_positive(self, "min_frequency", "limit_alphabet")
+
 
 
 def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
@@ -83,14 +94,71 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> PreTrained
     return _wrap(train_backend(texts, config))
 
 
+def _is_bert_punctuation(char: str) -> bool:
+    """BertPreTokenizer's rule: ASCII symbols and Unicode punctuation are words of their own."""
+    cp = ord(char)
+    return 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 \
+        or unicodedata.category(char).startswith("P")
+
+
+def corpus_alphabet(texts: Iterable[str], backend: Tokenizer, limit: int) -> tuple[list[str], list[str]]:
+    """(alphabet, continuation pieces) of the normalised texts: the `limit` most frequent characters, ties broken
+    by code point, and `##c` for each of them that occurs inside a word (after a letter, not at a word start).
+
+    The trainer cuts its alphabet with an unstable sort of a hash map, so characters of equal count (rare scripts,
+    symbols) are kept or dropped differently in every process; choosing them here makes the alphabet a function
+    of the corpus alone. Word starts follow BertPreTokenizer: after whitespace or a punctuation character (each
+    punctuation character is a word of its own, and the normaliser puts spaces around CJK characters).
+    """
+    counts: Counter = Counter()
+    initial: Counter = Counter()
+    punctuation: set[str] = set()
+    checked: set[str] = set()
+
+    def add(batch: list[str]) -> None:
+        text = " " + backend.normalizer.normalize_str("\n".join(batch))
+        counts.update(text)
+        new = set(text).difference(checked)
+        checked.update(new)
+        punctuation.update(c for c in new if _is_bert_punctuation(c))
+        boundary = "\\s" + "".join(re.escape(c) for c in sorted(punctuation))
+        initial.update(re.findall(f"(?<=[{boundary}])[^{boundary}]", text))
+
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) >= 2048:
+            add(batch)
+            batch = []
+    if batch:
+        add(batch)
+    for char in [c for c in counts if c.isspace()]:
+        del counts[char]
+    alphabet = sorted(sorted(counts, key=lambda c: (-counts[c], c))[:limit])
+    continuations = [f"##{c}" for c in alphabet if c not in punctuation and counts[c] > initial[c]]
+    return alphabet, continuations
+
+
 def train_backend(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
-    """Train a BERT-style WordPiece `tokenizers.Tokenizer` on `texts`."""
+    """Train a BERT-style WordPiece `tokenizers.Tokenizer` on `texts` (an iterable read twice: pass a list or an
+    object whose `__iter__` starts over, not a generator).
+
+    The vocabulary is a pure function of the texts and the config, in any process. `tokenizers`' trainer is not:
+    it cuts the alphabet with an unstable sort of a hash map, and it numbers the `##c` continuation pieces in the
+    order it meets words in another hash map, and those numbers break ties between merges of equal count. So the
+    alphabet is chosen here (`corpus_alphabet`) and passed as the initial alphabet, and the continuation pieces of
+    that alphabet are given fixed ids up front, listed after the specials; `_canonical_vocab` then renumbers.
+    """
+    if iter(texts) is texts:
+        raise TypeError("train_backend reads the texts twice: pass a list or a re-iterable, not an iterator")
     backend = _backend(None, config.lowercase)
+    alphabet, continuations = corpus_alphabet(texts, backend, config.limit_alphabet)
     trainer = trainers.WordPieceTrainer(
         vocab_size=config.vocab_size,
         min_frequency=config.min_frequency,
         limit_alphabet=config.limit_alphabet,
-        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=alphabet,
+        special_tokens=[*SPECIAL_TOKENS, *continuations],
         continuing_subword_prefix="##",
         show_progress=False,
     )

@@ -93,6 +93,17 @@ def _write_chunk(writer, chunk: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     writer.write_batch(pa.record_batch([outer], names=["sentences"]))
 
 
+class _Sentences:
+    """Every sentence of one split of an ingest output, read again from disk at each iteration (the tokenizer
+    trainer reads its texts twice, and a corpus need not fit in memory)."""
+
+    def __init__(self, documents_dir: str | Path, split: str):
+        self.documents_dir, self.split = documents_dir, split
+
+    def __iter__(self) -> Iterator[str]:
+        return (s for batch in iter_ingested(self.documents_dir, self.split) for doc in batch for s in doc)
+
+
 def tokens_key(config: TokenizerConfig, documents_dir: str | Path) -> str:
     inputs = stage.hash_files(sorted(Path(documents_dir).glob("documents-*.parquet")))
     if config.tokenizer_path:
@@ -103,6 +114,7 @@ def tokens_key(config: TokenizerConfig, documents_dir: str | Path) -> str:
 def tokenize_corpus(config: TokenizerConfig, documents_dir: str | Path, output_dir: str | Path) -> Path:
     """Train or load the tokenizer and write the token store of every split; skip if up to date."""
     output_dir = Path(output_dir)
+    stage.remove_stale_temporaries(output_dir)  # a killed run's half-written store, whether or not this run writes
     key = tokens_key(config, documents_dir)
     if stage.completed_stage(output_dir, key):
         logger.info("tokens: %s is up to date, skipping", output_dir)
@@ -110,8 +122,7 @@ def tokenize_corpus(config: TokenizerConfig, documents_dir: str | Path, output_d
     if config.tokenizer_path:
         tokenizer = load_backend(config.tokenizer_path, lowercase=config.lowercase)
     else:
-        sentences = (s for batch in iter_ingested(documents_dir, "train") for doc in batch for s in doc)
-        tokenizer = train_backend(sentences, config)
+        tokenizer = train_backend(_Sentences(documents_dir, "train"), config)
     value_type = id_type(tokenizer.get_vocab_size())
     dtype = numpy_dtype(value_type)
     schema = pa.schema([("sentences", pa.list_(pa.list_(value_type)))])
