@@ -12,8 +12,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 
-REJECT_READ_ERROR = "read_error"
+from bert_core.config import check_choice, check_fields, check_fraction, check_non_negative, check_positive
+
 REJECT_EMPTY = "empty"
 REJECT_TOO_SHORT = "too_short"
 REJECT_TOO_LONG = "too_long"
@@ -33,6 +35,17 @@ class CleaningConfig:
     min_sentence_chars: int = 2
     strip_gutenberg: bool = True
     sentence_splitter: str = "blingfire"  # "blingfire" or "regex"
+    # Runs of word characters longer than this are removed (and counted): WordPiece would make each one [UNK]
+    # anyway (its max_input_chars_per_word is 100), and the tokenizer trainer's time grows with the square of a
+    # word's length (a 400k-character "word" costs it a minute).
+    max_word_chars: int = 100
+
+    def __post_init__(self):
+        check_fields(self)
+        check_non_negative(self, "min_chars", "min_sentences", "min_sentence_chars")
+        check_positive(self, "max_chars", "max_word_chars")
+        check_fraction(self, "min_alpha_fraction")
+        check_choice(self, "sentence_splitter", _SPLITTERS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +53,7 @@ class CleanDocument:
     id: str
     source: str
     sentences: tuple[str, ...]
+    long_words_removed: int = 0  # runs of word characters over max_word_chars taken out
 
 
 _GUTENBERG_START = re.compile(r"^\*\*\*\s*START OF (?:THE|THIS) PROJECT GUTENBERG EBOOK[^\n]*\*\*\*\s*$", re.I | re.M)
@@ -48,6 +62,11 @@ _GUTENBERG_END = re.compile(r"^\*\*\*\s*END OF (?:THE|THIS) PROJECT GUTENBERG EB
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+# Characters that mark bytes as binary rather than text: C0/C1 controls other than tab, newline, vertical tab,
+# form feed and carriage return.
+_BINARY_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+# CJK ideographs are words of one character to WordPiece (its normaliser spaces them), so runs of them are no words.
+_IDEOGRAPHS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 
 _ABBREVIATIONS = {
     "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "ft", "no", "vs", "etc", "e.g", "i.e", "cf", "al",
@@ -77,6 +96,24 @@ def normalize_text(text: str) -> str:
     text = _CONTROL.sub("", text)
     text = _SPACES.sub(" ", text)
     return "\n".join(line.strip() for line in text.split("\n")).strip()
+
+
+def looks_like_text(text: str, max_control_fraction: float = 0.01) -> bool:
+    """Whether decoded bytes are text: no NUL and at most 1% other control characters (random or binary bytes
+    decoded as Latin-1 are ~12% controls; real text in any script has next to none)."""
+    if "\x00" in text:
+        return False
+    return len(_BINARY_CONTROL.findall(text)) <= max_control_fraction * len(text)
+
+
+@lru_cache(maxsize=8)
+def _long_word(max_word_chars: int) -> re.Pattern:
+    return re.compile(f"[^\\W{_IDEOGRAPHS}]{{{max_word_chars + 1},}}")
+
+
+def remove_long_words(text: str, max_word_chars: int) -> tuple[str, int]:
+    """`text` without runs of more than `max_word_chars` word characters, and how many were removed."""
+    return _long_word(max_word_chars).subn("", text)
 
 
 def _split_regex(paragraph: str) -> list[str]:
@@ -129,7 +166,7 @@ def _alpha_fraction(text: str) -> float:
 def clean_document(doc, config: CleaningConfig) -> tuple[CleanDocument | None, str | None]:
     """(cleaned document, None) or (None, rejection reason) for one `corpus.Document`."""
     if doc.error:
-        return None, REJECT_READ_ERROR
+        return None, doc.error  # the reader's reason (corpus.UNREADABLE_FILE, BAD_JSON_RECORD, ...)
     if doc.skip:
         return None, doc.skip
     text = doc.text
@@ -138,6 +175,7 @@ def clean_document(doc, config: CleaningConfig) -> tuple[CleanDocument | None, s
     if config.strip_gutenberg:
         text = strip_gutenberg(text)
     text = normalize_text(text)
+    text, long_words = remove_long_words(text, config.max_word_chars)
     if not text:
         return None, REJECT_EMPTY
     if len(text) < config.min_chars:
@@ -147,4 +185,4 @@ def clean_document(doc, config: CleaningConfig) -> tuple[CleanDocument | None, s
     sentences = split_sentences(text, splitter=config.sentence_splitter, min_sentence_chars=config.min_sentence_chars)
     if len(sentences) < config.min_sentences:
         return None, REJECT_FEW_SENTENCES
-    return CleanDocument(id=doc.id, source=doc.source, sentences=tuple(sentences)), None
+    return CleanDocument(id=doc.id, source=doc.source, sentences=tuple(sentences), long_words_removed=long_words), None

@@ -8,26 +8,36 @@ in the local cache). File formats, by suffix, optionally compressed with gzip, b
   removed with mwparserfromhell; redirects and non-article namespaces are skipped and counted;
 - any other file: plain text, one document per file (books; Project Gutenberg headers are stripped when cleaning)
   or one per blank-line separated paragraph; WikiExtractor `<doc>` files are recognised by their content.
-Reading never raises on bad input: an unreadable file or record becomes a `Document` with an `error`, and the
-cleaning step counts it as rejected.
+Reading never raises on bad input: a bad record becomes a `Document` with an `error` reason (and a `detail` naming
+the file and line) and the file goes on; a file that cannot be read at all, or whose archive breaks off, becomes one
+such `Document` after the complete records before the problem. The cleaning step counts each under its reason.
+Bytes are decoded by one rule (`decode_text`): byte-order mark, else UTF-8 with any byte outside a UTF-8 sequence
+read as cp1252, kept when the result looks like text, else `binary_file`. A `.json` file may hold one array of records.
 """
 
 from __future__ import annotations
 
 import bz2
+import codecs
 import glob
 import gzip
+import io
+import itertools
 import json
 import logging
 import lzma
+import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from bert_core.config import check_choice, check_fields
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +47,75 @@ SAMPLE_SOURCES = (str(SAMPLE_DIR / "corpus" / "wikipedia"), str(SAMPLE_DIR / "co
 SKIP_REDIRECT = "wiki_redirect"
 SKIP_NAMESPACE = "wiki_non_article"
 
+# Why a read produced no document; `cleaning.clean_document` counts each under its reason, so read == kept + rejected
+# holds over records. A file-level reason counts one record for the file (and the complete records before the
+# problem, if any, are kept).
+UNREADABLE_FILE = "unreadable_file"  # cannot be opened, decompressed or parsed at all
+TRUNCATED_ARCHIVE = "truncated_archive"  # the compressed stream ends early: the record it cut is this one
+BINARY_FILE = "binary_file"  # the bytes decode to no plausible text under the decoding rule (`decode_text`)
+BAD_JSON_RECORD = "bad_json_record"  # a line or array element that is not a JSON object (or nests too deep)
+MISSING_TEXT_FIELD = "missing_text_field"
+TEXT_NOT_A_STRING = "text_not_a_string"
+WIKITEXT_ERROR = "wikitext_parse_error"
+MALFORMED_XML = "malformed_xml"  # the XML dump breaks off: pages before the break are kept
+# Repairs that keep the document but are listed among the problem files:
+UNCLOSED_DOC = "unclosed_doc"  # a WikiExtractor <doc> without </doc>: its text runs to the next <doc> or the end
+SURROGATES_REPLACED = "surrogates_replaced"  # lone UTF-16 surrogates (JSON "\\ud800") replaced by U+FFFD
 
-def _open_zstd(path, mode, **kwargs):
-    import zstandard
 
-    return zstandard.open(path, mode, **kwargs)
+class _ZstdReader(io.RawIOBase):
+    """A zstd file of one or more frames, read as a stream, that raises `EOFError` when the last frame is cut.
+
+    `zstandard.open` returns no bytes at all for a truncated file and says nothing: a broken file would look empty.
+    """
+
+    def __init__(self, path, mode="rb"):
+        import zstandard
+
+        self._file = open(path, "rb")
+        self._context = zstandard.ZstdDecompressor()
+        self._object = self._context.decompressobj()
+        self._in_frame = False
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        while not self._buffer:
+            chunk = self._file.read(1 << 20)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("zstd: the file ends inside a frame (truncated)")
+                return 0
+            while chunk:
+                self._in_frame = True
+                self._buffer += self._object.decompress(chunk)
+                chunk = b""
+                if self._object.eof:  # the frame is complete; the rest of the chunk starts the next one
+                    chunk, self._in_frame = self._object.unused_data, False
+                    self._object = self._context.decompressobj()
+        n = min(len(target), len(self._buffer))
+        target[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _open_zstd(path, mode="rb"):
+    return io.BufferedReader(_ZstdReader(path), buffer_size=1 << 20)
 
 
 _COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".zst": _open_zstd, ".zstd": _open_zstd}
 _WIKI_DOC_OPEN = re.compile(r'<doc id="(?P<id>[^"]*)"[^>]*?title="(?P<title>[^"]*)"[^>]*>')
 _WIKI_DROP_LINKS = re.compile(r"^\s*:?\s*(file|image|category|media):", re.I)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# UTF-32 before UTF-16: the UTF-32 LE mark starts with the UTF-16 LE one.
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,8 +123,11 @@ class Document:
     id: str
     source: str
     text: str = ""
-    error: str | None = None  # the file or record could not be read
+    error: str | None = None  # the file or record could not be read: one of the reasons above
     skip: str | None = None  # deliberately not a document (a redirect, a talk page): counted under this reason
+    detail: str | None = None  # for an error or a note: what went wrong, where (file and line or record)
+    note: str | None = None  # a repair that kept the document (UNCLOSED_DOC, SURROGATES_REPLACED)
+    encoding: str | None = None  # how the bytes were decoded ("utf-8", "cp1252", ...)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +135,15 @@ class ReadConfig:
     text_column: str = "text"
     id_column: str | None = None
     text_document_boundary: str = "file"  # "file": one document per text file; "blank_line": per paragraph
+
+    def __post_init__(self):
+        check_fields(self)
+        check_choice(self, "text_document_boundary", ("file", "blank_line"))
+
+
+def display_path(path: str | Path) -> str:
+    """A path as text that any UTF-8 writer accepts: the bytes of a name that is not UTF-8 shown as \\xNN."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
 def _base_suffix(path: Path) -> tuple[str, str]:
@@ -78,18 +159,64 @@ def _open_binary(path: Path):
     return _COMPRESSED[compression](path, "rb") if compression else open(path, "rb")
 
 
-def _open_text(path: Path):
-    _, compression = _base_suffix(path)
-    opener = _COMPRESSED.get(compression, open)
-    # utf-8-sig drops a leading BOM (common in Gutenberg files); invalid bytes raise and are counted upstream.
-    return opener(path, "rt", encoding="utf-8-sig", errors="strict")
+def _cp1252_bytes(error: UnicodeDecodeError) -> tuple[str, int]:
+    """Codec error handler: bytes that are not UTF-8 are read as cp1252 (Latin-1 for the five it leaves undefined)."""
+    chunk = error.object[error.start:error.end]
+    try:
+        return chunk.decode("cp1252"), error.end
+    except UnicodeDecodeError:
+        return chunk.decode("latin-1"), error.end
+
+
+codecs.register_error("bertflow.cp1252", _cp1252_bytes)
+_UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+
+
+def decode_text(data: bytes) -> tuple[str, str] | None:
+    """(text, encoding) of a file's or a record's bytes, or None when they are not text.
+
+    The rule: a byte-order mark decides (UTF-8, UTF-16 or UTF-32); else UTF-8, where each byte that is not part of
+    a UTF-8 sequence is read as cp1252 (Latin-1 for the five bytes cp1252 leaves undefined). So one Latin-1 byte in
+    a UTF-8 text costs nothing and leaves the text around it intact, and a Latin-1 or Windows-1252 book reads whole.
+    The encoding is "utf-8", "cp1252" (no UTF-8 sequence at all) or "utf-8+cp1252". The decoded text must then
+    look like text (`cleaning.looks_like_text`: no NUL, few control characters); otherwise it is binary.
+    """
+    from bert_core.cleaning import looks_like_text
+
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            try:
+                text = data.decode(codec)
+            except UnicodeDecodeError:
+                return None
+            return (text, codec.removesuffix("-sig")) if looks_like_text(text) else None
+    try:
+        text, encoding = data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="bertflow.cp1252")
+        encoding = "utf-8+cp1252" if _UTF8_MULTIBYTE.search(data) else "cp1252"
+    return (text, encoding) if looks_like_text(text) else None
+
+
+def _scrub(text: str) -> tuple[str, bool]:
+    """Lone surrogates (a JSON "\\ud800") replaced by U+FFFD: no UTF-8 writer accepts them."""
+    if _SURROGATE.search(text) is None:
+        return text, False
+    return _SURROGATE.sub("\ufffd", text), True
 
 
 def expand_source(source: str) -> list[Path]:
-    """Files named by a path, a directory (recursively) or a glob, sorted for determinism."""
+    """Files named by a path, a directory (recursively) or a glob, sorted for determinism.
+
+    Hidden files and directories (a name starting with ".") below the given source are left out; the source's own
+    path may pass through hidden or relative parts (`../corpus`, `/data/.cache/corpus`).
+    """
+    if not isinstance(source, str):
+        raise TypeError(f"a corpus source is a path, glob or hf: name given as a string, not {source!r}")
     path = Path(source)
     if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts)]
+        files = [p for p in path.rglob("*")
+                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)]
     elif any(ch in source for ch in "*?["):
         files = [Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file()]
     elif path.is_file():
@@ -128,107 +255,198 @@ def _remove(code, node) -> None:
 
 
 def _read_wiki_xml(path: Path, source: str) -> Iterator[Document]:
+    name = display_path(path.name)
     with _open_binary(path) as handle:
         page: dict[str, str | bool] = {}
-        for event, elem in ET.iterparse(handle, events=("end",)):
-            tag = elem.tag.rsplit("}", 1)[-1]
-            if tag in {"title", "ns", "id"} and tag not in page:
-                page[tag] = elem.text or ""
-            elif tag == "redirect":
-                page["redirect"] = True
-            elif tag == "text":
-                page["text"] = elem.text or ""
-            elif tag == "page":
-                doc_id = f"wiki:{page.get('id', '')}"
-                if page.get("ns", "0") != "0":
-                    yield Document(id=doc_id, source=source, skip=SKIP_NAMESPACE)
-                elif page.get("redirect") or str(page.get("text", "")).lstrip().lower().startswith("#redirect"):
-                    yield Document(id=doc_id, source=source, skip=SKIP_REDIRECT)
-                else:
-                    try:
-                        yield Document(id=doc_id, source=source, text=wikitext_to_text(str(page.get("text", ""))))
-                    except Exception as err:  # noqa: BLE001 - a page the parser chokes on is one rejected page
-                        yield Document(id=doc_id, source=source, error=f"wikitext: {type(err).__name__}: {err}")
-                page = {}
-                elem.clear()
-            if tag == "revision":
-                elem.clear()
+        try:
+            for event, elem in ET.iterparse(handle, events=("end",)):
+                tag = elem.tag.rsplit("}", 1)[-1]
+                if tag in {"title", "ns", "id"} and tag not in page:
+                    page[tag] = elem.text or ""
+                elif tag == "redirect":
+                    page["redirect"] = True
+                elif tag == "text":
+                    page["text"] = elem.text or ""
+                elif tag == "page":
+                    doc_id = f"wiki:{page.get('id', '')}"
+                    if page.get("ns", "0") != "0":
+                        yield Document(id=doc_id, source=source, skip=SKIP_NAMESPACE)
+                    elif page.get("redirect") or str(page.get("text", "")).lstrip().lower().startswith("#redirect"):
+                        yield Document(id=doc_id, source=source, skip=SKIP_REDIRECT)
+                    else:
+                        try:
+                            text = wikitext_to_text(str(page.get("text", "")))
+                        except Exception as err:  # noqa: BLE001 - a page the parser chokes on is one rejected page
+                            yield Document(id=doc_id, source=source, error=WIKITEXT_ERROR,
+                                           detail=f"{source}: page {page.get('title', '')!r}: {type(err).__name__}: {err}")
+                        else:
+                            yield Document(id=doc_id, source=source, text=text, encoding="xml")
+                    page = {}
+                    elem.clear()
+                if tag == "revision":
+                    elem.clear()
+        except ET.ParseError as err:
+            yield Document(id=f"{name}:xml", source=source, error=MALFORMED_XML, detail=f"{source}: {err}")
 
 
-def _read_wikiextractor(lines, source: str) -> Iterator[Document]:
-    current_id, title, body = None, None, []
-    for line in lines:
+def _read_wikiextractor(lines: list[str], source: str, encoding: str) -> Iterator[Document]:
+    current_id, title, body, opened_at = None, None, [], 0
+
+    def finish(closed: bool) -> Document:
+        paragraphs = [ln.strip() for ln in body]
+        if paragraphs and paragraphs[0] == title:
+            paragraphs = paragraphs[1:]  # WikiExtractor repeats the title as the first line
+        note = None if closed else UNCLOSED_DOC
+        detail = None if closed else f"{source}:{opened_at}: <doc id={current_id!r}> has no </doc>"
+        return Document(id=f"wiki:{current_id}", source=source, text="\n\n".join(p for p in paragraphs if p),
+                        encoding=encoding, note=note, detail=detail)
+
+    for number, line in enumerate(lines, 1):
         match = _WIKI_DOC_OPEN.match(line)
         if match:
-            current_id, title, body = match["id"], match["title"], []
+            if current_id is not None:
+                yield finish(closed=False)
+            current_id, title, body, opened_at = match["id"], match["title"], [], number
             continue
         if line.startswith("</doc>") and current_id is not None:
-            paragraphs = [ln.strip() for ln in body]
-            if paragraphs and paragraphs[0] == title:
-                paragraphs = paragraphs[1:]  # WikiExtractor repeats the title as the first line
-            yield Document(id=f"wiki:{current_id}", source=source, text="\n\n".join(p for p in paragraphs if p))
+            yield finish(closed=True)
             current_id = None
             continue
         if current_id is not None:
             body.append(line)
+    if current_id is not None:
+        yield finish(closed=False)
 
 
-def _read_rows(path: Path, config: ReadConfig) -> Iterator[Document]:
-    fmt, _ = _base_suffix(path)
-    source = str(path)
-    if fmt == ".parquet":
-        parquet = pq.ParquetFile(path)
-        if config.text_column not in parquet.schema_arrow.names:
-            raise ValueError(f"{path}: no column {config.text_column!r} (columns: {parquet.schema_arrow.names})")
-        row = 0
-        columns = [config.text_column] + ([config.id_column] if config.id_column else [])
-        for batch in parquet.iter_batches(batch_size=1024, columns=columns):
-            ids = batch.column(config.id_column).to_pylist() if config.id_column else None
-            for i, text in enumerate(batch.column(config.text_column).to_pylist()):
-                doc_id = f"{path.name}:{ids[i] if ids else row}"
-                row += 1
-                if isinstance(text, str):
-                    yield Document(id=doc_id, source=source, text=text)
-                else:
-                    yield Document(id=doc_id, source=source, error="text_not_a_string")
-        return
-    with _open_text(path) as handle:
-        for row, line in enumerate(handle):
-            if not line.strip():
-                continue
-            doc_id = f"{path.name}:{row}"
-            try:
-                record = json.loads(line)
-                text = record[config.text_column]
-                if config.id_column:
-                    doc_id = f"{path.name}:{record[config.id_column]}"
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                yield Document(id=doc_id, source=source, error=f"bad_json_line: {err}")
-                continue
+def _json_record(value: Any, where: str, doc_id: str, source: str, config: ReadConfig, encoding: str) -> Document:
+    """The document of one JSON record (a parsed line or array element)."""
+    if not isinstance(value, dict):
+        return Document(id=doc_id, source=source, error=BAD_JSON_RECORD,
+                        detail=f"{where}: a {type(value).__name__}, not a JSON object")
+    if config.text_column not in value:
+        return Document(id=doc_id, source=source, error=MISSING_TEXT_FIELD,
+                        detail=f"{where}: no field {config.text_column!r} (fields: {sorted(value)[:10]})")
+    text = value[config.text_column]
+    if config.id_column and config.id_column in value:
+        doc_id = f"{doc_id.rsplit(':', 1)[0]}:{_scrub(str(value[config.id_column]))[0]}"
+    if not isinstance(text, str):
+        return Document(id=doc_id, source=source, error=TEXT_NOT_A_STRING,
+                        detail=f"{where}: field {config.text_column!r} is a {type(text).__name__}, not a string")
+    text, scrubbed = _scrub(text)
+    return Document(id=doc_id, source=source, text=text, encoding=encoding,
+                    note=SURROGATES_REPLACED if scrubbed else None,
+                    detail=f"{where}: lone surrogates replaced by U+FFFD" if scrubbed else None)
+
+
+def _parse_json(text: str) -> Any:
+    """json.loads that reports a nesting too deep for the parser as a ValueError (it raises RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
+
+
+def _read_json_lines(handle, path: Path, source: str, config: ReadConfig, first: bytes = b"") -> Iterator[Document]:
+    name = display_path(path.name)
+    lines = itertools.chain([first], handle) if first else handle
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        doc_id, where = f"{name}:{number - 1}", f"{source}:{number}"
+        decoded = decode_text(raw)
+        if decoded is None:
+            yield Document(id=doc_id, source=source, error=BINARY_FILE, detail=f"{where}: the line is not text")
+            continue
+        line, encoding = decoded
+        try:
+            value = _parse_json(line)
+        except ValueError as err:
+            yield Document(id=doc_id, source=source, error=BAD_JSON_RECORD, detail=f"{where}: {err}")
+            continue
+        yield _json_record(value, where, doc_id, source, config, encoding)
+
+
+def _read_json(path: Path, source: str, config: ReadConfig) -> Iterator[Document]:
+    """A `.json` file: one JSON array of records, one JSON object, or (what many `.json` files are) JSON lines."""
+    with _open_binary(path) as handle:
+        data = handle.read()
+    decoded = decode_text(data)
+    stripped = data.lstrip()
+    if decoded is not None and stripped[:1] in (b"[", b"{"):
+        try:
+            value = _parse_json(decoded[0])
+        except ValueError:
+            value = None  # not one JSON value: JSON lines (or broken), read line by line below
+        if isinstance(value, list):
+            name = display_path(path.name)
+            for i, element in enumerate(value):
+                yield _json_record(element, f"{source}: element {i}", f"{name}:{i}", source, config, decoded[1])
+            return
+        if isinstance(value, dict):
+            yield _json_record(value, source, f"{display_path(path.name)}:0", source, config, decoded[1])
+            return
+    yield from _read_json_lines(io.BytesIO(data), path, source, config)
+
+
+def _read_parquet(path: Path, source: str, config: ReadConfig) -> Iterator[Document]:
+    parquet = pq.ParquetFile(path)
+    if config.text_column not in parquet.schema_arrow.names:
+        raise _FileProblem(MISSING_TEXT_FIELD, f"no column {config.text_column!r} (columns: {parquet.schema_arrow.names})")
+    row = 0
+    name = display_path(path.name)
+    columns = [config.text_column] + ([config.id_column] if config.id_column else [])
+    for batch in parquet.iter_batches(batch_size=1024, columns=columns):
+        ids = batch.column(config.id_column).to_pylist() if config.id_column else None
+        for i, text in enumerate(batch.column(config.text_column).to_pylist()):
+            doc_id = f"{name}:{ids[i] if ids else row}"
+            row += 1
             if isinstance(text, str):
-                yield Document(id=doc_id, source=source, text=text)
+                yield Document(id=doc_id, source=source, text=text, encoding="utf-8")
             else:
-                yield Document(id=doc_id, source=source, error="text_not_a_string")
+                yield Document(id=doc_id, source=source, error=TEXT_NOT_A_STRING,
+                               detail=f"{source}: row {row - 1}: {config.text_column!r} is {text!r}, not a string")
+
+
+def _read_text(path: Path, source: str, config: ReadConfig) -> Iterator[Document]:
+    name = display_path(path.name)
+    with _open_binary(path) as handle:
+        data = handle.read()  # a truncated archive raises here: one record, reported by read_unit
+    decoded = decode_text(data)
+    if decoded is None:
+        raise _FileProblem(BINARY_FILE, "its bytes are not text in UTF-8/16/32, cp1252 or Latin-1")
+    text, encoding = decoded
+    if text.lstrip().startswith("<doc "):
+        yield from _read_wikiextractor(text.splitlines(keepends=True), source, encoding)
+    elif config.text_document_boundary == "blank_line":
+        for row, paragraph in enumerate(re.split(r"\n\s*\n", text)):
+            if paragraph.strip():
+                yield Document(id=f"{name}:{row}", source=source, text=paragraph, encoding=encoding)
+    else:
+        yield Document(id=name, source=source, text=text, encoding=encoding)
+
+
+class _FileProblem(Exception):
+    """A whole file that cannot be read: counted as one record under `reason`."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
 
 
 def _read_file(path: Path, config: ReadConfig) -> Iterator[Document]:
     fmt, _ = _base_suffix(path)
-    if fmt in {".parquet", ".jsonl", ".json", ".ndjson"}:
-        yield from _read_rows(path, config)
-        return
-    if fmt == ".xml":
-        yield from _read_wiki_xml(path, str(path))
-        return
-    with _open_text(path) as handle:
-        text = handle.read()
-    if text.lstrip().startswith("<doc "):
-        yield from _read_wikiextractor(iter(text.splitlines(keepends=True)), str(path))
-    elif config.text_document_boundary == "blank_line":
-        for row, paragraph in enumerate(re.split(r"\n\s*\n", text)):
-            if paragraph.strip():
-                yield Document(id=f"{path.name}:{row}", source=str(path), text=paragraph)
+    source = display_path(path)
+    if fmt == ".parquet":
+        yield from _read_parquet(path, source, config)
+    elif fmt in {".jsonl", ".ndjson"}:
+        with _open_binary(path) as handle:
+            yield from _read_json_lines(handle, path, source, config)
+    elif fmt == ".json":
+        yield from _read_json(path, source, config)
+    elif fmt == ".xml":
+        yield from _read_wiki_xml(path, source)
     else:
-        yield Document(id=path.name, source=str(path), text=text)
+        yield from _read_text(path, source, config)
 
 
 def _read_hf(source: str, config: ReadConfig) -> Iterator[Document]:
@@ -241,11 +459,16 @@ def _read_hf(source: str, config: ReadConfig) -> Iterator[Document]:
     dataset = datasets.load_dataset(name, ds_config, split=split, streaming=True)
     for row, record in enumerate(dataset):
         doc_id = f"{Path(name).name}:{record[config.id_column] if config.id_column else row}"
-        text = record.get(config.text_column)
+        if config.text_column not in record:
+            yield Document(id=doc_id, source=source, error=MISSING_TEXT_FIELD,
+                           detail=f"{source}: row {row}: no field {config.text_column!r} (fields: {sorted(record)[:10]})")
+            continue
+        text = record[config.text_column]
         if isinstance(text, str):
-            yield Document(id=doc_id, source=source, text=text)
+            yield Document(id=doc_id, source=source, text=text, encoding="utf-8")
         else:
-            yield Document(id=doc_id, source=source, error="text_not_a_string")
+            yield Document(id=doc_id, source=source, error=TEXT_NOT_A_STRING,
+                           detail=f"{source}: row {row}: {config.text_column!r} is a {type(text).__name__}")
 
 
 def read_table_file(path: str | Path, *, string_columns: tuple[str, ...] = ()) -> pa.Table:
@@ -286,19 +509,26 @@ def input_units(sources: tuple[str, ...] | list[str]) -> list[str]:
 
 
 def read_unit(unit: str, config: ReadConfig) -> Iterator[Document]:
-    """Documents of one input unit (a file or an `hf:` dataset); unreadable input becomes error documents."""
-    if unit.startswith("hf:"):
-        yield from _read_hf(unit, config)
-        return
-    path = Path(unit)
+    """Documents of one input unit (a file or an `hf:` dataset). Never raises on bad input: a bad record is a
+    document with an `error` reason and the file goes on; a file (or dataset) that cannot be read, or that breaks
+    off, ends with one such document, after the complete records read before the problem."""
     count = 0
+    source = unit if unit.startswith("hf:") else display_path(unit)
     try:
-        for doc in _read_file(path, config):
+        for doc in _read_hf(unit, config) if unit.startswith("hf:") else _read_file(Path(unit), config):
             count += 1
             yield doc
-    except (UnicodeDecodeError, OSError, EOFError, lzma.LZMAError, ET.ParseError, pa.ArrowException, ValueError) as err:
-        logger.warning("cannot read %s: %s", path, err)
-        yield Document(id=f"{path.name}:{count}", source=unit, error=f"{type(err).__name__}: {err}")
+    except _FileProblem as problem:
+        reason, detail = problem.reason, str(problem)
+    except Exception as err:  # noqa: BLE001 - one bad file never stops the stage; it is counted and listed
+        # A compressed stream that ends before its end marker raises EOFError (gzip, bz2, xz; zstd through
+        # _ZstdReader); anything else (not an archive, a bad header, a parser error) makes the file unreadable.
+        truncated = isinstance(err, EOFError) and bool(_base_suffix(Path(unit))[1])
+        reason, detail = (TRUNCATED_ARCHIVE if truncated else UNREADABLE_FILE), f"{type(err).__name__}: {err}"
+    else:
+        return
+    name = unit if unit.startswith("hf:") else display_path(Path(unit).name)
+    yield Document(id=f"{name}:{count}", source=source, error=reason, detail=f"{source}: {detail}")
 
 
 def read_documents(source: str, config: ReadConfig | None = None) -> Iterator[Document]:

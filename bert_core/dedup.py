@@ -1,7 +1,10 @@
 """Corpus-wide deduplication and evaluation-set decontamination.
 
 Documents are compared as sequences of normalised words (lower-cased, apostrophes and PTB contraction splits
-undone, punctuation dropped), each word hashed to a stable 64-bit value:
+undone, punctuation dropped), each word hashed to a stable 64-bit value. Words are runs of Unicode letters and
+digits with their combining marks (so Cyrillic, Greek, Arabic, Hebrew or Devanagari text has words, not an empty
+sequence that would make every such document a duplicate of the first), and each CJK ideograph or kana is a word
+of its own, since Chinese and Japanese text has no spaces:
 - exact duplicates: the same normalised word sequence (sha1 of it);
 - near duplicates: MinHash over word 5-gram shingles with LSH banding (datasketch), a candidate confirmed when its
   estimated Jaccard similarity reaches `near_dedup_threshold`; the first document in corpus order is kept;
@@ -20,7 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_WORD = re.compile(r"[a-z0-9]+")
+from bert_core.config import check_fields, check_positive, check_range
+
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# Combining marks of scripts whose vowel signs and diacritics are not word characters to `re` (Mn/Mc categories).
+_MARKS = ("\u0300-\u036f\u0483-\u0489\u0591-\u05c7\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed"
+          "\u0900-\u0dff\u0e00-\u0eff\u1000-\u109f")
+_WORD = re.compile(f"[{_CJK}]|(?:[^\\W_{_CJK}]|[{_MARKS}])+")
 _PTB_CONTRACTION = re.compile(r" (n't|'s|'re|'ve|'ll|'d|'m)\b")
 _GRAM_BASE = np.uint64(0x100000001B3)  # FNV prime: mixes word hashes into n-gram hashes
 
@@ -35,6 +44,12 @@ class DedupConfig:
     seed: int = 1
     decontamination_ngram: int = 13
     min_eval_words: int = 8
+
+    def __post_init__(self):
+        check_fields(self)
+        check_range(self, "near_dedup_threshold", low=0, high=1, low_open=True)
+        check_positive(self, "num_perm", "shingle_size", "decontamination_ngram", "min_eval_words")
+
 
 
 _word_cache: dict[str, int] = {}

@@ -29,6 +29,10 @@ def merge_parts(records: list[dict], config: dict, parts_dir: str, output_dir: s
     return str(path)
 
 
+def _cell(text: str | None) -> str:
+    return (text or "").replace("|", "\\|").replace("\n", " ")
+
+
 def report_ingest(output_dir: str | Path) -> None:
     """Table and markdown artifacts of an ingest output: counts, rejection reasons, document-length histogram."""
     manifest = stage.read_json(Path(output_dir) / "manifest.json")
@@ -45,11 +49,19 @@ def report_ingest(output_dir: str | Path) -> None:
                       + ", ".join(f"{k.removeprefix('rejected_')} {v}" for k, v in sorted(c.items())
                                   if k.startswith("rejected_")) + " |\n"
                       for s, c in manifest["per_source"].items())
+    problems = manifest.get("problem_files", [])
+    problem_rows = "".join(f"| `{p['path']}` | {p['problem']} | {p['count']} | {_cell(p['example'])} |\n"
+                           for p in problems[:50])
+    problem_table = (f"\n### Problem files ({len(problems)})\n\n| file | problem | records | example |\n"
+                     f"|---|---|---:|---|\n{problem_rows}" + ("| ... | | | |\n" if len(problems) > 50 else "")
+                     if problems else "")
+    encodings = ", ".join(f"{k} {v:,}" for k, v in manifest.get("documents_per_encoding", {}).items())
     create_markdown_artifact(
         key="ingest-report",
         markdown=(f"## Ingest\n\n{manifest['documents_read']:,} documents read, {manifest['documents_kept']:,} kept, "
-                  f"{manifest['sentences']:,} sentences, {manifest['characters']:,} characters.\n\n"
-                  "| source | read | kept | rejected |\n|---|---:|---:|---|\n" + sources
+                  f"{manifest['sentences']:,} sentences, {manifest['characters']:,} characters; decoded as "
+                  f"{encodings or '-'}; {manifest.get('long_words_removed', 0):,} over-long words removed.\n\n"
+                  "| source | read | kept | rejected |\n|---|---:|---:|---|\n" + sources + problem_table
                   + "\n### Document length (characters)\n\n| bucket | documents | |\n|---|---:|---|\n"
                   + "".join(f"| {b} | {c} | {'█' * round(30 * c / peak)} |\n" for b, c in histogram)),
         description="Ingest report",

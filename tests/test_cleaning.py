@@ -40,9 +40,10 @@ def test_unknown_splitter_is_a_clear_error():
 @pytest.mark.parametrize("doc,reason", [
     (Document(id="c", source="s", text="too short."), "too_short"),
     (Document(id="d", source="s", text="1234567890 " * 50), "mostly_non_text"),
-    (Document(id="e", source="s", error="UnicodeDecodeError"), "read_error"),
+    (Document(id="e", source="s", error="binary_file"), "binary_file"),  # the reader's reason is the rejection
     (Document(id="f", source="s", text="   \n\n  "), "empty"),
-    (Document(id="g", source="s", text="x" * 300), "too_few_sentences"),
+    (Document(id="g", source="s", text="word " * 60), "too_few_sentences"),
+    (Document(id="j", source="s", text="x" * 300), "empty"),  # one 300-character "word": removed, nothing left
     (Document(id="h", source="s", text="Long text. " * 30), "too_long"),
     (Document(id="i", source="s", skip="wiki_redirect"), "wiki_redirect"),
 ])
@@ -55,3 +56,18 @@ def test_clean_document_keeps_good_text():
     clean, why = clean_document(Document(id="a", source="s", text="This is a perfectly fine sentence about cats. " * 10),
                                 CleaningConfig())
     assert why is None and len(clean.sentences) == 10
+
+
+def test_words_longer_than_wordpiece_takes_are_removed_and_counted():
+    """A 400k-character "word" (a base64 blob, a run of letters) costs the tokenizer trainer a minute and would be one
+    [UNK]; cleaning removes runs of word characters over max_word_chars and counts them. CJK text, which has no
+    spaces, is not a long word (WordPiece sees each ideograph as a word)."""
+    body = "This is a perfectly fine sentence about cats. " * 10
+    doc = Document(id="a", source="s", text=body + "Then " + "q" * 400_000 + " ends. And a" + "b" * 99 + " stays.")
+    clean, why = clean_document(doc, CleaningConfig())
+    assert why is None and clean.long_words_removed == 1
+    assert max(len(w) for s in clean.sentences for w in s.split()) == 100  # "a" + 99 b's: at the cap, kept
+    chinese = "人人生而自由，在尊严和权利上一律平等。" * 20
+    clean, why = clean_document(Document(id="z", source="s", text=chinese), CleaningConfig(min_sentences=1))
+    assert why is None and clean.long_words_removed == 0 and "".join(clean.sentences) == chinese
+    assert clean_document(doc, CleaningConfig(max_word_chars=500_000))[0].long_words_removed == 0

@@ -27,7 +27,7 @@ def write_corpus(root):
         f.write("Snow fell on the quiet village. Nobody went outside that night. " * 4)
     with zstandard.open(root / "f.jsonl.zst", "wt") as f:
         f.write(json.dumps({"text": "Rain came late in the season. The wells were dry by then. " * 4}) + "\n")
-    (root / "bad.txt").write_bytes(b"\xff\xfe\xfa not utf-8 \xff" * 20)
+    (root / "bad.txt").write_bytes(bytes(range(256)) * 4)  # binary: control bytes, not text in any encoding
     (root / "empty.txt").write_text("")
     (root / "wiki.txt").write_text(
         '<doc id="7" url="u" title="Title">\nTitle\n\n' + PARAGRAPH * 3 + "\n</doc>\n"
@@ -42,14 +42,15 @@ def test_read_documents_handles_every_format(tmp_path):
     by_id = {d.id: d for d in docs}
     assert len(docs) == 13
     assert by_id["a.jsonl:0"].text.startswith("The river")
-    assert by_id["a.jsonl:1"].error.startswith("bad_json_line")
-    assert by_id["a.jsonl:2"].error.startswith("bad_json_line")
+    assert by_id["a.jsonl:1"].error == "bad_json_record" and by_id["a.jsonl:1"].detail.endswith(
+        "a.jsonl:2: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)")  # file and line
+    assert by_id["a.jsonl:2"].error == "missing_text_field" and "a.jsonl:3: no field 'text'" in by_id["a.jsonl:2"].detail
     assert by_id["b.parquet:1"].error == "text_not_a_string"
     assert by_id["c.txt.gz"].text.startswith("The river")
     assert by_id["d.txt.bz2"].text.startswith("Kites")
     assert by_id["e.txt.xz"].text.startswith("Snow")
     assert by_id["f.jsonl.zst:0"].text.startswith("Rain")
-    assert "UnicodeDecodeError" in by_id["bad.txt:0"].error
+    assert by_id["bad.txt:0"].error == "binary_file"
     assert by_id["empty.txt"].text == ""
     assert by_id["wiki:7"].text.startswith("The river")  # title line dropped
     assert by_id["wiki:8"].text == "Tiny."
@@ -134,6 +135,8 @@ def test_wikipedia_xml_dump(tmp_path):
 
 
 def test_truncated_dump_is_an_error_document_not_a_crash(tmp_path):
-    (tmp_path / "broken.xml").write_text(_dump([("A", 0, False, "Some text here.")])[:-40])
+    (tmp_path / "broken.xml").write_text(_dump([("A", 0, False, "Some text here."),
+                                                ("B", 0, False, "More text there.")])[:-40])
     docs = list(read_documents(str(tmp_path / "broken.xml")))
-    assert docs[-1].error and "ParseError" in docs[-1].error
+    assert docs[0].text == "Some text here."  # the complete page before the break is kept
+    assert docs[-1].error == "malformed_xml" and "broken.xml" in docs[-1].detail

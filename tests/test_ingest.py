@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -19,8 +20,13 @@ def test_ingest_accounts_for_every_document_and_is_idempotent(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["documents_read"] == 13
     assert manifest["documents_read"] == manifest["documents_kept"] + sum(manifest["documents_rejected"].values())
-    assert manifest["documents_rejected"] == {"read_error": 4, "exact_duplicate": 1, "empty": 1, "too_short": 1,
+    assert manifest["documents_rejected"] == {"bad_json_record": 1, "missing_text_field": 1, "text_not_a_string": 1,
+                                              "binary_file": 1, "exact_duplicate": 1, "empty": 1, "too_short": 1,
                                               "near_duplicate": 2}
+    problems = {(Path(p["path"]).name, p["problem"]): p["count"] for p in manifest["problem_files"]}
+    assert problems == {("a.jsonl", "bad_json_record"): 1, ("a.jsonl", "missing_text_field"): 1,
+                        ("b.parquet", "text_not_a_string"): 1, ("bad.txt", "binary_file"): 1}
+    assert manifest["documents_per_encoding"] == {"utf-8": 9}  # every record that had text to decode
     # b.parquet (4x) and c.txt.gz (5x) repeat a.jsonl's paragraph (3x): near duplicates; wiki:7 is an exact copy.
     train, validation = read_ingested(out, "train"), read_ingested(out, "validation")
     assert len(train) + len(validation) == manifest["documents_kept"] == 4
@@ -94,7 +100,8 @@ def test_bad_inputs_never_crash_the_stage(tmp_path):
     (root / "huge.txt").write_text("word " * 10_000_000)  # a 50 MB single-line document
     (root / "bad.jsonl").write_text('{"text": 1}\n{broken\n')
     manifest = json.loads((ingest_corpus(_config(root), tmp_path / "out") / "manifest.json").read_text())
-    assert manifest["documents_rejected"] == {"read_error": 3, "too_long": 1}
+    assert manifest["documents_rejected"] == {"binary_file": 1, "text_not_a_string": 1, "bad_json_record": 1,
+                                              "too_long": 1}
     assert manifest["documents_kept"] == 2
 
 
