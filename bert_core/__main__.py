@@ -126,7 +126,7 @@ def _inspect(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bert_core", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG also prints the traceback of an error")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
     p = sub.add_parser("ingest", help="read, clean, deduplicate and sentence-split a corpus into Parquet")
@@ -203,10 +203,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user can fix: a config value, a path, an input that gives nothing to work with. The CLI prints these in one
+# line and exits 2; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = args.run(args)
+    level = args.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = args.run(args)
+    except USER_ERRORS as err:
+        if level == "DEBUG":
+            logging.getLogger("bert_core").exception("%s failed", args.stage)
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"error: {message}  (--log-level DEBUG shows the traceback)", file=sys.stderr)
+        return 2
     if result is not None:
         json.dump(stage.to_jsonable(result), sys.stdout, indent=2)
         sys.stdout.write("\n")

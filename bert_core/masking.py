@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bert_core.config import ConfigError, check_fields, check_fraction, check_positive, check_range
+
 
 @dataclass(frozen=True, kw_only=True)
 class MaskingConfig:
@@ -21,6 +23,16 @@ class MaskingConfig:
     whole_word_mask: bool = False
     mask_replace_prob: float = 0.8
     random_replace_prob: float = 0.1
+
+    def __post_init__(self):
+        check_fields(self)
+        check_fraction(self, "mlm_probability", "mask_replace_prob", "random_replace_prob")
+        check_range(self, "mlm_probability", low=0, high=1, low_open=True)
+        check_positive(self, "max_predictions_per_seq")
+        if self.mask_replace_prob + self.random_replace_prob > 1:
+            raise ConfigError(f"MaskingConfig: mask_replace_prob + random_replace_prob is "
+                              f"{self.mask_replace_prob + self.random_replace_prob}; expected at most 1")
+
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from transformers import BertForPreTraining, get_scheduler
 
 from bert_core import stage
+from bert_core.config import check_choice, check_fields, check_non_negative, check_positive, check_range
 from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.data import PretrainingCollator, ShardDataset, epoch_batches
 from bert_core.evaluate import evaluate_objective
@@ -85,6 +86,20 @@ class PretrainConfig:
     machine_rank: int | None = None
     mlflow_run_id: str | None = None  # log metrics to this MLflow run while training (MLFLOW_TRACKING_URI)
     mlm: MaskingConfig = field(default_factory=MaskingConfig)  # used when the shards were written unmasked
+
+    def __post_init__(self):
+        check_fields(self)
+        check_range(self, "max_seq_length", low=8)
+        check_positive(self, "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                       "max_train_steps", "logging_steps", "eval_steps", "checkpointing_steps",
+                       "checkpoints_total_limit", "num_processes", "polynomial_power", "adam_epsilon")
+        check_non_negative(self, "learning_rate", "weight_decay", "num_warmup_steps", "max_grad_norm")
+        check_range(self, "adam_beta1", low=0, high=1, high_open=True)
+        check_range(self, "adam_beta2", low=0, high=1, high_open=True)
+        check_range(self, "main_process_port", low=1, high=65535)
+        check_choice(self, "optimizer", ("adamw", "lamb"))
+        check_choice(self, "mixed_precision", ("no", "bf16", "fp16"))
+
 
 
 def stage_key(config: PretrainConfig) -> str:
@@ -180,7 +195,10 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                                    is_continuation=continuation_mask(tokenizer) if config.mlm.whole_word_mask else None)
 
     if config.init_from:
-        model = BertForPreTraining.from_pretrained(config.init_from)
+        from bert_core.finetune import resolve_model
+
+        # A directory, models:/ URI or package (the shards bring the tokenizer); a missing one is one clear error.
+        model = BertForPreTraining.from_pretrained(resolve_model(config.init_from, need_tokenizer=False))
         if model.config.vocab_size != len(tokenizer) or model.config.max_position_embeddings < config.max_seq_length:
             raise ValueError(f"init_from {config.init_from}: vocab {model.config.vocab_size} / positions "
                              f"{model.config.max_position_embeddings} do not fit these shards ({len(tokenizer)} tokens, "

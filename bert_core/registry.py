@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -35,6 +36,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from bert_core import stage
+from bert_core.config import check_fields, check_non_negative
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +117,8 @@ class RegisterConfig:
     home: str | None = None
 
     def __post_init__(self):
+        check_fields(self)
+        check_non_negative(self, "min_improvement")
         if self.kind not in KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}; one of {KINDS}")
 
@@ -287,6 +291,23 @@ def _version_info(client: MlflowClient, name: str, version: str, **extra) -> dic
             "model_uri": f"models:/{name}/{mv.version}", **extra}
 
 
+def _check_same_figures(config: RegisterConfig, mv) -> None:
+    """A second registration of the same weights must bring the figures its version recorded (or none): a model
+    is promoted on what was measured and recorded when it was registered, not on a number given later."""
+    recorded = {k.removeprefix("bertflow.metric."): float(v) for k, v in mv.tags.items()
+                if k.startswith("bertflow.metric.")}
+    given = {k: float(v) for k, v in config.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    changed = {k: (recorded[k], v) for k, v in given.items()
+               if k in recorded and not math.isclose(recorded[k], v, rel_tol=1e-9, abs_tol=1e-12)}
+    added = sorted(set(given) - set(recorded))
+    if changed or added:
+        what = "; ".join([f"{k} {new} (recorded {old})" for k, (old, new) in sorted(changed.items())]
+                         + [f"{k} {given[k]} (not recorded)" for k in added])
+        raise ValueError(f"register: {config.model_dir} is already registered as {config.registered_model_name} "
+                         f"v{mv.version} with other figures: {what}; expected the figures recorded on v{mv.version} "
+                         "(a model directory is registered once, with what was measured on it)")
+
+
 def _metric_of(client: MlflowClient, name: str, version: str, metric: str) -> float | None:
     value = client.get_model_version(name, version).tags.get(f"bertflow.metric.{metric}")
     return float(value) if value is not None else None
@@ -339,7 +360,8 @@ def promote(client: MlflowClient, config: RegisterConfig, version: str) -> tuple
 def _promote_locked(client: MlflowClient, config: RegisterConfig, version: str) -> tuple[bool, str]:
     name = config.registered_model_name
     client.set_registered_model_alias(name, CANDIDATE, version)
-    new = config.metrics.get(config.primary_metric)
+    # The candidate's figure is the one recorded on its version, never a number handed in with this call.
+    new = _metric_of(client, name, version, config.primary_metric)
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
@@ -438,6 +460,7 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
         versions = []
     for mv in versions:
         if mv.tags.get("bertflow.model_hash") == model_hash:
+            _check_same_figures(config, mv)
             logger.info("register: %s v%s already holds this model; not registering it again", name, mv.version)
             promoted, reason = promote(client, config, str(mv.version))
             return _version_info(client, name, str(mv.version), promoted=promoted, reason=reason, reused=True)

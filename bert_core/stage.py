@@ -9,11 +9,14 @@ same key finds that record and skips the work; a half-written output never carri
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import typing
 import uuid
 from collections.abc import Iterable, Iterator
@@ -67,11 +70,21 @@ def hash_path(path: str | Path) -> str:
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Build a config dataclass from a dict (nested configs from nested dicts), rejecting unknown keys."""
+    """Build a config dataclass from a dict (nested configs from nested dicts), rejecting unknown keys; the
+    dataclass checks its values (`bert_core.config`)."""
+    from bert_core.config import ConfigError
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__} is {type(data).__name__}; expected a JSON object of options")
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} option(s) {unknown}; known options: {sorted(names)}")
+        raise ConfigError(f"unknown {cls.__name__} option(s) {unknown}; expected one of {sorted(names)}")
+    required = sorted(f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                      if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                      and f.name not in data)
+    if required:
+        raise ConfigError(f"{cls.__name__} option(s) {required} missing; expected them to be given")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in data.items():
@@ -86,8 +99,20 @@ def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 
 def load_config(cls: type[T], path: str | Path) -> T:
-    with open(path, encoding="utf-8") as f:
-        return config_from_dict(cls, json.load(f))
+    """A config from a JSON file; every problem with the file or its values is a `ConfigError` naming the file."""
+    from bert_core.config import ConfigError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; expected a JSON file of {cls.__name__} options") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid JSON ({err}); expected a JSON object of {cls.__name__} options") from None
+    try:
+        return config_from_dict(cls, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def write_json(path: str | Path, value: Any) -> None:
@@ -103,12 +128,56 @@ def write_json(path: str | Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
+# Temporary siblings of an output are named `.<name>.tmp-<host>-<pid>-<tag>` (`.old-` for a replaced output on its
+# way out), so that a later run can tell a killed writer's leftovers from a live concurrent run's.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<host>[^/]+)-(?P<pid>\d+)-(?P<tag>[0-9a-f]{12})$")
+
+
+def _temporary_name(path: Path, kind: str = "tmp") -> Path:
+    return path.with_name(f".{path.name}.{kind}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporaries of `path` left by writers that were killed: those whose recorded writer process, on
+    this host, no longer runs. A live writer's (a concurrent run) and another host's are left alone."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    host = socket.gethostname()
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        match = _TEMPORARY.match(candidate.name)
+        if not match or match["name"] != path.name or match["host"] != host:
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        if candidate.is_dir() and not candidate.is_symlink():
+            shutil.rmtree(candidate, ignore_errors=True)
+        else:
+            candidate.unlink(missing_ok=True)
+        logger.info("removed %s, left by a writer (pid %d) that no longer runs", candidate, pid)
+        removed.append(candidate)
+    return removed
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path that replaces `path` only if the block finishes without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    remove_stale_temporaries(path)
+    tmp = _temporary_name(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -135,10 +204,14 @@ def completed_stage(output_dir: str | Path, key: str) -> dict[str, Any] | None:
 
 @contextmanager
 def atomic_directory(output_dir: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory that replaces `output_dir` only if the block finishes without error."""
+    """Yield a temporary sibling directory that replaces `output_dir` only if the block finishes without error.
+
+    Temporaries that killed writers of the same output left behind are removed first (`remove_stale_temporaries`).
+    """
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:12]}")
+    remove_stale_temporaries(output_dir)
+    tmp = _temporary_name(output_dir)
     tmp.mkdir()
     try:
         yield tmp
@@ -147,7 +220,7 @@ def atomic_directory(output_dir: str | Path) -> Iterator[Path]:
         raise
     old = None
     if output_dir.exists():
-        old = output_dir.with_name(f".{output_dir.name}.old-{uuid.uuid4().hex[:12]}")
+        old = _temporary_name(output_dir, "old")
         os.replace(output_dir, old)
     os.replace(tmp, output_dir)
     if old is not None:

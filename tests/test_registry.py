@@ -50,6 +50,26 @@ def test_register_gate_and_fresh_process_load(classifier, pretrained, tmp_path):
     assert result.returncode == 0 and result.stdout.startswith("OK"), result.stderr[-3000:]
 
 
+def test_the_gate_uses_the_recorded_figure_and_refuses_new_ones_for_the_same_weights(classifier, tmp_path):
+    """Registering a registered model directory again with a better number used to make it champion on that
+    unrecorded number; the recorded figure is what the gate compares, and different figures are an error."""
+    base = dict(registered_model_name="regate-test", kind="classifier", home=str(tmp_path / "home"),
+                primary_metric="eval_accuracy")
+    champion_dir = tmp_path / "champion"
+    _copy_with_marker(classifier["final_dir"], champion_dir, "champion")
+    register_model(RegisterConfig(model_dir=str(champion_dir), metrics={"eval_accuracy": 0.80}, **base))
+    weak = register_model(RegisterConfig(model_dir=classifier["final_dir"], metrics={"eval_accuracy": 0.509}, **base))
+    assert weak["version"] == "2" and not weak["promoted"]
+    with pytest.raises(ValueError, match=r"already registered as regate-test v2 with other figures: "
+                                         r"eval_accuracy 0\.99 \(recorded 0\.509\)"):
+        register_model(RegisterConfig(model_dir=classifier["final_dir"], metrics={"eval_accuracy": 0.99}, **base))
+    again = register_model(RegisterConfig(model_dir=classifier["final_dir"], metrics={"eval_accuracy": 0.509}, **base))
+    assert again["reused"] and not again["promoted"] and CHAMPION not in again["aliases"]
+    import mlflow
+
+    assert str(mlflow.MlflowClient().get_model_version_by_alias("regate-test", CHAMPION).version) == "1"
+
+
 def test_pretrained_model_fill_mask(pretrained, tmp_path):
     info = register_model(RegisterConfig(model_dir=pretrained["final_dir"], registered_model_name="tiny-test",
                                          kind="pretrained", home=str(tmp_path), primary_metric="eval_mlm_loss",
