@@ -127,3 +127,18 @@ def check_choice(config: Any, name: str, choices: typing.Iterable[Any]) -> None:
     value, choices = getattr(config, name), tuple(choices)
     if value not in choices:
         raise ConfigError(f"{type(config).__name__}.{name} is {value!r}; expected one of {', '.join(map(repr, choices))}")
+
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+def check_training_fields(config: Any) -> None:
+    """The checks every fine-tuning config (sequence, token, QA) shares: its fields' types, then the ranges of the
+    fields of the shared training loop (`finetune.fit`)."""
+    check_fields(config)
+    check_range(config, "max_seq_length", low=8)
+    check_positive(config, "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                   "num_train_epochs", "max_train_steps", "eval_steps")
+    check_non_negative(config, "learning_rate", "weight_decay", "max_grad_norm", "early_stopping_patience")
+    check_fraction(config, "warmup_ratio")
+    check_choice(config, "mixed_precision", MIXED_PRECISION)

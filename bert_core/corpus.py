@@ -22,12 +22,12 @@ import codecs
 import glob
 import gzip
 import io
-import itertools
 import json
 import logging
 import lzma
 import os
 import re
+import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -139,6 +139,26 @@ class ReadConfig:
     def __post_init__(self):
         check_fields(self)
         check_choice(self, "text_document_boundary", ("file", "blank_line"))
+
+
+_PORTABLE = "fsbytes:"
+
+
+def portable_unit(unit: str) -> str:
+    """An input unit as text that any JSON or UTF-8 API takes (Prefect parameters, MLflow, logs): the unit itself,
+    or, for a file name that is not valid UTF-8, `fsbytes:` and its bytes percent-escaped. `local_unit` undoes it."""
+    try:
+        unit.encode("utf-8")
+        return unit
+    except UnicodeEncodeError:
+        return _PORTABLE + urllib.parse.quote_from_bytes(os.fsencode(unit))
+
+
+def local_unit(unit: str) -> str:
+    """The path (or hf: name) that `portable_unit` wrote."""
+    if unit.startswith(_PORTABLE):
+        return os.fsdecode(urllib.parse.unquote_to_bytes(unit[len(_PORTABLE):]))
+    return unit
 
 
 def display_path(path: str | Path) -> str:
@@ -346,10 +366,9 @@ def _parse_json(text: str) -> Any:
         raise ValueError("nested too deeply to parse") from None
 
 
-def _read_json_lines(handle, path: Path, source: str, config: ReadConfig, first: bytes = b"") -> Iterator[Document]:
+def _read_json_lines(handle, path: Path, source: str, config: ReadConfig) -> Iterator[Document]:
     name = display_path(path.name)
-    lines = itertools.chain([first], handle) if first else handle
-    for number, raw in enumerate(lines, 1):
+    for number, raw in enumerate(handle, 1):
         if not raw.strip():
             continue
         doc_id, where = f"{name}:{number - 1}", f"{source}:{number}"
@@ -499,10 +518,11 @@ def read_table_file(path: str | Path, *, string_columns: tuple[str, ...] = ()) -
 
 
 def input_units(sources: tuple[str, ...] | list[str]) -> list[str]:
-    """The independent inputs of a corpus: one per file (sources expanded), one per Hugging Face dataset."""
+    """The independent inputs of a corpus: one per file (sources expanded), one per Hugging Face dataset; each as a
+    `portable_unit`, so that units can travel as task parameters whatever their file names."""
     units: list[str] = []
     for source in sources:
-        units.extend([source] if source.startswith("hf:") else [str(p) for p in expand_source(source)])
+        units.extend([source] if source.startswith("hf:") else [portable_unit(str(p)) for p in expand_source(source)])
     if not units:
         raise ValueError(f"the corpus sources {list(sources)} name no files")
     return units
@@ -513,6 +533,7 @@ def read_unit(unit: str, config: ReadConfig) -> Iterator[Document]:
     document with an `error` reason and the file goes on; a file (or dataset) that cannot be read, or that breaks
     off, ends with one such document, after the complete records read before the problem."""
     count = 0
+    unit = local_unit(unit)
     source = unit if unit.startswith("hf:") else display_path(unit)
     try:
         for doc in _read_hf(unit, config) if unit.startswith("hf:") else _read_file(Path(unit), config):

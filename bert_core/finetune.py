@@ -29,8 +29,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
 
 from bert_core import stage
-from bert_core.config import (ConfigError, check_choice, check_fields, check_fraction, check_non_negative,
-                               check_positive, check_range)
+from bert_core.config import ConfigError, check_choice, check_training_fields
 from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.corpus import read_table_file
 from bert_core.evaluate import classification_metrics
@@ -69,13 +68,7 @@ class FinetuneConfig:
     eval_steps: int | None = None  # evaluate every N steps as well as after each epoch
 
     def __post_init__(self):
-        check_fields(self)
-        check_range(self, "max_seq_length", low=8)
-        check_positive(self, "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                       "num_train_epochs", "max_train_steps", "eval_steps")
-        check_non_negative(self, "learning_rate", "weight_decay", "max_grad_norm", "early_stopping_patience")
-        check_fraction(self, "warmup_ratio")
-        check_choice(self, "mixed_precision", ("no", "bf16", "fp16"))
+        check_training_fields(self)
         check_choice(self, "truncation", ("head", "head_tail"))
         check_choice(self, "class_weights", (None, "balanced"))
         if len(self.label_names) < 2:

@@ -37,7 +37,8 @@ from bert_core.cleaning import (
     CleaningConfig,
     clean_document,
 )
-from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, display_path, input_units, read_unit
+from bert_core.corpus import (SAMPLE_SOURCES, ReadConfig, display_path, input_units, local_unit, portable_unit,
+                              read_unit)
 from bert_core.dedup import (
     ContaminationIndex,
     DedupConfig,
@@ -108,6 +109,7 @@ def contamination_index(config: IngestConfig) -> ContaminationIndex | None:
 
 
 def part_key(unit: str, config: IngestConfig) -> str:
+    unit = local_unit(unit)
     content = unit if unit.startswith("hf:") else stage.hash_file(unit)
     return stage.hash_json({"unit": Path(unit).name if not unit.startswith("hf:") else unit, "content": content,
                             "read": config.read, "cleaning": config.cleaning, "dedup": config.dedup,
@@ -163,10 +165,10 @@ def process_input(unit: str, config: IngestConfig, parts_dir: str | Path) -> dic
                 columns = {name: [] for name in _PART_SCHEMA.names}
         if columns["doc_id"]:
             writer.write_table(pa.table(columns, schema=_PART_SCHEMA))
-    record = {"unit": unit, "key": key, "part": part_path.name, "read": read, "cleaned": kept,
+    record = {"unit": portable_unit(unit), "key": key, "part": part_path.name, "read": read, "cleaned": kept,
               "rejected": dict(rejected), "sentences": sentences, "characters": characters,
               "encodings": dict(encodings), "long_words_removed": long_words,
-              "problems": [{"path": display_path(unit), "problem": reason, **p} for reason, p in sorted(problems.items())]}
+              "problems": [{"path": display_path(local_unit(unit)), "problem": reason, **p} for reason, p in sorted(problems.items())]}
     stage.write_json(record_path, record)
     return record
 
@@ -218,7 +220,7 @@ def merge_parts(records: list[dict[str, Any]], config: IngestConfig, parts_dir: 
     near = NearDuplicateIndex(config.dedup) if config.dedup.near else None
     seen: set[str] = set()
     for record in records:
-        source = display_path(_source_of(record["unit"], config.sources))
+        source = display_path(_source_of(local_unit(record["unit"]), config.sources))
         counts = per_source.setdefault(source, Counter())
         counts["read"] += record["read"]
         encodings.update(record.get("encodings", {}))
@@ -302,7 +304,7 @@ def merge_parts(records: list[dict[str, Any]], config: IngestConfig, parts_dir: 
             "characters": characters,
             "document_characters_histogram": _histogram(lengths),
             "shards": sorted(p.name for p in tmp.glob("documents-*.parquet")),
-            "parts": [{"unit": display_path(r["unit"]), "key": r["key"]} for r in records],
+            "parts": [{"unit": display_path(local_unit(r["unit"])), "key": r["key"]} for r in records],
             "config": config,
         }
         stage.write_json(tmp / "manifest.json", manifest)

@@ -21,8 +21,7 @@ from accelerate.utils import set_seed
 from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
 
 from bert_core import stage
-from bert_core.config import (check_choice, check_fields, check_fraction, check_non_negative, check_positive,
-                               check_range)
+from bert_core.config import check_positive, check_training_fields
 from bert_core.finetune import fit, resolve_model, run_key
 
 logger = logging.getLogger(__name__)
@@ -55,13 +54,7 @@ class NerConfig:
     seed: int = 42
 
     def __post_init__(self):
-        check_fields(self)
-        check_range(self, "max_seq_length", low=8)
-        check_positive(self, "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                       "num_train_epochs", "max_train_steps", "eval_steps")
-        check_non_negative(self, "learning_rate", "weight_decay", "max_grad_norm", "early_stopping_patience")
-        check_fraction(self, "warmup_ratio")
-        check_choice(self, "mixed_precision", ("no", "bf16", "fp16"))
+        check_training_fields(self)
         check_positive(self, "max_train_sentences")
 
 

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from transformers import BertForPreTraining, get_scheduler
 
 from bert_core import stage
-from bert_core.config import check_choice, check_fields, check_non_negative, check_positive, check_range
+from bert_core.config import (MIXED_PRECISION, check_choice, check_fields, check_non_negative, check_positive,
+                               check_range)
 from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.data import PretrainingCollator, ShardDataset, epoch_batches
 from bert_core.evaluate import evaluate_objective
@@ -98,7 +99,7 @@ class PretrainConfig:
         check_range(self, "adam_beta2", low=0, high=1, high_open=True)
         check_range(self, "main_process_port", low=1, high=65535)
         check_choice(self, "optimizer", ("adamw", "lamb"))
-        check_choice(self, "mixed_precision", ("no", "bf16", "fp16"))
+        check_choice(self, "mixed_precision", MIXED_PRECISION)
 
 
 

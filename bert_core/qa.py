@@ -34,8 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bert_core import stage
-from bert_core.config import (ConfigError, check_choice, check_fields, check_fraction, check_non_negative,
-                               check_positive, check_range)
+from bert_core.config import ConfigError, check_positive, check_training_fields
 
 if TYPE_CHECKING:
     from bert_core.finetune import TokenRows
@@ -71,13 +70,7 @@ class QaConfig:
     seed: int = 42
 
     def __post_init__(self):
-        check_fields(self)
-        check_range(self, "max_seq_length", low=8)
-        check_positive(self, "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                       "num_train_epochs", "max_train_steps", "eval_steps")
-        check_non_negative(self, "learning_rate", "weight_decay", "max_grad_norm", "early_stopping_patience")
-        check_fraction(self, "warmup_ratio")
-        check_choice(self, "mixed_precision", ("no", "bf16", "fp16"))
+        check_training_fields(self)
         check_positive(self, "max_query_length", "max_answer_length", "n_best_size", "max_train_questions")
         if not 0 < self.doc_stride < self.max_seq_length:
             raise ConfigError(f"QaConfig.doc_stride is {self.doc_stride}; expected a value > 0 and < max_seq_length "

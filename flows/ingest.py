@@ -13,7 +13,7 @@ from prefect import flow, unmapped
 
 from bert_core import stage
 from bert_core.cleaning import CleaningConfig
-from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, input_units
+from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, input_units, local_unit
 from bert_core.dedup import DedupConfig
 from bert_core.ingest import IngestConfig, ingest_key, part_key, parts_dir_for
 from flows import balanced_batches, dask_task_runner, default_work_dir
@@ -22,7 +22,8 @@ from tasks.ingest import merge_parts, process_inputs, report_ingest
 
 def batch_units(units: list[str], num_batches: int) -> list[list[str]]:
     """Input files in about `num_batches` batches of similar size in bytes."""
-    return balanced_batches(units, [Path(u).stat().st_size if Path(u).is_file() else 1 for u in units], num_batches)
+    paths = [Path(local_unit(u)) for u in units]
+    return balanced_batches(units, [p.stat().st_size if p.is_file() else 1 for p in paths], num_batches)
 
 
 @flow(name="ingest-inputs")
