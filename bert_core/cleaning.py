@@ -108,11 +108,16 @@ def looks_like_text(text: str, max_control_fraction: float = 0.01) -> bool:
 
 @lru_cache(maxsize=8)
 def _long_word(max_word_chars: int) -> re.Pattern:
-    return re.compile(f"[^\\W{_IDEOGRAPHS}]{{{max_word_chars + 1},}}")
+    # The lookbehind starts a match only where a run starts (without it every position inside a word is tried).
+    return re.compile(f"(?<![^\\W{_IDEOGRAPHS}])[^\\W{_IDEOGRAPHS}]{{{max_word_chars + 1},}}")
 
 
 def remove_long_words(text: str, max_word_chars: int) -> tuple[str, int]:
     """`text` without runs of more than `max_word_chars` word characters, and how many were removed."""
+    # A run lies inside one whitespace-separated token: most texts have none that long, and split() is 4x faster
+    # than the regex scan (30 MB of Wikipedia: 0.23 s against 1.05 s).
+    if max(map(len, text.split()), default=0) <= max_word_chars:
+        return text, 0
     return _long_word(max_word_chars).subn("", text)
 
 

@@ -29,7 +29,8 @@ _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # Combining marks of scripts whose vowel signs and diacritics are not word characters to `re` (Mn/Mc categories).
 _MARKS = ("\u0300-\u036f\u0483-\u0489\u0591-\u05c7\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed"
           "\u0900-\u0dff\u0e00-\u0eff\u1000-\u109f")
-_WORD = re.compile(f"[{_CJK}]|(?:[^\\W_{_CJK}]|[{_MARKS}])+")
+_CJK_CHAR = re.compile(f"[{_CJK}]")
+_WORD = re.compile(f"[\\w{_MARKS}]+")  # after "_" -> " " and spaces around CJK: one character class, fast
 _PTB_CONTRACTION = re.compile(r" (n't|'s|'re|'ve|'ll|'d|'m)\b")
 _GRAM_BASE = np.uint64(0x100000001B3)  # FNV prime: mixes word hashes into n-gram hashes
 
@@ -56,7 +57,9 @@ _word_cache: dict[str, int] = {}
 
 
 def normalized_words(text: str) -> list[str]:
-    text = _PTB_CONTRACTION.sub(r"\1", text.lower()).replace("'", "").replace("\u2019", "")
+    text = _PTB_CONTRACTION.sub(r"\1", text.lower()).replace("'", "").replace("\u2019", "").replace("_", " ")
+    if _CJK_CHAR.search(text):
+        text = _CJK_CHAR.sub(r" \g<0> ", text)
     return _WORD.findall(text)
 
 
