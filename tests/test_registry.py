@@ -173,6 +173,7 @@ _PROMOTER = textwrap.dedent("""
     from bert_core import registry
 
     home, version, accuracy, delay, locked = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "1"
+    start = float(sys.argv[6])
     registry.configure_tracking(home)
     read = MlflowClient.get_model_version_by_alias
 
@@ -187,6 +188,9 @@ _PROMOTER = textwrap.dedent("""
     Path(home, f"ready-{version}").touch()
     while not Path(home, "go").exists():
         time.sleep(0.01)
+    # Offset the two starts a little: both writing the candidate alias in the same instant is an SQLite insert
+    # collision, not the read-then-write race this test is about (both still read the champion before either writes).
+    time.sleep(start)
     config = registry.RegisterConfig(model_dir="-", registered_model_name="race", home=home,
                                      metrics={"eval_accuracy": accuracy})
     print(registry.promote(MlflowClient(), config, version))
@@ -210,8 +214,9 @@ def test_two_promotions_at_once_leave_the_better_champion(tmp_path, locked):
         client.set_model_version_tag("race", mv.version, "bertflow.metric.eval_accuracy", str(accuracy))
     client.set_registered_model_alias("race", CHAMPION, "1")
     processes = [subprocess.Popen([sys.executable, "-c", _PROMOTER, str(home), version, accuracy, delay,
-                                   "1" if locked else "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for version, accuracy, delay in (("2", "0.80", "3.0"), ("3", "0.85", "0.5"))]
+                                   "1" if locked else "0", start], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+                 for version, accuracy, delay, start in (("2", "0.80", "3.0", "0.25"), ("3", "0.85", "0.5", "0"))]
     deadline = __import__("time").monotonic() + 240
     while not all((home / f"ready-{v}").exists() for v in ("2", "3")):
         assert __import__("time").monotonic() < deadline and all(p.poll() is None for p in processes)
