@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bert_core.catalogue import PRIMARY_METRIC, TASK_MODEL_KINDS
+
 logger = logging.getLogger(__name__)
 
 
@@ -227,9 +229,7 @@ def evaluate_classifier(
 
 # --- Task models: one scoring function per kind, one report for all ---
 
-TASK_KINDS = ("classifier", "token-classifier", "question-answering")
-PRIMARY_METRIC = {"classifier": "accuracy", "token-classifier": "f1", "question-answering": "f1"}
-
+# Model kinds and their primary metric: bert_core.catalogue.
 
 @dataclass
 class TaskScore:
@@ -371,7 +371,7 @@ def evaluate_task(kind: str, model_dir: str | Path, data_file: str | Path, outpu
     from bert_core.stage import atomic_file, write_json
 
     if kind not in _SCORERS:
-        raise ValueError(f"unknown task kind {kind!r}; one of {TASK_KINDS}")
+        raise ValueError(f"unknown task kind {kind!r}; one of {TASK_MODEL_KINDS}")
     options = dict(text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
                    max_seq_length=max_seq_length, truncation=truncation, doc_stride=doc_stride)
     score = _SCORERS[kind](model_dir, data_file, **options)

@@ -76,18 +76,6 @@ class FinetuneConfig:
 
 
 
-# Column names, labels and truncation of the tasks whose data ship in ../shared/data/tasks (GLUE-style files).
-TASK_PRESETS: dict[str, dict[str, Any]] = {
-    "sst2": {"text_column": "sentence", "label_column": "label", "label_names": ("negative", "positive")},
-    "imdb": {"text_column": "text", "label_column": "label", "label_names": ("negative", "positive"),
-             "truncation": "head_tail"},
-    "mrpc": {"text_column": "#1 String", "text_pair_column": "#2 String", "label_column": "Quality",
-             "label_names": ("not_paraphrase", "paraphrase"), "metric_for_best_model": "f1"},
-    "rte": {"text_column": "sentence1", "text_pair_column": "sentence2", "label_column": "label",
-            "label_names": ("entailment", "not_entailment")},
-}
-
-
 def read_task_file(path: str | Path, text_column: str, label_column: str, *, text_pair_column: str | None = None,
                    label_names: tuple[str, ...] = ()) -> tuple[list[str], list[str] | None, np.ndarray]:
     """(texts, second texts of pairs or None, integer labels) from a TSV/CSV/JSONL/Parquet file (gzip allowed).

@@ -21,12 +21,12 @@ from accelerate.utils import set_seed
 from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
 
 from bert_core import stage
+from bert_core.catalogue import CONLL2003_TAGS
 from bert_core.config import check_positive, check_training_fields
 from bert_core.finetune import fit, resolve_model, run_key
 
 logger = logging.getLogger(__name__)
 
-CONLL2003_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -37,16 +37,13 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from bert_core import stage
 from bert_core.config import check_fields, check_non_negative
+from bert_core.pyfunc_model import KINDS  # the serving wrapper (self-contained) is the home of the model kinds
+from bert_core.stage import bertflow_home
 
 logger = logging.getLogger(__name__)
 
 PYFUNC_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"
-KINDS = ("classifier", "token-classifier", "question-answering", "pretrained")  # as in pyfunc_model.KINDS
 CHAMPION, CANDIDATE = "champion", "candidate"
-
-
-def bertflow_home() -> Path:
-    return Path(os.environ.get("BERTFLOW_HOME", Path.home() / ".bertflow")).expanduser().resolve()
 
 
 # mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI; remember what we set so that a user's own value

@@ -30,6 +30,11 @@ STAGE_RECORD = "stage.json"
 T = TypeVar("T")
 
 
+def bertflow_home() -> Path:
+    """The data directory: `$BERTFLOW_HOME`, default `~/.bertflow` (stage outputs, MLflow store, user tasks)."""
+    return Path(os.environ.get("BERTFLOW_HOME", Path.home() / ".bertflow")).expanduser().resolve()
+
+
 def to_jsonable(value: Any) -> Any:
     """Convert dataclasses, paths and tuples into plain JSON values."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

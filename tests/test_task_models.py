@@ -11,13 +11,14 @@ import pytest
 
 from bert_core.corpus import SAMPLE_DIR
 from bert_core.evaluate import evaluate_task, mcnemar_p_value
-from bert_core.finetune import TASK_PRESETS, FinetuneConfig, finetune
+from bert_core.catalogue import get_task
+from bert_core.finetune import FinetuneConfig, finetune
 from bert_core.ner import NerConfig, finetune_ner
 from bert_core.qa import QaConfig, finetune_qa
 from bert_core.registry import CHAMPION, RegisterConfig, register_model
 from tests.test_ner import SENTENCES, write_conll
 
-MRPC = {k: v for k, v in TASK_PRESETS["mrpc"].items() if k != "metric_for_best_model"}
+MRPC = {k: v for k, v in get_task("mrpc").classification_fields().items() if k != "metric_for_best_model"}
 
 
 @pytest.fixture(scope="module")

@@ -146,6 +146,28 @@ def test_on_demand_task_model_from_the_registered_encoder(run, tmp_path):
     assert "on the same evaluation set" in info["reason"] or info["reason"] == "already champion", info["reason"]
 
 
+def test_a_task_defined_only_in_a_file_runs_through_the_pipeline(run, tmp_path):
+    """A user's task of a known kind needs no code: its catalogue entry in a JSON file. The corpus, shards and
+    encoder of the module's run are reused (same dev texts kept out of the corpus), so only fine-tuning runs."""
+    import json
+
+    from bert_core.catalogue import SAMPLE_DIR
+
+    home, summary = run
+    task_file = tmp_path / "reviews.json"
+    task_file.write_text(json.dumps({"name": "reviews", "kind": "sentence", "text_column": "sentence",
+                                     "label_column": "label", "label_names": ["bad", "good"],
+                                     "train_file": str(SAMPLE_DIR / "sst2" / "train.tsv"),
+                                     "validation_file": str(SAMPLE_DIR / "sst2" / "dev.tsv")}))
+    result = bert_pipeline(**TINY, task_name="reviews", task_file=str(task_file))
+    assert result["task"] == {"name": "reviews", "kind": "classifier", "primary_metric": "eval_accuracy"}
+    assert result["registered"]["pretrained"]["reused"]  # the same encoder: nothing upstream was redone
+    info = result["registered"]["classifier"]
+    assert info["name"] == "flowtest-reviews" and "champion" in info["aliases"]
+    config = json.loads((Path(result["work_dir"]) / "finetune" / "reviews" / "stage.json").read_text())["config"]
+    assert config["label_names"] == ["bad", "good"]
+
+
 def test_rollback_flow_moves_the_champion_back(run):
     from mlflow.tracking import MlflowClient
 
