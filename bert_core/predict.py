@@ -1,7 +1,7 @@
 """Inference with a pretrained or fine-tuned BERT: fill-mask, NSP probability, classification, QA, embeddings.
 
 `python -m bert_core predict --model M --task T ...` where M is a directory, `models:/name@alias` (a registered
-MLflow model) or an installed package that ships one (see `finetune.resolve_model`). Results are JSON lines on
+MLflow model) or an installed package that ships one (see `model.resolve_model`). Results are JSON lines on
 stdout; embeddings are written to `--output`: `<output>.npy` (one pooled vector per text, [CLS] or mean) and
 `<output>.arrow` (per-token last hidden states, one row per text with its tokens), so that the same word in two
 contexts gets two different vectors.

@@ -196,7 +196,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                                    is_continuation=continuation_mask(tokenizer) if config.mlm.whole_word_mask else None)
 
     if config.init_from:
-        from bert_core.finetune import resolve_model
+        from bert_core.model import resolve_model
 
         # A directory, models:/ URI or package (the shards bring the tokenizer); a missing one is one clear error.
         model = BertForPreTraining.from_pretrained(resolve_model(config.init_from, need_tokenizer=False))

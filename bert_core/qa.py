@@ -333,7 +333,8 @@ def finetune_qa(config: QaConfig) -> dict[str, Any]:
     from accelerate.utils import set_seed
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding
 
-    from bert_core.finetune import fit, resolve_model, run_key
+    from bert_core.finetune import fit, run_key
+    from bert_core.model import resolve_model
 
     output_dir = Path(config.output_dir)
     model_path = resolve_model(config.model_name_or_path)

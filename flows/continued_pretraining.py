@@ -16,7 +16,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from bert_core import stage
-from bert_core.finetune import resolve_model
+from bert_core.model import resolve_model
 from bert_core.registry import lineage_tags, pin_model, ui_links
 from flows import (Fraction, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength, default_work_dir,
                    manifest_metrics)

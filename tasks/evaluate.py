@@ -33,7 +33,7 @@ def _champion(model_uri: str | None) -> tuple[str | None, str | None]:
         return None, None
     from mlflow.exceptions import MlflowException
 
-    from bert_core.finetune import resolve_model
+    from bert_core.model import resolve_model
     from bert_core.registry import registered_version
 
     try:

@@ -80,7 +80,7 @@ def test_sentence_pair_classification_on_mrpc(pretrained, tmp_path):
 def test_the_saved_model_is_the_best_evaluated_one(pretrained, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from bert_core.evaluate import classification_metrics
+    from bert_core.metrics import classification_metrics
     from bert_core.finetune import predict_labels, read_task_file
 
     summary = finetune(_mrpc_config(pretrained, tmp_path / "best", eval_steps=3, max_train_steps=15,
@@ -134,7 +134,8 @@ def test_head_tail_truncation_keeps_both_ends(pretrained):
 def test_string_labels_and_model_resolution(tmp_path, pretrained):
     import sys
 
-    from bert_core.finetune import read_task_file, resolve_model
+    from bert_core.finetune import read_task_file
+    from bert_core.model import resolve_model
 
     path = tmp_path / "rte.tsv"
     path.write_text("index\tsentence1\tsentence2\tlabel\n0\tA man sleeps.\tSomeone rests.\tentailment\n"

@@ -118,7 +118,7 @@ def test_pair_ner_and_qa_pyfunc_models_predict_in_a_fresh_process(mrpc_models, n
                                   kind="question-answering", home=str(home), primary_metric="eval_f1",
                                   metrics={"eval_f1": 1.0}))
     # Fine-tuning and predict can start from a registered model: its weights come back as a plain directory.
-    from bert_core.finetune import resolve_model
+    from bert_core.model import resolve_model
 
     monkeypatch.setenv("BERTFLOW_HOME", str(home))
     local = resolve_model("models:/t-qa@champion")
