@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from bert_core.config import ConfigError, check_choice, check_fields, check_range
+from bert_core.corpus import SAMPLE_DIR
 from bert_core.stage import bertflow_home
 
-SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 CONLL2003_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 
 # Task kind -> the registered model kind it trains (the kinds of pyfunc_model.KINDS other than "pretrained").

@@ -23,7 +23,6 @@ import glob
 import gzip
 import io
 import json
-import logging
 import lzma
 import os
 import re
@@ -37,9 +36,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bert_core.cleaning import looks_like_text
 from bert_core.config import check_choice, check_fields
-
-logger = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 SAMPLE_SOURCES = (str(SAMPLE_DIR / "corpus" / "wikipedia"), str(SAMPLE_DIR / "corpus" / "books"))
@@ -69,7 +67,7 @@ class _ZstdReader(io.RawIOBase):
     `zstandard.open` returns no bytes at all for a truncated file and says nothing: a broken file would look empty.
     """
 
-    def __init__(self, path, mode="rb"):
+    def __init__(self, path):
         import zstandard
 
         self._file = open(path, "rb")
@@ -201,8 +199,6 @@ def decode_text(data: bytes) -> tuple[str, str] | None:
     The encoding is "utf-8", "cp1252" (no UTF-8 sequence at all) or "utf-8+cp1252". The decoded text must then
     look like text (`cleaning.looks_like_text`: no NUL, few control characters); otherwise it is binary.
     """
-    from bert_core.cleaning import looks_like_text
-
     for bom, codec in _BOMS:
         if data.startswith(bom):
             try:
@@ -390,8 +386,7 @@ def _read_json(path: Path, source: str, config: ReadConfig) -> Iterator[Document
     with _open_binary(path) as handle:
         data = handle.read()
     decoded = decode_text(data)
-    stripped = data.lstrip()
-    if decoded is not None and stripped[:1] in (b"[", b"{"):
+    if decoded is not None and re.match(rb"\s*[\[{]", data):
         try:
             value = _parse_json(decoded[0])
         except ValueError:

@@ -650,14 +650,9 @@ def end_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
     import threading
 
     def watch() -> None:
-        while True:
+        while stage.pid_alive(parent_pid):
             time.sleep(poll_seconds)
-            try:
-                os.kill(parent_pid, 0)
-            except ProcessLookupError:
-                os._exit(1)
-            except PermissionError:
-                pass
+        os._exit(1)
 
     threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 

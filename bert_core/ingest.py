@@ -119,6 +119,7 @@ def part_key(unit: str, config: IngestConfig) -> str:
 def process_input(unit: str, config: IngestConfig, parts_dir: str | Path) -> dict[str, Any]:
     """Read and clean one input unit into a part file; reuse an existing part with the same key. Return its record."""
     parts_dir = Path(parts_dir)
+    unit = local_unit(unit)  # a portable name (flows, Dask) opens as the real path
     key = part_key(unit, config)
     record_path = parts_dir / f"part-{key[:20]}.json"
     if record_path.is_file():
@@ -168,7 +169,7 @@ def process_input(unit: str, config: IngestConfig, parts_dir: str | Path) -> dic
     record = {"unit": portable_unit(unit), "key": key, "part": part_path.name, "read": read, "cleaned": kept,
               "rejected": dict(rejected), "sentences": sentences, "characters": characters,
               "encodings": dict(encodings), "long_words_removed": long_words,
-              "problems": [{"path": display_path(local_unit(unit)), "problem": reason, **p} for reason, p in sorted(problems.items())]}
+              "problems": [{"path": display_path(unit), "problem": reason, **p} for reason, p in sorted(problems.items())]}
     stage.write_json(record_path, record)
     return record
 

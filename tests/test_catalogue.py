@@ -1,6 +1,7 @@
 """The task catalogue: built-in entries, user tasks from JSON/YAML files or $BERTFLOW_HOME/tasks, clear errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +29,7 @@ def test_builtin_tasks_carry_their_columns_labels_metric_and_samples():
     assert get_task("sst2").files("a.tsv", "b.tsv") == ("a.tsv", "b.tsv")
     for task in BUILTIN.values():  # every bundled sample exists
         if task.train_file:
-            assert all(map(lambda f: __import__("pathlib").Path(f).is_file(), task.files()))
+            assert all(Path(f).is_file() for f in task.files())
 
 
 def test_a_task_of_a_known_kind_is_a_small_file(tmp_path, monkeypatch):
