@@ -223,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     if result is not None:
         json.dump(stage.to_jsonable(result), sys.stdout, indent=2)
         sys.stdout.write("\n")
+    from bert_core import launch
+
+    if launch.launched_rank():  # its work is saved: no interpreter finalisation to hang in (see bert_core.launch)
+        launch.exit_now(0)
     return 0
 
 

@@ -1,7 +1,7 @@
 """BERT pretraining (MLM + NSP) with an explicit Hugging Face Accelerate loop, checkpoints and exact resume.
 
 One process per device; `accelerate launch ... -m bert_core pretrain --config run.json` starts them (see
-`launch_command`). The loop is deterministic given the seed: the batch order is a function of (seed, epoch), so a
+`bert_core.launch.launch_command`). The loop is deterministic given the seed: the batch order is a function of (seed, epoch), so a
 checkpoint stores (step, epoch, batch_in_epoch) next to Accelerate's model/optimizer/RNG state, and a resumed run
 continues with the next unseen batch instead of replaying the epoch. Checkpoints are written under a temporary name
 and renamed; the newest `checkpoints_total_limit` are kept; SIGTERM writes one before exiting. The result is
@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from bert_core.evaluate import evaluate_objective
 from bert_core.masking import MaskingConfig
 from bert_core.model import PretrainingObjective, build_model
 from bert_core.optim import build_optimizer
+from bert_core.launch import end_training
 from bert_core.tokenizer import continuation_mask, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -107,35 +107,6 @@ def stage_key(config: PretrainConfig) -> str:
     train_manifest = Path(config.shards_dir) / "train" / "manifest.json"
     fields = {k: v for k, v in stage.to_jsonable(config).items() if k not in _NOT_IN_KEY}
     return stage.hash_json({"config": fields, "train": stage.hash_file(train_manifest), "version": 1})
-
-
-def launch_command(config_path: str | Path, config: PretrainConfig) -> list[str]:
-    """The `accelerate launch` command line that runs `bert_core pretrain` in `num_processes` processes."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-    if config.accelerate_config_file:
-        cmd += ["--config_file", str(config.accelerate_config_file)]
-        if config.machine_rank is not None:
-            cmd += ["--machine_rank", str(config.machine_rank)]
-    else:
-        if config.num_processes > 1:
-            # --multi_gpu is Accelerate's switch for several data-parallel processes; without CUDA they use gloo.
-            cmd += ["--multi_gpu", "--main_process_port", str(config.main_process_port)]
-        elif not torch.cuda.is_available():
-            cmd += ["--cpu"]
-        cmd += ["--num_processes", str(config.num_processes), "--num_machines", "1",
-                "--mixed_precision", config.mixed_precision]
-    cmd += ["--dynamo_backend", "no", "-m", "bert_core", "pretrain", "--config", str(config_path)]
-    return cmd
-
-
-def launch_env(config: PretrainConfig) -> dict[str, str]:
-    env = dict(os.environ)
-    if not torch.cuda.is_available():
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.num_processes)))
-        # Without it, `--multi_gpu` on a machine with no GPU starts N independent single-process runs
-        # (DistributedType.NO, each rank 0 of 1); with it they form one gloo group (MULTI_CPU).
-        env["ACCELERATE_USE_CPU"] = "true"
-    return env
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:
@@ -390,7 +361,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         stage.write_json(output_dir / "summary.json", summary)
         stage.write_stage_record(output_dir, key=key, stage="pretrain", config=config, outputs=summary)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_training(accelerator)
     return summary
 
 

@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import TRAINING_TAG
 
+from bert_core import launch
 from bert_core import pretrain as pretrain_lib
 from bert_core import registry, stage
 
@@ -49,8 +50,8 @@ def pretrain(config: pretrain_lib.PretrainConfig, mlflow_parent_run_id: str | No
     config = replace(config, mlflow_run_id=run_id)
     config_path = output_dir / "pretrain_config.json"
     stage.write_json(config_path, config)
-    command = pretrain_lib.launch_command(config_path, config)
-    env = pretrain_lib.launch_env(config)
+    command = launch.launch_command(config_path, config)
+    env = launch.launch_env(config)
     env["TQDM_DISABLE"] = "1"  # progress goes to the artifact below; keep the logs readable
     logger.info("launching: %s", " ".join(command))
     progress_id = create_progress_artifact(progress=0.0, key="pretrain-progress", description="Pretraining steps")
