@@ -80,7 +80,7 @@ def _rollback(args) -> object:
 
 def _predict(args) -> None:
     from bert_core import predict
-    from bert_core.corpus import read_table_file
+    from bert_core.textfiles import read_table_file
     from bert_core.model import resolve_model
 
     model = resolve_model(args.model)
@@ -118,7 +118,7 @@ def _predict(args) -> None:
 
 
 def _inspect(args) -> None:
-    from bert_core.examples import describe_examples
+    from bert_core.example_quality import describe_examples
 
     print(describe_examples(args.shards_dir, args.n))
 

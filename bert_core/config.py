@@ -17,6 +17,11 @@ from functools import lru_cache
 from typing import Any
 
 
+# The default random seed of every stage (ingest's split, example generation, training, fine-tuning): one value, so a
+# pipeline's `seed` gives the run every stage would have had on its own with that seed.
+SEED = 42
+
+
 class ConfigError(ValueError):
     """A config value of the wrong type or out of range (a user error: the CLI prints it in one line)."""
 

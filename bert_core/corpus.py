@@ -17,26 +17,20 @@ read as cp1252, kept when the result looks like text, else `binary_file`. A `.js
 
 from __future__ import annotations
 
-import bz2
-import codecs
 import glob
-import gzip
 import io
 import json
-import lzma
-import os
 import re
-import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bert_core.cleaning import looks_like_text
+from bert_core.textfiles import (base_suffix, decode_text, display_path, local_unit, open_binary, portable_unit,
+                                 scrub_surrogates)
 from bert_core.config import check_choice, check_fields
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
@@ -61,61 +55,8 @@ UNCLOSED_DOC = "unclosed_doc"  # a WikiExtractor <doc> without </doc>: its text 
 SURROGATES_REPLACED = "surrogates_replaced"  # lone UTF-16 surrogates (JSON "\\ud800") replaced by U+FFFD
 
 
-class _ZstdReader(io.RawIOBase):
-    """A zstd file of one or more frames, read as a stream, that raises `EOFError` when the last frame is cut.
-
-    `zstandard.open` returns no bytes at all for a truncated file and says nothing: a broken file would look empty.
-    """
-
-    def __init__(self, path):
-        import zstandard
-
-        self._file = open(path, "rb")
-        self._context = zstandard.ZstdDecompressor()
-        self._object = self._context.decompressobj()
-        self._in_frame = False
-        self._buffer = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target) -> int:
-        while not self._buffer:
-            chunk = self._file.read(1 << 20)
-            if not chunk:
-                if self._in_frame:
-                    raise EOFError("zstd: the file ends inside a frame (truncated)")
-                return 0
-            while chunk:
-                self._in_frame = True
-                self._buffer += self._object.decompress(chunk)
-                chunk = b""
-                if self._object.eof:  # the frame is complete; the rest of the chunk starts the next one
-                    chunk, self._in_frame = self._object.unused_data, False
-                    self._object = self._context.decompressobj()
-        n = min(len(target), len(self._buffer))
-        target[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
-        return n
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()
-
-
-def _open_zstd(path, mode="rb"):
-    return io.BufferedReader(_ZstdReader(path), buffer_size=1 << 20)
-
-
-_COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".zst": _open_zstd, ".zstd": _open_zstd}
 _WIKI_DOC_OPEN = re.compile(r'<doc id="(?P<id>[^"]*)"[^>]*?title="(?P<title>[^"]*)"[^>]*>')
 _WIKI_DROP_LINKS = re.compile(r"^\s*:?\s*(file|image|category|media):", re.I)
-_SURROGATE = re.compile("[\ud800-\udfff]")
-# UTF-32 before UTF-16: the UTF-32 LE mark starts with the UTF-16 LE one.
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
-         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
-
-
 @dataclass(frozen=True, kw_only=True)
 class Document:
     id: str
@@ -137,88 +78,6 @@ class ReadConfig:
     def __post_init__(self):
         check_fields(self)
         check_choice(self, "text_document_boundary", ("file", "blank_line"))
-
-
-_PORTABLE = "fsbytes:"
-
-
-def portable_unit(unit: str) -> str:
-    """An input unit as text that any JSON or UTF-8 API takes (Prefect parameters, MLflow, logs): the unit itself,
-    or, for a file name that is not valid UTF-8, `fsbytes:` and its bytes percent-escaped. `local_unit` undoes it."""
-    try:
-        unit.encode("utf-8")
-        return unit
-    except UnicodeEncodeError:
-        return _PORTABLE + urllib.parse.quote_from_bytes(os.fsencode(unit))
-
-
-def local_unit(unit: str) -> str:
-    """The path (or hf: name) that `portable_unit` wrote."""
-    if unit.startswith(_PORTABLE):
-        return os.fsdecode(urllib.parse.unquote_to_bytes(unit[len(_PORTABLE):]))
-    return unit
-
-
-def display_path(path: str | Path) -> str:
-    """A path as text that any UTF-8 writer accepts: the bytes of a name that is not UTF-8 shown as \\xNN."""
-    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
-
-
-def _base_suffix(path: Path) -> tuple[str, str]:
-    """(format suffix, compression suffix) of a file name like `a.jsonl.gz`."""
-    suffixes = [s.lower() for s in path.suffixes]
-    compression = suffixes[-1] if suffixes and suffixes[-1] in _COMPRESSED else ""
-    rest = suffixes[:-1] if compression else suffixes
-    return (rest[-1] if rest else ""), compression
-
-
-def _open_binary(path: Path):
-    _, compression = _base_suffix(path)
-    return _COMPRESSED[compression](path, "rb") if compression else open(path, "rb")
-
-
-def _cp1252_bytes(error: UnicodeDecodeError) -> tuple[str, int]:
-    """Codec error handler: bytes that are not UTF-8 are read as cp1252 (Latin-1 for the five it leaves undefined)."""
-    chunk = error.object[error.start:error.end]
-    try:
-        return chunk.decode("cp1252"), error.end
-    except UnicodeDecodeError:
-        return chunk.decode("latin-1"), error.end
-
-
-codecs.register_error("bertflow.cp1252", _cp1252_bytes)
-_UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
-
-
-def decode_text(data: bytes) -> tuple[str, str] | None:
-    """(text, encoding) of a file's or a record's bytes, or None when they are not text.
-
-    The rule: a byte-order mark decides (UTF-8, UTF-16 or UTF-32); else UTF-8, where each byte that is not part of
-    a UTF-8 sequence is read as cp1252 (Latin-1 for the five bytes cp1252 leaves undefined). So one Latin-1 byte in
-    a UTF-8 text costs nothing and leaves the text around it intact, and a Latin-1 or Windows-1252 book reads whole.
-    The encoding is "utf-8", "cp1252" (no UTF-8 sequence at all) or "utf-8+cp1252". The decoded text must then
-    look like text (`cleaning.looks_like_text`: no NUL, few control characters); otherwise it is binary.
-    """
-    for bom, codec in _BOMS:
-        if data.startswith(bom):
-            try:
-                text = data.decode(codec)
-            except UnicodeDecodeError:
-                return None
-            return (text, codec.removesuffix("-sig")) if looks_like_text(text) else None
-    try:
-        text, encoding = data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="bertflow.cp1252")
-        encoding = "utf-8+cp1252" if _UTF8_MULTIBYTE.search(data) else "cp1252"
-    return (text, encoding) if looks_like_text(text) else None
-
-
-def _scrub(text: str) -> tuple[str, bool]:
-    """Lone surrogates (a JSON "\\ud800") replaced by U+FFFD: no UTF-8 writer accepts them."""
-    if _SURROGATE.search(text) is None:
-        return text, False
-    return _SURROGATE.sub("\ufffd", text), True
 
 
 def expand_source(source: str) -> list[Path]:
@@ -272,7 +131,7 @@ def _remove(code, node) -> None:
 
 def _read_wiki_xml(path: Path, source: str) -> Iterator[Document]:
     name = display_path(path.name)
-    with _open_binary(path) as handle:
+    with open_binary(path) as handle:
         page: dict[str, str | bool] = {}
         try:
             for event, elem in ET.iterparse(handle, events=("end",)):
@@ -344,11 +203,11 @@ def _json_record(value: Any, where: str, doc_id: str, source: str, config: ReadC
                         detail=f"{where}: no field {config.text_column!r} (fields: {sorted(value)[:10]})")
     text = value[config.text_column]
     if config.id_column and config.id_column in value:
-        doc_id = f"{doc_id.rsplit(':', 1)[0]}:{_scrub(str(value[config.id_column]))[0]}"
+        doc_id = f"{doc_id.rsplit(':', 1)[0]}:{scrub_surrogates(str(value[config.id_column]))[0]}"
     if not isinstance(text, str):
         return Document(id=doc_id, source=source, error=TEXT_NOT_A_STRING,
                         detail=f"{where}: field {config.text_column!r} is a {type(text).__name__}, not a string")
-    text, scrubbed = _scrub(text)
+    text, scrubbed = scrub_surrogates(text)
     return Document(id=doc_id, source=source, text=text, encoding=encoding,
                     note=SURROGATES_REPLACED if scrubbed else None,
                     detail=f"{where}: lone surrogates replaced by U+FFFD" if scrubbed else None)
@@ -383,7 +242,7 @@ def _read_json_lines(handle, path: Path, source: str, config: ReadConfig) -> Ite
 
 def _read_json(path: Path, source: str, config: ReadConfig) -> Iterator[Document]:
     """A `.json` file: one JSON array of records, one JSON object, or (what many `.json` files are) JSON lines."""
-    with _open_binary(path) as handle:
+    with open_binary(path) as handle:
         data = handle.read()
     decoded = decode_text(data)
     if decoded is not None and re.match(rb"\s*[\[{]", data):
@@ -423,7 +282,7 @@ def _read_parquet(path: Path, source: str, config: ReadConfig) -> Iterator[Docum
 
 def _read_text(path: Path, source: str, config: ReadConfig) -> Iterator[Document]:
     name = display_path(path.name)
-    with _open_binary(path) as handle:
+    with open_binary(path) as handle:
         data = handle.read()  # a truncated archive raises here: one record, reported by read_unit
     decoded = decode_text(data)
     if decoded is None:
@@ -448,12 +307,12 @@ class _FileProblem(Exception):
 
 
 def _read_file(path: Path, config: ReadConfig) -> Iterator[Document]:
-    fmt, _ = _base_suffix(path)
+    fmt, _ = base_suffix(path)
     source = display_path(path)
     if fmt == ".parquet":
         yield from _read_parquet(path, source, config)
     elif fmt in {".jsonl", ".ndjson"}:
-        with _open_binary(path) as handle:
+        with open_binary(path) as handle:
             yield from _read_json_lines(handle, path, source, config)
     elif fmt == ".json":
         yield from _read_json(path, source, config)
@@ -485,33 +344,6 @@ def _read_hf(source: str, config: ReadConfig) -> Iterator[Document]:
                            detail=f"{source}: row {row}: {config.text_column!r} is a {type(text).__name__}")
 
 
-def read_table_file(path: str | Path, *, string_columns: tuple[str, ...] = ()) -> pa.Table:
-    """A whole TSV/CSV/JSONL/Parquet file (optionally gzip/bz2) as an Arrow table: task and evaluation files.
-
-    TSV is read without quoting, as GLUE's own readers do (its fields contain bare quotes); `string_columns` are
-    kept as text even when they look numeric.
-    """
-    import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
-
-    path = Path(path)
-    suffixes = [s.lower() for s in path.suffixes if s.lower() not in {".gz", ".bz2"}]
-    kind = suffixes[-1] if suffixes else ""
-    if kind == ".parquet":
-        return pq.read_table(path)
-    with pa.input_stream(str(path), compression="detect") as stream:
-        if kind in {".jsonl", ".json"}:
-            return pajson.read_json(stream)
-        if kind in {".tsv", ".csv"}:
-            parse = pacsv.ParseOptions(delimiter="\t" if kind == ".tsv" else ",", quote_char=False if kind == ".tsv" else '"')
-            # A UTF-8 byte-order mark (GLUE's MRPC files have one) would otherwise stick to the first column name.
-            convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in string_columns}
-                                           | {"\ufeff" + c: pa.string() for c in string_columns})
-            table = pacsv.read_csv(stream, parse_options=parse, convert_options=convert)
-            return table.rename_columns([c.lstrip("\ufeff") for c in table.column_names])
-    raise ValueError(f"{path}: unsupported file type (use .tsv, .csv, .jsonl or .parquet)")
-
-
 def input_units(sources: tuple[str, ...] | list[str]) -> list[str]:
     """The independent inputs of a corpus: one per file (sources expanded), one per Hugging Face dataset; each as a
     `portable_unit`, so that units can travel as task parameters whatever their file names."""
@@ -539,7 +371,7 @@ def read_unit(unit: str, config: ReadConfig) -> Iterator[Document]:
     except Exception as err:  # noqa: BLE001 - one bad file never stops the stage; it is counted and listed
         # A compressed stream that ends before its end marker raises EOFError (gzip, bz2, xz; zstd through
         # _ZstdReader); anything else (not an archive, a bad header, a parser error) makes the file unreadable.
-        truncated = isinstance(err, EOFError) and bool(_base_suffix(Path(unit))[1])
+        truncated = isinstance(err, EOFError) and bool(base_suffix(Path(unit))[1])
         reason, detail = (TRUNCATED_ARCHIVE if truncated else UNREADABLE_FILE), f"{type(err).__name__}: {err}"
     else:
         return

@@ -161,7 +161,7 @@ def read_eval_texts(spec: str) -> list[str]:
     Without columns, the first of `sentence`, `text`, `question`, `context` that exists is used. A SQuAD-format
     JSON file gives its paragraphs (`context`, the default) and/or its questions (`question`).
     """
-    from bert_core.corpus import read_table_file
+    from bert_core.textfiles import read_table_file
 
     path, _, columns = spec.partition("::")
     if path.endswith((".json", ".json.gz")):

@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
 
 from bert_core import stage
-from bert_core.config import ConfigError, check_choice, check_training_fields
+from bert_core.config import SEED, ConfigError, check_choice, check_training_fields
 from bert_core.stage import no_progress_bar as _no_progress_bar
-from bert_core.corpus import read_table_file
-from bert_core.metrics import classification_metrics
+from bert_core.textfiles import read_table_file
+from bert_core.metrics import classification_metrics, scalar_metrics
 from bert_core.model import resolve_model
 from bert_core.optim import build_optimizer
 
@@ -58,7 +58,7 @@ class FinetuneConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"
-    seed: int = 42
+    seed: int = SEED
     text_pair_column: str | None = None  # second text of a sentence pair (MRPC "#2 String", RTE "sentence2")
     truncation: str = "head"  # "head": keep the start; "head_tail": keep the start and the end of long texts
     freeze_encoder: bool = False  # train only the classification head
@@ -299,7 +299,7 @@ def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metr
         metrics = dev_metrics(accelerator.unwrap_model(model))
         model.train()
         record = {"step": tally["step"], "epoch": round(epoch, 3), "train_loss": tally["loss"] / max(1, tally["count"]),
-                  **{f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+                  **{f"eval_{k}": v for k, v in scalar_metrics(metrics).items()}}
         tally.update(loss=0.0, count=0)
         with open(metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bert_core import stage
-from bert_core.config import ConfigError, check_fields, check_positive, check_range
+from bert_core.config import SEED, ConfigError, check_fields, check_positive, check_range
 from bert_core.cleaning import (
     REJECT_CONTAMINATED,
     REJECT_DUPLICATE,
@@ -37,8 +37,8 @@ from bert_core.cleaning import (
     CleaningConfig,
     clean_document,
 )
-from bert_core.corpus import (SAMPLE_SOURCES, ReadConfig, display_path, input_units, local_unit, portable_unit,
-                              read_unit)
+from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, input_units, read_unit
+from bert_core.textfiles import display_path, local_unit, portable_unit
 from bert_core.dedup import (
     ContaminationIndex,
     DedupConfig,
@@ -70,7 +70,7 @@ class IngestConfig:
     # "path::column1,column2" for TSV/CSV/JSONL/Parquet files.
     decontamination_files: tuple[str, ...] = ()
     validation_fraction: float = 0.05
-    seed: int = 0
+    seed: int = SEED  # decides which documents are held out for validation
     documents_per_shard: int = 10_000
 
     def __post_init__(self):
@@ -330,20 +330,26 @@ def _source_of(unit: str, sources: tuple[str, ...]) -> str:
     return unit
 
 
+# Documents each split needs at least, where the corpus has them: NSP and SOP take a random next segment from
+# another document of the same split.
+MIN_SPLIT_DOCUMENTS = 2
+
+
 def _ensure_both_splits(decisions: list[np.ndarray], points: list[np.ndarray]) -> bool:
-    """On a small corpus the hash split can leave one side empty: move the nearest document over (deterministic)."""
-    for empty, full, pick in ((2, 1, np.argmin), (1, 2, np.argmax)):
-        if any((d == empty).any() for d in decisions):
-            continue
-        candidates = [(p[d == full][pick(p[d == full])], k) for k, (d, p) in enumerate(zip(decisions, points))
-                      if (d == full).any()]
-        if sum(int((d == full).sum()) for d in decisions) < 2 or not candidates:
-            return False
-        value, k = (min if empty == 2 else max)(candidates)
-        index = int(np.flatnonzero((decisions[k] == full) & (points[k] == value))[0])
-        decisions[k][index] = empty
-        return True
-    return False
+    """On a small corpus the hash split can leave a side with fewer than MIN_SPLIT_DOCUMENTS: move the documents
+    nearest the threshold over (deterministic), while the other side keeps at least as many (or, for an empty side,
+    one document)."""
+    moved = False
+    for short, other, nearest in ((2, 1, min), (1, 2, max)):
+        while True:
+            n_short, n_other = (sum(int((d == s).sum()) for d in decisions) for s in (short, other))
+            if not n_short < MIN_SPLIT_DOCUMENTS or not (n_other > MIN_SPLIT_DOCUMENTS or (n_short == 0 and n_other > 1)):
+                break
+            value, k = nearest((nearest(p[d == other]), k) for k, (d, p) in enumerate(zip(decisions, points))
+                               if (d == other).any())
+            decisions[k][int(np.flatnonzero((decisions[k] == other) & (points[k] == value))[0])] = short
+            moved = True
+    return moved
 
 
 def ingest_key(config: IngestConfig, part_keys: list[str]) -> str:

@@ -1,5 +1,5 @@
-"""Starting and ending the processes of a training run: the `accelerate launch` command line and its environment,
-and the end of a launched rank.
+"""The processes of a training run: the `accelerate launch` command line and its environment, what the ranks
+share (a flag, the check that they ended with equal weights on disjoint examples), and the end of a launched rank.
 
 A rank ends its run in two steps: the process group is destroyed (all ranks, after a final barrier), then the
 process exits. Either can hang in PyTorch's distributed runtime after everything is saved (destroy_process_group
@@ -14,6 +14,7 @@ interpreter finalisation: neither can hang a finished run, and a stuck teardown 
 from __future__ import annotations
 
 import faulthandler
+import hashlib
 import logging
 import os
 import sys
@@ -21,7 +22,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import gather_object
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +100,38 @@ def exit_now(status: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def check_ranks(accelerator: Accelerator, objective: torch.nn.Module, seen_digest: str,
+                 seen_ids: list[np.ndarray]) -> dict[str, Any]:
+    """Per rank: a hash of its final weights and of the examples it trained on; whether ranks overlapped.
+
+    Written to `ranks.json`: data-parallel ranks must end with identical weights and see disjoint examples.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(accelerator.unwrap_model(objective).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    ids = np.concatenate(seen_ids) if seen_ids else np.zeros(0, dtype=np.int64)
+    mine = {"rank": accelerator.process_index, "weights_sha256": digest.hexdigest(), "examples_sha256": seen_digest,
+            "examples_checked": int(ids.size), "ids": ids.tolist()}
+    everyone = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
+    sets = [set(r.pop("ids")) for r in everyone]
+    overlap = sum(len(a & b) for i, a in enumerate(sets) for b in sets[i + 1 :])
+    return {"world_size": accelerator.num_processes, "ranks": everyone,
+            "identical_weights": len({r["weights_sha256"] for r in everyone}) == 1,
+            "overlapping_examples": overlap}
+
+
+def fresh_accelerator_state() -> None:
+    """Forget Accelerate's process-wide state left by an earlier single-process run in this process (a notebook,
+    the tests), so that this run may use other settings such as mixed precision. Launched ranks start clean."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and hasattr(AcceleratorState, "_reset_state"):
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def broadcast_flag(accelerator: Accelerator, flag: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(tensor, reduction="sum").item() > 0)

@@ -2,7 +2,7 @@
 
 The same function serves static masking (positions written into the shards, as google-research/bert does) and
 dynamic masking (applied to each batch in the training loop). It follows create_pretraining_data.py: the number of
-predictions per sequence is round(mlm_probability * maskable tokens), capped at `max_predictions_per_seq`; with
+predictions per sequence is round(mlm_probability * maskable tokens), capped at `max_predictions_per_seq` when set; with
 `whole_word_mask`, a word's `##` continuation pieces are masked together with its first piece. Special tokens
 ([CLS], [SEP], [PAD]) are never chosen. Random replacements are drawn from the non-special vocabulary.
 """
@@ -19,7 +19,10 @@ from bert_core.config import ConfigError, check_fields, check_fraction, check_po
 @dataclass(frozen=True, kw_only=True)
 class MaskingConfig:
     mlm_probability: float = 0.15
-    max_predictions_per_seq: int = 20
+    # A cap on predictions per sequence (google-research/bert's flag: 20 at 128 tokens, 80 at 512). None: no cap, so
+    # mlm_probability alone sets the share at any length (a fixed 20 would mask 4% of a 512-token sequence, or hold a
+    # 30% setting at 16% of 128 tokens).
+    max_predictions_per_seq: int | None = None
     whole_word_mask: bool = False
     mask_replace_prob: float = 0.8
     random_replace_prob: float = 0.1
@@ -102,7 +105,9 @@ def _replace(ids: np.ndarray, positions: np.ndarray, *, config: MaskingConfig, r
 
 def _budgets(counts: np.ndarray, config: MaskingConfig) -> np.ndarray:
     """Predictions per sequence: round(p * maskable), at least 1, at most max_predictions_per_seq and maskable."""
-    budget = np.minimum(config.max_predictions_per_seq, np.maximum(1, np.rint(counts * config.mlm_probability).astype(np.int64)))
+    budget = np.maximum(1, np.rint(counts * config.mlm_probability).astype(np.int64))
+    if config.max_predictions_per_seq is not None:
+        budget = np.minimum(config.max_predictions_per_seq, budget)
     return np.where(counts > 0, np.minimum(budget, counts), 0)
 
 

@@ -1,4 +1,5 @@
-"""Classification metrics from labels and predictions: accuracy, F1, macro F1, Matthews correlation, confusion.
+"""Metrics: classification figures from labels and predictions (accuracy, F1, macro F1, Matthews correlation,
+confusion), and `scalar_metrics`, the one filter from a result dict to the numbers MLflow and reports take.
 
 Their own module because both training (best-model selection in `finetune.fit`) and evaluation use them, and the
 evaluation side imports the fine-tuning readers: kept in either, the two would import each other.
@@ -34,3 +35,8 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_labe
         "confusion_matrix": confusion.tolist(),
         "num_examples": int(labels.size),
     }
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric values of `metrics` as floats: booleans, strings, lists and nested dicts left out."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

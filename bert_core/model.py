@@ -110,7 +110,7 @@ def _locate_model(name_or_path: str) -> str:
     if name_or_path.startswith("models:/"):
         import mlflow
 
-        from bert_core.registry import configure_tracking
+        from bert_core.tracking import configure_tracking
 
         configure_tracking()
         # The registered pyfunc keeps the save_pretrained directory as its artifact "model_dir", stored under

@@ -22,7 +22,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCol
 
 from bert_core import stage
 from bert_core.catalogue import CONLL2003_TAGS
-from bert_core.config import check_positive, check_training_fields
+from bert_core.config import SEED, check_positive, check_training_fields
 from bert_core.finetune import fit, run_key
 from bert_core.model import resolve_model
 
@@ -52,7 +52,7 @@ class NerConfig:
     early_stopping_patience: int = 0
     metric_for_best_model: str = "f1"
     mixed_precision: str = "no"
-    seed: int = 42
+    seed: int = SEED
 
     def __post_init__(self):
         check_training_fields(self)

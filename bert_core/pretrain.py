@@ -14,25 +14,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import BertForPreTraining, get_scheduler
 
 from bert_core import stage
-from bert_core.config import (MIXED_PRECISION, check_choice, check_fields, check_non_negative, check_positive,
+from bert_core.config import (MIXED_PRECISION, SEED, check_choice, check_fields, check_non_negative, check_positive,
                                check_range)
 from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.data import PretrainingCollator, ShardDataset, epoch_batches
@@ -40,7 +37,8 @@ from bert_core.evaluate import evaluate_objective
 from bert_core.masking import MaskingConfig
 from bert_core.model import PretrainingObjective, build_model
 from bert_core.optim import build_optimizer
-from bert_core.launch import end_training
+from bert_core.checkpoints import find_resume, save_checkpoint, truncate_metrics
+from bert_core.launch import broadcast_flag, check_ranks, end_training, fresh_accelerator_state
 from bert_core.tokenizer import continuation_mask, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -55,7 +53,7 @@ class PretrainConfig:
     shards_dir: str  # an examples-stage output: train/, validation/, tokenizer/
     output_dir: str
     preset: str = "bert-tiny"
-    max_seq_length: int = 128
+    max_seq_length: int | None = None  # the shards'; given, it must be theirs
     per_device_train_batch_size: int = 32
     per_device_eval_batch_size: int = 64
     gradient_accumulation_steps: int = 1
@@ -73,7 +71,7 @@ class PretrainConfig:
     mixed_precision: str = "no"  # "no", "bf16", "fp16" (bf16 autocast also runs on CPUs with bf16 units)
     length_binning: bool = True  # batches of similar-length examples: little of each batch is padding
     init_from: str | None = None  # a pretrained directory to start from, e.g. phase 1's final/ for a phase 2 at 512
-    seed: int = 42
+    seed: int = SEED
     logging_steps: int = 10
     eval_steps: int = 1000
     checkpointing_steps: int = 1000
@@ -86,7 +84,9 @@ class PretrainConfig:
     accelerate_config_file: str | None = None
     machine_rank: int | None = None
     mlflow_run_id: str | None = None  # log metrics to this MLflow run while training (MLFLOW_TRACKING_URI)
-    mlm: MaskingConfig = field(default_factory=MaskingConfig)  # used when the shards were written unmasked
+    # Dynamic masking's settings are the examples stage's (ExamplesConfig.mlm, in the shards' manifest); given here,
+    # they must equal them.
+    mlm: MaskingConfig | None = None
 
     def __post_init__(self):
         check_fields(self)
@@ -103,32 +103,31 @@ class PretrainConfig:
 
 
 
+def with_shard_settings(config: PretrainConfig) -> PretrainConfig:
+    """`config` with what its shards decide filled in: `max_seq_length`, and the masking settings (the examples
+    stage's `mlm`, recorded in the train manifest; dynamic masking applies them per batch). A value given in
+    `config` that differs from the shards' is an error naming both: one home per setting."""
+    path = Path(config.shards_dir) / "train" / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"PretrainConfig.shards_dir {config.shards_dir}: no {path}; expected the output of "
+                                f"the examples stage (train/, validation/, tokenizer/)")
+    manifest = stage.read_json(path)
+    seq, masking = manifest["max_seq_length"], MaskingConfig(**manifest["config"]["mlm"])
+    if config.max_seq_length is not None and config.max_seq_length != seq:
+        raise ValueError(f"max_seq_length={config.max_seq_length} but the shards in {config.shards_dir} were written "
+                         f"with max_seq_length={seq}; leave it empty to use the shards'")
+    if config.mlm is not None and config.mlm != masking:
+        raise ValueError(f"PretrainConfig.mlm {stage.to_jsonable(config.mlm)} contradicts the masking the shards in "
+                         f"{config.shards_dir} were written for ({stage.to_jsonable(masking)}); masking is set in "
+                         f"the examples stage (ExamplesConfig.mlm): leave PretrainConfig.mlm empty")
+    return replace(config, max_seq_length=seq, mlm=masking)
+
+
 def stage_key(config: PretrainConfig) -> str:
+    config = with_shard_settings(config)
     train_manifest = Path(config.shards_dir) / "train" / "manifest.json"
     fields = {k: v for k, v in stage.to_jsonable(config).items() if k not in _NOT_IN_KEY}
     return stage.hash_json({"config": fields, "train": stage.hash_file(train_manifest), "version": 1})
-
-
-def _checkpoints(output_dir: Path) -> list[Path]:
-    root = output_dir / "checkpoints"
-    return sorted(p for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
-
-
-def _find_resume(config: PretrainConfig, key: str) -> Path | None:
-    if not config.resume_from_checkpoint:
-        return None
-    if config.resume_from_checkpoint != "latest":
-        path = Path(config.resume_from_checkpoint)
-        state = stage.read_json(path / "trainer_state.json")
-        if state["key"] != key:
-            raise ValueError(f"checkpoint {path} was written by a run with another config or data; cannot resume it")
-        return path
-    for path in reversed(_checkpoints(Path(config.output_dir))):
-        state_file = path / "trainer_state.json"
-        if state_file.is_file() and stage.read_json(state_file)["key"] == key:
-            return path
-        logger.warning("ignoring checkpoint %s: it belongs to another config or data", path)
-    return None
 
 
 class _Stop:
@@ -141,6 +140,7 @@ class _Stop:
 
 def pretrain(config: PretrainConfig) -> dict[str, Any]:
     """Train; return the summary (final metrics, paths). Skips if `final/` of the same key exists."""
+    config = with_shard_settings(config)
     output_dir = Path(config.output_dir)
     shards_dir = Path(config.shards_dir)
     key = stage_key(config)
@@ -149,16 +149,13 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         logger.info("pretrain: %s is up to date, skipping", output_dir)
         return stage.read_json(output_dir / "summary.json")
 
-    _fresh_accelerator_state()
+    fresh_accelerator_state()
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                               mixed_precision=config.mixed_precision)
     set_seed(config.seed)
     train_set = ShardDataset(shards_dir / "train")
     eval_set = ShardDataset(shards_dir / "validation")
     manifest = train_set.manifest
-    if manifest["max_seq_length"] != config.max_seq_length:
-        raise ValueError(f"max_seq_length={config.max_seq_length} but the shards in {shards_dir} were written with "
-                         f"max_seq_length={manifest['max_seq_length']}")
     tokenizer = load_tokenizer(shards_dir / "tokenizer")
     if len(tokenizer) != manifest["vocab_size"]:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens, shards were written for {manifest['vocab_size']}")
@@ -192,7 +189,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "key": key}
     metrics_path = output_dir / "metrics.jsonl"
-    resume = _find_resume(config, key)
+    resume = find_resume(config, key)
     if resume is not None:
         accelerator.load_state(str(resume))
         state = stage.read_json(resume / "trainer_state.json")
@@ -200,9 +197,13 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                     state["batch_in_epoch"])
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        _truncate_metrics(metrics_path, state["step"])
+        truncate_metrics(metrics_path, state["step"])
 
-    tracker = _MlflowMetrics(config.mlflow_run_id) if config.mlflow_run_id and accelerator.is_main_process else None
+    tracker = None
+    if config.mlflow_run_id and accelerator.is_main_process:
+        from bert_core.tracking import RunMetrics  # only here: importing mlflow costs seconds a CLI run need not pay
+
+        tracker = RunMetrics(config.mlflow_run_id)
 
     def log(record: dict[str, Any]) -> None:
         if accelerator.is_main_process:
@@ -224,6 +225,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
 
     previous_handler = signal.signal(signal.SIGTERM, _Stop.handle) if accelerator.is_main_process else None
     world, rank = accelerator.num_processes, accelerator.process_index
+    specials = torch.tensor([tokenizer.cls_token_id, tokenizer.sep_token_id])  # never masked: not maskable
     progress = tqdm(total=config.max_train_steps, initial=state["step"], disable=_no_progress_bar(accelerator),
                     desc="pretrain", unit="step")
     window = dict.fromkeys(_WINDOW, 0.0)
@@ -273,6 +275,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                 for name in ("mlm_correct", "mlm_count", "nsp_correct", "nsp_count"):
                     window[name] += int(out[name])
                 window["tokens"] += int(batch["attention_mask"].sum())
+                window["specials"] += int(torch.isin(cpu_batch["input_ids"], specials).sum())
                 window["positions"] += batch["attention_mask"].numel()
                 window["micro"] += 1
                 if not accelerator.sync_gradients:
@@ -298,6 +301,8 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                         "grad_norm": float(grad_norm),
                         "tokens_per_second": totals["tokens"] / max(elapsed, 1e-9),
                         "padding_share": 1 - totals["tokens"] / max(1.0, totals["positions"]),
+                        # What the batches trained on: ~mlm_probability under static and dynamic masking alike.
+                        "masked_share": totals["mlm_count"] / max(1.0, totals["tokens"] - totals["specials"]),
                         # Time the step waited for its batch, and the time collating took in the loader thread
                         # (overlapped with compute, but it still takes a share of the cores).
                         "loader_share": totals["loader_seconds"] / world / max(elapsed, 1e-9),
@@ -319,9 +324,9 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                         logger.info("step %d held-out mlm_loss %.4f mlm_accuracy %.3f nsp_accuracy %.3f", step,
                                     held_out["eval_mlm_loss"], held_out["eval_mlm_accuracy"],
                                     held_out["eval_nsp_accuracy"])
-                stop_now = _broadcast_flag(accelerator, _Stop.requested)
+                stop_now = broadcast_flag(accelerator, _Stop.requested)
                 if step % config.checkpointing_steps == 0 or stop_now or step == config.max_train_steps:
-                    _save_checkpoint(accelerator, output_dir, state, config.checkpoints_total_limit)
+                    save_checkpoint(accelerator, output_dir, state, config.checkpoints_total_limit)
                 if stop_now:
                     logger.warning("SIGTERM: checkpoint written at step %d, stopping", step)
                     interrupted = True
@@ -341,7 +346,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
 
     final_metrics = run_eval()
     log({"step": state["step"], **final_metrics})
-    ranks = _check_ranks(accelerator, objective, seen.hexdigest(), seen_ids)
+    ranks = check_ranks(accelerator, objective, seen.hexdigest(), seen_ids)
     summary: dict[str, Any] = {}
     if accelerator.is_main_process:
         stage.write_json(output_dir / "ranks.json", ranks)
@@ -365,91 +370,6 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     return summary
 
 
-_WINDOW = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count", "tokens", "positions",
+_WINDOW = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count", "tokens", "specials",
+           "positions",
            "micro", "loader_seconds", "collate_seconds")
-
-
-class _MlflowMetrics:
-    """Logs metric records to an existing MLflow run as training goes (main process only)."""
-
-    def __init__(self, run_id: str):
-        from mlflow.tracking import MlflowClient
-
-        self.client, self.run_id = MlflowClient(), run_id
-
-    def log(self, record: dict[str, Any]) -> None:
-        from mlflow.entities import Metric
-
-        step, now = int(record["step"]), int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in record.items()
-                   if k != "step" and isinstance(v, (int, float)) and np.isfinite(v)]
-        try:
-            self.client.log_batch(self.run_id, metrics=metrics)
-        except Exception as error:  # noqa: BLE001 - tracking trouble must not stop a training run
-            logger.warning("could not log metrics to MLflow run %s: %s", self.run_id, error)
-
-
-def _check_ranks(accelerator: Accelerator, objective: torch.nn.Module, seen_digest: str,
-                 seen_ids: list[np.ndarray]) -> dict[str, Any]:
-    """Per rank: a hash of its final weights and of the examples it trained on; whether ranks overlapped.
-
-    Written to `ranks.json`: data-parallel ranks must end with identical weights and see disjoint examples.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(accelerator.unwrap_model(objective).state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    ids = np.concatenate(seen_ids) if seen_ids else np.zeros(0, dtype=np.int64)
-    mine = {"rank": accelerator.process_index, "weights_sha256": digest.hexdigest(), "examples_sha256": seen_digest,
-            "examples_checked": int(ids.size), "ids": ids.tolist()}
-    everyone = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
-    sets = [set(r.pop("ids")) for r in everyone]
-    overlap = sum(len(a & b) for i, a in enumerate(sets) for b in sets[i + 1 :])
-    return {"world_size": accelerator.num_processes, "ranks": everyone,
-            "identical_weights": len({r["weights_sha256"] for r in everyone}) == 1,
-            "overlapping_examples": overlap}
-
-
-def _fresh_accelerator_state() -> None:
-    """Forget Accelerate's process-wide state left by an earlier single-process run in this process (a notebook,
-    the tests), so that this run may use other settings such as mixed precision. Launched ranks start clean."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and hasattr(AcceleratorState, "_reset_state"):
-        AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def _broadcast_flag(accelerator: Accelerator, flag: bool) -> bool:
-    if accelerator.num_processes == 1:
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(tensor, reduction="sum").item() > 0)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines past the resumed step, so a resumed run's log has no duplicate or orphan steps."""
-    if not path.is_file():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    if step == 0:
-        lines = []
-    path.write_text("".join(line + "\n" for line in lines))
-
-
-def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int) -> None:
-    root = output_dir / "checkpoints"
-    final = root / f"step-{state['step']:07d}"
-    tmp = root / f".step-{state['step']:07d}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)  # before any rank writes its RNG state into it
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        stage.write_json(tmp / "trainer_state.json", state)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in _checkpoints(output_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bert_core import stage
-from bert_core.config import ConfigError, check_positive, check_training_fields
+from bert_core.config import SEED, ConfigError, check_positive, check_training_fields
 
 if TYPE_CHECKING:
     from bert_core.finetune import TokenRows
@@ -67,7 +67,7 @@ class QaConfig:
     early_stopping_patience: int = 0
     metric_for_best_model: str = "f1"
     mixed_precision: str = "no"
-    seed: int = 42
+    seed: int = SEED
 
     def __post_init__(self):
         check_training_fields(self)

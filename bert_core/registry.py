@@ -1,17 +1,14 @@
-"""MLflow tracking and registry: log a stage's run, register its model, and move aliases behind a promotion gate.
+"""MLflow model registry: register a stage's model and move aliases behind a promotion gate.
 
-By default tracking is embedded: a SQLite store and an artifact root under the project data directory
-(`BERTFLOW_HOME`, default `~/.bertflow`), never wherever the current directory happens to be;
-`MLFLOW_TRACKING_URI` points it at a server instead. Each registered version carries lineage tags (config hash,
-model hash, input manifests) and its evaluation metrics. A new version gets the alias `candidate`; it also becomes
+Where runs go and the pipeline's runs are `bert_core.tracking`'s. Each registered version carries lineage tags
+(config hash, model hash, input manifests) and its evaluation metrics. A new version gets the alias `candidate`; it also becomes
 `champion` when there is none yet or when its primary metric beats the champion's by `min_improvement`.
 Registering the same model directory twice returns the existing version instead of a duplicate.
 
 Promotion decisions for one registered model are serialised (`promotion_lock`: a file lock beside a local store;
 the Prefect layer adds a global concurrency slot for servers shared by several machines), and a decision re-reads
 the champion inside the lock: two pipelines finishing at once leave exactly one champion, the better one.
-`rollback` moves `champion` back to a named version. A pipeline run is one parent MLflow run with a nested run
-per stage (`start_run(parent_run_id=...)`, `log_stage_run`).
+`rollback` moves `champion` back to a named version.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ import fcntl
 import json
 import logging
 import math
-import os
 import re
 import time
 from contextlib import contextmanager
@@ -29,7 +25,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -37,54 +32,15 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from bert_core import stage
 from bert_core.config import check_fields, check_non_negative
+from bert_core.metrics import scalar_metrics
 from bert_core.pyfunc_model import KINDS  # the serving wrapper (self-contained) is the home of the model kinds
 from bert_core.stage import bertflow_home
+from bert_core.tracking import configure_tracking, ensure_experiment, flatten_params, redact
 
 logger = logging.getLogger(__name__)
 
 PYFUNC_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"
 CHAMPION, CANDIDATE = "champion", "candidate"
-
-
-# mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI; remember what we set so that a user's own value
-# can be told apart from ours.
-_own_tracking_uri: str | None = None
-
-
-def configure_tracking(home: str | Path | None = None) -> str:
-    """Point MLflow at the user's `MLFLOW_TRACKING_URI`, else at `<home>/mlflow.db`; return the tracking URI.
-
-    An explicit `home` always wins (tests and embedded runs); with none, `BERTFLOW_HOME` decides.
-    """
-    global _own_tracking_uri
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    users = env if env and env != _own_tracking_uri else None
-    if users and home is None:
-        uri = users
-    else:
-        root = Path(home) if home else bertflow_home()
-        root.mkdir(parents=True, exist_ok=True)
-        uri = _own_tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
-
-
-def artifact_root(home: str | Path | None = None) -> Path:
-    return (Path(home) if home else bertflow_home()) / "mlartifacts"
-
-
-def ensure_experiment(name: str, home: str | Path | None = None) -> str:
-    """The experiment's id, creating it if needed.
-
-    With a local store the artifact root goes under the data directory (MLflow's default is ./mlruns relative to
-    whatever the current directory is); a tracking server keeps its own artifact settings.
-    """
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    local = mlflow.get_tracking_uri().startswith(("sqlite:", "file:", "/"))
-    return mlflow.create_experiment(name, artifact_location=artifact_root(home).as_uri() if local else None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,89 +74,6 @@ class RegisterConfig:
         check_non_negative(self, "min_improvement")
         if self.kind not in KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}; one of {KINDS}")
-
-
-def start_run(experiment_name: str, run_name: str, params: Any = None, home: str | Path | None = None, *,
-              parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
-    """Create a run (not made active) with the flattened `params`; return its id, for a process to log into.
-
-    With `parent_run_id` the run is nested under that run (MLflow's `mlflow.parentRunId` tag), as the UI shows it.
-    """
-    configure_tracking(home)
-    client = MlflowClient()
-    all_tags = {**(tags or {}), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
-    run = client.create_run(ensure_experiment(experiment_name, home), run_name=run_name, tags=all_tags)
-    flat: dict[str, str] = {}
-    _flatten("", stage.to_jsonable(params) if params is not None else {}, flat)
-    items = [(k, redact(v)) for k, v in flat.items()]
-    for chunk in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in items[chunk : chunk + 100]])
-    return run.info.run_id
-
-
-def finish_run(run_id: str, status: str = "FINISHED", home: str | Path | None = None) -> None:
-    """Mark a run created by `start_run` as ended (FINISHED, FAILED or KILLED)."""
-    configure_tracking(home)
-    MlflowClient().set_terminated(run_id, status=status)
-
-
-def log_stage_run(parent_run_id: str, stage_name: str, *, experiment_name: str = "bertflow", params: Any = None,
-                  metrics: dict[str, float] | None = None, artifacts: tuple[str, ...] | list[str] = (),
-                  tags: dict[str, str] | None = None, home: str | Path | None = None) -> str:
-    """One finished nested run for a pipeline stage: its config as params, its counts as metrics, its manifests and
-    reports as artifacts. Returns the run id."""
-    run_id = start_run(experiment_name, stage_name, params, home, parent_run_id=parent_run_id,
-                       tags={"bertflow.stage": stage_name, **(tags or {})})
-    client = MlflowClient()
-    log_metrics(run_id, metrics or {}, home)
-    for path in artifacts:
-        if Path(path).is_dir():
-            client.log_artifacts(run_id, str(path))
-        elif Path(path).is_file():
-            client.log_artifact(run_id, str(path))
-    client.set_terminated(run_id)
-    return run_id
-
-
-def tag_run(run_id: str, tags: dict[str, str], home: str | Path | None = None) -> None:
-    configure_tracking(home)
-    MlflowClient().log_batch(run_id, tags=[RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()])
-
-
-def log_metrics(run_id: str, metrics: dict[str, float], home: str | Path | None = None) -> None:
-    configure_tracking(home)
-    now = int(time.time() * 1000)
-    values = [Metric(k, float(v), now, 0) for k, v in metrics.items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    for chunk in range(0, len(values), 500):
-        MlflowClient().log_batch(run_id, metrics=values[chunk : chunk + 500])
-
-
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s:]+(?::[^/@\s]*)?)@")
-_SECRET_QUERY = re.compile(r"(?i)([?&](?:token|access_token|api_key|apikey|key|password|secret|sig|signature)=)[^&\s]+")
-
-
-def redact(text: str) -> str:
-    """`text` with credentials removed from any URI in it (user:password@, ?token=...), for params, tags and logs."""
-    text = _CREDENTIALS.sub(lambda m: f"{m['scheme']}***@", text)
-    return _SECRET_QUERY.sub(lambda m: f"{m[1]}***", text)
-
-
-def run_exists(run_id: str, home: str | Path | None = None) -> bool:
-    configure_tracking(home)
-    try:
-        MlflowClient().get_run(run_id)
-        return True
-    except MlflowException:
-        return False
-
-
-def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
-    else:
-        out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _signature(kind: str, pairs: bool = False) -> tuple[ModelSignature, Any]:
@@ -266,22 +139,6 @@ def pin_model(model: str, home: str | Path | None = None) -> tuple[str | None, s
     return name, version, f"models:/{name}/{version}"
 
 
-def ui_links(run_id: str | None = None, model: tuple[str, str] | None = None) -> dict[str, str]:
-    """Links into the MLflow UI: the tracking server's own when MLFLOW_TRACKING_URI is http(s), else where
-    `mlflow ui` serves by default (127.0.0.1:5000). Credentials in the URI are never included."""
-    uri = mlflow.get_tracking_uri()
-    # A browser link: the server's address without any credentials (user:password@) or query in the URI.
-    base = (_CREDENTIALS.sub(lambda m: m["scheme"], uri.split("?")[0]).rstrip("/")
-            if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000")
-    links: dict[str, str] = {}
-    if run_id:
-        run = MlflowClient().get_run(run_id)
-        links["run"] = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-    if model:
-        links["model_version"] = f"{base}/#/models/{model[0]}/versions/{model[1]}"
-    return links
-
-
 def _version_info(client: MlflowClient, name: str, version: str, **extra) -> dict[str, Any]:
     mv = client.get_model_version(name, version)
     return {"name": name, "version": str(mv.version), "aliases": sorted(mv.aliases), "run_id": mv.run_id,
@@ -293,7 +150,7 @@ def _check_same_figures(config: RegisterConfig, mv) -> None:
     is promoted on what was measured and recorded when it was registered, not on a number given later."""
     recorded = {k.removeprefix("bertflow.metric."): float(v) for k, v in mv.tags.items()
                 if k.startswith("bertflow.metric.")}
-    given = {k: float(v) for k, v in config.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    given = scalar_metrics(config.metrics)
     changed = {k: (recorded[k], v) for k, v in given.items()
                if k in recorded and not math.isclose(recorded[k], v, rel_tol=1e-9, abs_tol=1e-12)}
     added = sorted(set(given) - set(recorded))
@@ -425,7 +282,7 @@ def model_card(config: RegisterConfig, model_hash: str) -> str:
     if tags.get("bertflow.parent_model"):
         lines.append(f"Fine-tuned from `{tags['bertflow.parent_model']}`.")
     lines += ["", "## Evaluation", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(config.metrics.items()) if isinstance(v, (int, float))]
+    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(scalar_metrics(config.metrics).items())]
     lines += ["", f"Promotion metric: `{config.primary_metric}` ({'higher' if config.greater_is_better else 'lower'} "
               f"is better, margin {config.min_improvement})."]
     data = {k.removeprefix("bertflow."): v for k, v in tags.items()
@@ -473,13 +330,13 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
     card = config.description or model_card(config, model_hash)
     with mlflow.start_run(**run_args):
         params: dict[str, str] = {}
-        _flatten("", config.params, params)
+        flatten_params("", config.params, params)
         params = {k: redact(v) for k, v in params.items()}
         if existing:  # a param cannot be logged twice; the run's own values stand
             params = {k: v for k, v in params.items() if k not in existing.data.params}
         for chunk in range(0, len(params), 100):
             mlflow.log_params(dict(list(params.items())[chunk : chunk + 100]))
-        scalar_metrics = {k: float(v) for k, v in config.metrics.items() if isinstance(v, (int, float))}
+        final = scalar_metrics(config.metrics)
         last_step = 0
         if existing and "loss" in existing.data.metrics:  # training logged its history live
             last_step = max((m.step for m in client.get_metric_history(config.run_id, "loss")), default=0)
@@ -487,8 +344,8 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
             for line in Path(config.metrics_history).read_text().splitlines():
                 record = json.loads(line)
                 step = last_step = int(record.pop("step"))
-                mlflow.log_metrics({k: float(v) for k, v in record.items() if isinstance(v, (int, float))}, step=step)
-        mlflow.log_metrics(scalar_metrics, step=last_step)  # the final figures, at the run's last step
+                mlflow.log_metrics(scalar_metrics(record), step=step)
+        mlflow.log_metrics(final, step=last_step)  # the final figures, at the run's last step
         for path in config.artifacts:
             (mlflow.log_artifacts if Path(path).is_dir() else mlflow.log_artifact)(path)
         mlflow.set_tags(tags)
@@ -514,7 +371,7 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
     if not client.get_registered_model(name).description:
         client.update_registered_model(name, description=card.split("\n## Evaluation")[0].strip()
                                        + "\n\nEach version carries its own model card, metrics and lineage tags.")
-    for metric, value in scalar_metrics.items():
+    for metric, value in final.items():
         client.set_model_version_tag(name, version, f"bertflow.metric.{metric}", str(value))
     promoted, reason = promote(client, config, version)
     logger.info("registered %s v%s (%s)", name, version, reason)
@@ -533,31 +390,3 @@ def _requirements() -> list[str]:
 def load_registered_model(model_uri: str):
     """Load a registered model (`models:/name@champion`, `models:/name/3`) as an MLflow pyfunc."""
     return mlflow.pyfunc.load_model(model_uri)
-
-
-def source_commit() -> str:
-    """The git commit of the bertflow checkout in use, or "unknown" for an installed copy."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-
-
-def lineage_tags(*, documents_dir: str | Path, examples_dir: str | Path, pretrain_dir: str | Path) -> dict[str, str]:
-    """Tags that tie a model version to the exact corpus, tokenizer, shards, config and code that produced it."""
-    documents_dir, examples_dir, pretrain_dir = Path(documents_dir), Path(examples_dir), Path(pretrain_dir)
-    train_manifest = stage.read_json(examples_dir / "train" / "manifest.json")
-    ingest_manifest = stage.read_json(documents_dir / "manifest.json")
-    return {
-        "bertflow.corpus_sources": json.dumps(ingest_manifest["config"]["sources"])[:5000],
-        "bertflow.ingest_manifest_sha256": stage.hash_file(documents_dir / "manifest.json"),
-        "bertflow.train_shards_manifest_sha256": stage.hash_file(examples_dir / "train" / "manifest.json"),
-        "bertflow.validation_shards_manifest_sha256": stage.hash_file(examples_dir / "validation" / "manifest.json"),
-        "bertflow.tokenizer_sha256": train_manifest["tokenizer_hash"],
-        "bertflow.pretrain_stage_key": stage.read_json(pretrain_dir / stage.STAGE_RECORD)["key"],
-        "bertflow.git_commit": source_commit(),
-    }

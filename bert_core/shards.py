@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import mmap
 from pathlib import Path
 from typing import Any
@@ -269,3 +270,49 @@ def open_shards(shards_dir: str | Path) -> tuple[list[pa.Table], dict[str, Any]]
             raise ValueError(f"{shard['file']}: {table.num_rows} rows, manifest says {shard['num_examples']}")
         tables.append(table)
     return tables, manifest
+
+
+_KEY_SPACE = 1 << 64
+_MERGE_RANGE_EXAMPLES = 2048  # examples per key range of the merge: its memory, not the shard size
+
+
+def _allow_open_files(needed: int) -> None:
+    """Raise the open-file limit (each memory-mapped part file holds a descriptor) or say what to change."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if needed <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise OSError(f"merging {needed - 64} part files needs {needed} open files, over this system's limit of "
+                      f"{hard}; raise it (ulimit -n) or use a larger unit_tokens")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else hard, hard))
+
+
+def merge_units(unit_files: list[Path], total: int, output_dir: Path, *, schema: pa.Schema, examples_per_shard: int,
+                vocab_size: int, metadata: dict[str, Any]) -> dict[str, Any]:
+    """Stream the units' examples in shuffle-key order into equal-size shards; return the manifest.
+
+    Each part file is sorted by key, so key range r of every file is a contiguous slice: the merge holds one key
+    range (about 2,048 examples) and one shard's rows at a time, whatever the corpus size.
+    """
+    writer = ShardWriter(output_dir, total=total, examples_per_shard=examples_per_shard, schema=schema)
+    _allow_open_files(len(unit_files) + 64)
+    sources = []
+    for path in unit_files:
+        store = MappedTable(path)
+        sources.append((store, store.table.column("shuffle_key").to_numpy()))
+    num_ranges = max(1, math.ceil(total / _MERGE_RANGE_EXAMPLES))
+    for r in range(num_ranges):
+        lo, hi = np.uint64(r * _KEY_SPACE // num_ranges), np.uint64(((r + 1) * _KEY_SPACE // num_ranges) - 1)
+        pieces = []
+        for store, keys in sources:
+            a, b = np.searchsorted(keys, lo, "left"), np.searchsorted(keys, hi, "right")
+            if b > a:
+                pieces.append(store.table.slice(int(a), int(b - a)))
+        if pieces:
+            rows = pa.concat_tables(pieces)
+            writer.add(rows.take(pa.compute.sort_indices(rows, [("shuffle_key", "ascending")])))
+        for store, _ in sources:
+            store.release()
+    return writer.finish(vocab_size=vocab_size, metadata=metadata)

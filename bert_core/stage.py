@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import time
 import typing
 import uuid
 from collections.abc import Iterable, Iterator
@@ -94,8 +95,9 @@ def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
     values = {}
     for name, value in data.items():
         hint = hints.get(name)
-        if isinstance(value, dict) and dataclasses.is_dataclass(hint):
-            value = config_from_dict(hint, value)
+        nested = next((h for h in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(h)), None)
+        if isinstance(value, dict) and nested is not None:  # a config, or an optional one (`MaskingConfig | None`)
+            value = config_from_dict(nested, value)
         elif isinstance(value, list):
             # JSON has no tuples; configs use tuples so that they stay hashable and frozen.
             value = tuple(value)
@@ -241,3 +243,20 @@ def no_progress_bar(accelerator) -> bool:
     explicit `disable=` argument would override tqdm's own reading of that variable). The Prefect tasks set it so
     that the logs get one line per logging step instead of one per training step."""
     return not accelerator.is_local_main_process or os.environ.get("TQDM_DISABLE", "").lower() in {"1", "true", "yes"}
+
+
+def end_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
+    """Pool-worker initializer: exit within `poll_seconds` once the process that started the pool is gone.
+
+    A worker of a killed (kill -9) stage otherwise waits on its task queue for a minute or more, keeping the
+    forkserver and resource tracker alive with it. The parent is named by pid because a forkserver's workers are
+    children of the forkserver, not of the stage.
+    """
+    import threading
+
+    def watch() -> None:
+        while pid_alive(parent_pid):
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()

@@ -6,6 +6,14 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from bert_core.config import MIXED_PRECISION
+from bert_core.examples import PAIR_OBJECTIVES
+from bert_core.finetune import FinetuneConfig
+from bert_core.metrics import scalar_metrics
+from bert_core.model import PRESETS
+from bert_core.pretrain import PretrainConfig
+from bert_core.tokenizer import TokenizerConfig
+
 # Let bert_core's own log lines reach the Prefect run logs (and the UI), not only the console.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "bert_core")
 # The temporary server a local run starts would try to send usage telemetry and log an ERROR on machines without
@@ -15,20 +23,35 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 # Parameter types shared by the flows: Prefect validates runs against them and renders them as UI form fields
 # (choices as drop-downs, bounds checked before a run starts); each flow's docstring `Args:` gives the descriptions.
-Preset = Literal["bert-tiny", "bert-mini", "bert-small", "bert-medium", "bert-base", "bert-large"]
-MixedPrecision = Literal["no", "bf16", "fp16"]
-PairObjective = Literal["nsp", "sop", "none"]
+# The choices are the library's own lists; the stage configs check every value again (bert_core.config).
+Preset = Literal[tuple(PRESETS)]
+MixedPrecision = Literal[MIXED_PRECISION]
+PairObjective = Literal[PAIR_OBJECTIVES]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 LearningRate = Annotated[float, Field(gt=0.0, le=1.0)]
-SeqLength = Annotated[int, Field(ge=16, le=512)]
+SeqLength = Annotated[int, Field(ge=8, le=512)]  # ExamplesConfig's bounds; 512: BERT's position embeddings
+
+# The bundled sample's run, a few minutes on 2 CPU cores: the only flow defaults that differ from the stage configs'
+# own (tests/test_defaults.py holds every flow to that). The stage configs' defaults are sized for a real corpus.
+SAMPLE_PROFILE: dict[type, dict[str, object]] = {
+    TokenizerConfig: {"vocab_size": 8192},
+    PretrainConfig: {"learning_rate": 1e-3, "num_warmup_steps": 50, "max_train_steps": 500, "eval_steps": 100,
+                     "checkpointing_steps": 100},
+    FinetuneConfig: {"learning_rate": 5e-4},  # a bert-tiny fine-tunes best far above BERT-base's 5e-5
+}
+
+
+def sample_default(config: type, name: str):
+    """A flow parameter's default: the sample profile's value, else the stage config's own."""
+    return SAMPLE_PROFILE.get(config, {}).get(name, getattr(config, name))
 
 
 def manifest_metrics(record: dict) -> dict[str, float]:
     """The numeric top-level fields of a stage manifest or summary, and its per-reason rejection counts, as
     MLflow metrics of the stage's run."""
-    out = {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out = scalar_metrics(record)
     for reason, count in (record.get("documents_rejected") or {}).items():
         out[f"documents_rejected_{reason}"] = float(count)
     return out
@@ -36,7 +59,7 @@ def manifest_metrics(record: dict) -> dict[str, float]:
 
 def default_work_dir(work_dir: str | None) -> Path:
     """Stage outputs live under the project data directory unless a work_dir is given."""
-    from bert_core.registry import bertflow_home
+    from bert_core.stage import bertflow_home
 
     return Path(work_dir) if work_dir else bertflow_home() / "work"
 

@@ -16,10 +16,15 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from bert_core import stage
+from bert_core.config import SEED
+from bert_core.examples import ExamplesConfig
+from bert_core.ingest import IngestConfig
+from bert_core.pretrain import PretrainConfig
 from bert_core.model import resolve_model
-from bert_core.registry import lineage_tags, pin_model, ui_links
+from bert_core.registry import pin_model
+from bert_core.tracking import lineage_tags, ui_links
 from flows import (Fraction, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength, default_work_dir,
-                   manifest_metrics)
+                   manifest_metrics, sample_default)
 from flows.examples import examples_flow
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
@@ -33,16 +38,16 @@ def continued_pretraining(
     sources: list[str] | None = None,
     base_model: str = "models:/bertflow-bert-tiny@champion",
     work_dir: str | None = None,
-    validation_fraction: Fraction = 0.05,
-    max_seq_length: SeqLength = 128,
-    per_device_train_batch_size: PositiveInt = 32,
-    learning_rate: LearningRate = 1e-4,
-    num_warmup_steps: NonNegativeInt = 10,
-    max_train_steps: PositiveInt = 200,
-    mixed_precision: MixedPrecision = "no",
+    validation_fraction: Fraction = IngestConfig.validation_fraction,
+    max_seq_length: SeqLength = ExamplesConfig.max_seq_length,
+    per_device_train_batch_size: PositiveInt = PretrainConfig.per_device_train_batch_size,
+    learning_rate: LearningRate = PretrainConfig.learning_rate,  # the config's 1e-4: the weights are trained already
+    num_warmup_steps: NonNegativeInt = sample_default(PretrainConfig, "num_warmup_steps"),
+    max_train_steps: PositiveInt = sample_default(PretrainConfig, "max_train_steps"),
+    mixed_precision: MixedPrecision = PretrainConfig.mixed_precision,
     registered_model_name: str | None = None,
     min_improvement: float = 0.0,
-    seed: int = 42,
+    seed: int = SEED,
 ) -> dict:
     """Continue pretraining the registered champion on new text; promote the result only if it is better.
 
@@ -73,14 +78,15 @@ def continued_pretraining(
     if not name:
         raise ValueError("base_model is a local directory: give registered_model_name")
     with parent_run("continued-pretraining", "continued-pretraining", {"bertflow.base_model": base_model}) as run_id:
-        documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction)
+        documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction,
+                                    seed=seed)
         log_stage_run(run_id, "ingest", documents_dir, artifacts=[str(Path(documents_dir) / "manifest.json")],
                       metrics=manifest_metrics(stage.read_json(Path(documents_dir) / "manifest.json")))
         examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), tokenizer_path=base_dir,
                                      max_seq_length=max_seq_length, seed=seed)
         preset = _preset_of(base_dir)
         pretrained = pretrain_flow(
-            shards_dir=examples_dir, work_dir=str(work), preset=preset, max_seq_length=max_seq_length,
+            shards_dir=examples_dir, work_dir=str(work), preset=preset,
             per_device_train_batch_size=per_device_train_batch_size, learning_rate=learning_rate,
             num_warmup_steps=num_warmup_steps, max_train_steps=max_train_steps, mixed_precision=mixed_precision,
             eval_steps=max_train_steps, checkpointing_steps=max(1, max_train_steps // 2), init_from=base_dir,

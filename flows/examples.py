@@ -37,7 +37,7 @@ def examples_flow(
     dupe_factor: int = ExamplesConfig.dupe_factor,
     masking: str = ExamplesConfig.masking,
     mlm_probability: float = MaskingConfig.mlm_probability,
-    max_predictions_per_seq: int = MaskingConfig.max_predictions_per_seq,
+    max_predictions_per_seq: int | None = MaskingConfig.max_predictions_per_seq,
     whole_word_mask: bool = MaskingConfig.whole_word_mask,
     examples_per_shard: int = ExamplesConfig.examples_per_shard,
     seed: int = ExamplesConfig.seed,

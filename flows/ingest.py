@@ -13,7 +13,8 @@ from prefect import flow, unmapped
 
 from bert_core import stage
 from bert_core.cleaning import CleaningConfig
-from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, input_units, local_unit
+from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, input_units
+from bert_core.textfiles import local_unit
 from bert_core.dedup import DedupConfig
 from bert_core.ingest import IngestConfig, ingest_key, part_key, parts_dir_for
 from flows import balanced_batches, dask_task_runner, default_work_dir
@@ -46,6 +47,7 @@ def ingest_flow(
     near_dedup_threshold: float = DedupConfig.near_dedup_threshold,
     decontamination_files: list[str] | None = None,
     validation_fraction: float = IngestConfig.validation_fraction,
+    seed: int = IngestConfig.seed,
     n_workers: int = 1,
     dask_address: str | None = None,
 ) -> str:
@@ -57,6 +59,7 @@ def ingest_flow(
         dedup=DedupConfig(near_dedup_threshold=near_dedup_threshold),
         decontamination_files=tuple(decontamination_files or ()),
         validation_fraction=validation_fraction,
+        seed=seed,
     )
     output_dir = default_work_dir(work_dir) / "ingest"
     units = input_units(config.sources)

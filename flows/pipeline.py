@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -22,10 +22,18 @@ from pydantic import Field
 
 from bert_core import stage
 from bert_core.catalogue import get_task
-from bert_core.evaluate import scalar_metrics
-from bert_core.registry import bertflow_home, configure_tracking, lineage_tags, redact, ui_links
+from bert_core.config import SEED
+from bert_core.examples import ExamplesConfig
+from bert_core.finetune import FinetuneConfig
+from bert_core.ingest import IngestConfig
+from bert_core.masking import MaskingConfig
+from bert_core.pretrain import PretrainConfig
+from bert_core.tokenizer import TokenizerConfig
+from bert_core.metrics import scalar_metrics
+from bert_core.stage import bertflow_home
+from bert_core.tracking import configure_tracking, lineage_tags, redact, ui_links
 from flows import (Fraction, LearningRate, MixedPrecision, NonNegativeInt, PairObjective, PositiveInt, Preset,
-                   SeqLength, default_work_dir, manifest_metrics)
+                   SeqLength, default_work_dir, manifest_metrics, sample_default)
 from flows.evaluate import evaluate_flow
 from flows.examples import examples_flow
 from flows.finetune import finetune_flow
@@ -39,37 +47,39 @@ from tasks.registry import finish_run, log_stage_run, parent_run
 def bert_pipeline(
     sources: list[str] | None = None,
     work_dir: str | None = None,
-    validation_fraction: Fraction = 0.05,
+    validation_fraction: Fraction = IngestConfig.validation_fraction,
     decontamination_files: list[str] | None = None,
     data_workers: PositiveInt = 1,
     dask_address: str | None = None,
-    vocab_size: Annotated[int, Field(ge=200, le=250_000)] = 8192,
-    max_seq_length: SeqLength = 128,
-    dupe_factor: PositiveInt = 1,
-    pair_objective: PairObjective = "nsp",
-    whole_word_mask: bool = False,
-    preset: Preset = "bert-tiny",
-    per_device_train_batch_size: PositiveInt = 32,
-    gradient_accumulation_steps: PositiveInt = 1,
-    learning_rate: LearningRate = 1e-3,
-    num_warmup_steps: NonNegativeInt = 50,
-    max_train_steps: PositiveInt = 500,
-    eval_steps: PositiveInt = 100,
-    checkpointing_steps: PositiveInt = 100,
-    mixed_precision: MixedPrecision = "no",
-    num_processes: PositiveInt = 1,
+    vocab_size: Annotated[int, Field(ge=200, le=250_000)] = sample_default(TokenizerConfig, "vocab_size"),
+    max_seq_length: SeqLength = ExamplesConfig.max_seq_length,
+    dupe_factor: PositiveInt = ExamplesConfig.dupe_factor,
+    pair_objective: PairObjective = ExamplesConfig.pair_objective,
+    masking: Literal["static", "dynamic"] = ExamplesConfig.masking,
+    mlm_probability: Annotated[float, Field(gt=0.0, lt=1.0)] = MaskingConfig.mlm_probability,
+    whole_word_mask: bool = MaskingConfig.whole_word_mask,
+    preset: Preset = PretrainConfig.preset,
+    per_device_train_batch_size: PositiveInt = PretrainConfig.per_device_train_batch_size,
+    gradient_accumulation_steps: PositiveInt = PretrainConfig.gradient_accumulation_steps,
+    learning_rate: LearningRate = sample_default(PretrainConfig, "learning_rate"),
+    num_warmup_steps: NonNegativeInt = sample_default(PretrainConfig, "num_warmup_steps"),
+    max_train_steps: PositiveInt = sample_default(PretrainConfig, "max_train_steps"),
+    eval_steps: PositiveInt = sample_default(PretrainConfig, "eval_steps"),
+    checkpointing_steps: PositiveInt = sample_default(PretrainConfig, "checkpointing_steps"),
+    mixed_precision: MixedPrecision = PretrainConfig.mixed_precision,
+    num_processes: PositiveInt = PretrainConfig.num_processes,
     task_name: str = "sst2",
     task_file: str | None = None,
     task_train_file: str | None = None,
     task_validation_file: str | None = None,
     text_column: str | None = None,
     label_column: str | None = None,
-    finetune_learning_rate: LearningRate = 5e-4,
-    finetune_num_train_epochs: PositiveInt = 3,
+    finetune_learning_rate: LearningRate = sample_default(FinetuneConfig, "learning_rate"),
+    finetune_num_train_epochs: PositiveInt = FinetuneConfig.num_train_epochs,
     finetune_max_train_steps: PositiveInt | None = None,
     registered_model_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "bertflow",
     min_improvement: Annotated[float, Field(ge=0.0)] = 0.0,
-    seed: int = 42,
+    seed: int = SEED,
 ) -> dict:
     """Raw text to registered, evaluated BERT models. Defaults run on the bundled sample in a few minutes on CPU.
 
@@ -85,6 +95,8 @@ def bert_pipeline(
         max_seq_length: Tokens per pretraining example and per fine-tuning input (QA uses 384).
         dupe_factor: How many differently masked copies of the corpus to write.
         pair_objective: nsp (BERT next sentence), sop (ALBERT sentence order) or none (MLM only).
+        masking: static (masks written into the shards) or dynamic (masked anew in every training batch).
+        mlm_probability: Share of the maskable tokens a training example predicts.
         whole_word_mask: Mask all pieces of a word together.
         preset: Model size, from bert-tiny (2 layers, 128 wide) to bert-large (24 layers, 1024 wide).
         per_device_train_batch_size: Pretraining examples per device per step.
@@ -109,7 +121,7 @@ def bert_pipeline(
         finetune_max_train_steps: Stop fine-tuning after this many steps (smoke tests); empty: all epochs.
         registered_model_prefix: MLflow names are `<prefix>-<preset>` and `<prefix>-<task_name>`.
         min_improvement: A new model becomes champion only when it beats the champion by more than this.
-        seed: Random seed of every stage.
+        seed: Random seed of every stage: ingest's validation split, the examples, pretraining, fine-tuning.
     """
     started = time.perf_counter()
     work = default_work_dir(work_dir)
@@ -122,21 +134,22 @@ def bert_pipeline(
         # The fine-tuning task's dev set is always kept out of the pretraining corpus.
         decontaminate = [*task.decontamination_specs(task_validation_file, text_column), *(decontamination_files or [])]
         documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction,
-                                    decontamination_files=decontaminate, n_workers=data_workers,
+                                    decontamination_files=decontaminate, seed=seed, n_workers=data_workers,
                                     dask_address=dask_address)
         corpus = stage.read_json(Path(documents_dir) / "manifest.json")
         log_stage_run(run_id, "ingest", documents_dir, metrics=manifest_metrics(corpus),
                       artifacts=[str(Path(documents_dir) / "manifest.json")])
         examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), vocab_size=vocab_size,
                                      max_seq_length=max_seq_length, dupe_factor=dupe_factor,
-                                     pair_objective=pair_objective, whole_word_mask=whole_word_mask,
+                                     pair_objective=pair_objective, masking=masking, mlm_probability=mlm_probability,
+                                     whole_word_mask=whole_word_mask, seed=seed,
                                      n_workers=data_workers, dask_address=dask_address)
         examples = {s: stage.read_json(Path(examples_dir) / s / "manifest.json") for s in ("train", "validation")}
         log_stage_run(run_id, "examples", examples_dir,
                       metrics={f"{s}_{k}": v for s, m in examples.items() for k, v in manifest_metrics(m).items()},
                       artifacts=[str(Path(examples_dir) / s / "manifest.json") for s in ("train", "validation")])
         pretrained = pretrain_flow(
-            shards_dir=examples_dir, work_dir=str(work), preset=preset, max_seq_length=max_seq_length,
+            shards_dir=examples_dir, work_dir=str(work), preset=preset,
             per_device_train_batch_size=per_device_train_batch_size,
             gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
             num_warmup_steps=num_warmup_steps, max_train_steps=max_train_steps, mixed_precision=mixed_precision,

@@ -14,7 +14,7 @@ def pretrain_flow(
     shards_dir: str,
     work_dir: str | None = None,
     preset: str = PretrainConfig.preset,
-    max_seq_length: int = PretrainConfig.max_seq_length,
+    max_seq_length: int | None = PretrainConfig.max_seq_length,
     per_device_train_batch_size: int = PretrainConfig.per_device_train_batch_size,
     gradient_accumulation_steps: int = PretrainConfig.gradient_accumulation_steps,
     learning_rate: float = PretrainConfig.learning_rate,
@@ -34,7 +34,8 @@ def pretrain_flow(
 ) -> dict:
     """Returns the training summary (final/ path, held-out metrics at step 0 and at the end, the MLflow run).
 
-    `optimizer`: "adamw" or "lamb"; `init_from`: a previous phase's final/ directory (phase 2 at 512).
+    `optimizer`: "adamw" or "lamb"; `init_from`: a previous phase's final/ directory (phase 2 at 512);
+    `max_seq_length`: empty, the shards' (given, it must be theirs); masking is the shards' (set in examples).
     """
     config = PretrainConfig(
         shards_dir=shards_dir,

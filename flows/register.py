@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
+from bert_core.metrics import scalar_metrics
 from bert_core.registry import RegisterConfig
 from tasks.registry import register_model
 
@@ -55,7 +56,7 @@ def register_flow(
         primary_metric="eval_mlm_loss",
         greater_is_better=False,
         min_improvement=min_improvement,
-        metrics={k: v for k, v in (pretrained_metrics or {}).items() if isinstance(v, (int, float))},
+        metrics=scalar_metrics(pretrained_metrics or {}),
         champion_metrics=pretrained_champion_metrics,
         champion_version=pretrained_champion_version,
         params=(params or {}).get("pretrain", {}),

@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from bert_core import registry
+from bert_core import registry, tracking
 
 
 @task(name="rollback", cache_policy=NO_CACHE)
@@ -37,7 +37,7 @@ def rollback_champion(
         reason: Why (recorded on the version and in this run's summary).
     """
     result = rollback(registered_model_name, version, reason)
-    link = registry.ui_links(model=(registered_model_name, version))["model_version"]
+    link = tracking.ui_links(model=(registered_model_name, version))["model_version"]
     create_markdown_artifact(key="rollback-summary", description="champion rollback",
                              markdown=(f"**{registered_model_name}**: champion v{result['previous_champion']} -> "
                                        f"[v{version}]({link}). Reason: {reason or 'none given'}.\n"))

@@ -14,10 +14,12 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from bert_core import stage
+from bert_core.config import SEED
 from bert_core.catalogue import get_task
-from bert_core.evaluate import scalar_metrics
+from bert_core.metrics import scalar_metrics
+from bert_core.finetune import FinetuneConfig
 from bert_core.registry import pin_model
-from flows import LearningRate, MixedPrecision, PositiveInt, default_work_dir
+from flows import LearningRate, MixedPrecision, PositiveInt, default_work_dir, sample_default
 from flows.finetune import finetune_flow
 from flows.register import register_flow
 from tasks.evaluate import evaluate_task_model
@@ -34,14 +36,14 @@ def task_model(
     text_column: str | None = None,
     label_column: str | None = None,
     work_dir: str | None = None,
-    learning_rate: LearningRate = 5e-4,
-    num_train_epochs: PositiveInt = 3,
-    per_device_train_batch_size: PositiveInt = 32,
-    freeze_encoder: bool = False,
-    mixed_precision: MixedPrecision = "no",
+    learning_rate: LearningRate = sample_default(FinetuneConfig, "learning_rate"),
+    num_train_epochs: PositiveInt = FinetuneConfig.num_train_epochs,
+    per_device_train_batch_size: PositiveInt = FinetuneConfig.per_device_train_batch_size,
+    freeze_encoder: bool = FinetuneConfig.freeze_encoder,
+    mixed_precision: MixedPrecision = FinetuneConfig.mixed_precision,
     registered_model_prefix: str = "bertflow",
     min_improvement: float = 0.0,
-    seed: int = 42,
+    seed: int = SEED,
 ) -> dict:
     """Fine-tune `base_model` for `task_name`; it becomes the task's champion only if it beats the current one.
 

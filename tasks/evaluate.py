@@ -7,7 +7,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bert_core import evaluate
+from bert_core import evaluate, reports
+from bert_core.metrics import scalar_metrics
 
 
 @task(name="evaluate_pretrained", cache_policy=NO_CACHE)
@@ -19,7 +20,7 @@ def evaluate_pretrained(model_dir: str, shards_dir: str) -> dict:
 
 @task(name="write_pretraining_report", cache_policy=NO_CACHE)
 def write_pretraining_report(metrics_jsonl: str, output_dir: str) -> list[str]:
-    paths = evaluate.write_pretraining_report(metrics_jsonl, output_dir)
+    paths = reports.write_pretraining_report(metrics_jsonl, output_dir)
     return [str(paths.json), *map(str, paths.plots)]
 
 
@@ -55,8 +56,8 @@ def evaluate_task_model(kind: str, model_dir: str, data_file: str, output_dir: s
     result["champion_version"] = champion_version if result["champion_metrics"] else None
     create_markdown_artifact(key="task-evaluation", markdown=result.pop("report_markdown"),
                              description=f"Dev-set evaluation of the fine-tuned {kind} model")
-    metrics = evaluate.scalar_metrics(result["metrics"])
-    champion = evaluate.scalar_metrics(result["champion_metrics"] or {})
+    metrics = scalar_metrics(result["metrics"])
+    champion = scalar_metrics(result["champion_metrics"] or {})
     create_table_artifact(key="task-metrics", description="Candidate vs champion on the same dev set",
                           table=[{"metric": k, "candidate": round(v, 6),
                                   "champion": round(champion[k], 6) if k in champion else None}

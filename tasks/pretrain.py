@@ -21,7 +21,7 @@ from tasks import TRAINING_TAG
 
 from bert_core import launch
 from bert_core import pretrain as pretrain_lib
-from bert_core import registry, stage
+from bert_core import stage, tracking
 
 _STEP = re.compile(r"step (\d+)/(\d+)")
 
@@ -30,6 +30,7 @@ _STEP = re.compile(r"step (\d+)/(\d+)")
 def pretrain(config: pretrain_lib.PretrainConfig, mlflow_parent_run_id: str | None = None) -> dict:
     """Run (or resume, or skip when up to date) pretraining; its MLflow run nests under `mlflow_parent_run_id`."""
     logger = get_run_logger()
+    config = pretrain_lib.with_shard_settings(config)  # the run's MLflow params show the masking actually used
     output_dir = Path(config.output_dir)
     if stage.completed_stage(output_dir, pretrain_lib.stage_key(config)):
         logger.info("pretrain: %s is up to date, skipping", output_dir)
@@ -42,8 +43,8 @@ def pretrain(config: pretrain_lib.PretrainConfig, mlflow_parent_run_id: str | No
     record = stage.read_json(run_file) if run_file.is_file() else {}
     # A resumed run goes on logging into its own MLflow run; a run of another config gets a new one.
     run_id = record.get("run_id") if record.get("key") == key else None
-    if run_id is None or not registry.run_exists(run_id):
-        run_id = registry.start_run("bertflow", f"pretrain-{config.preset}",
+    if run_id is None or not tracking.run_exists(run_id):
+        run_id = tracking.start_run("bertflow", f"pretrain-{config.preset}",
                                     params={k: v for k, v in stage.to_jsonable(config).items() if k != "mlflow_run_id"},
                                     parent_run_id=mlflow_parent_run_id, tags={"bertflow.stage": "pretrain"})
         stage.write_json(run_file, {"run_id": run_id, "key": key})

@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from bert_core import registry, stage
+from bert_core import registry, stage, tracking
 from tasks import REGISTRY_LIMIT
 
 
@@ -38,8 +38,8 @@ def register_model(config: registry.RegisterConfig) -> dict:
 @task(name="start_run", cache_policy=NO_CACHE)
 def start_run(run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
     """The pipeline's parent MLflow run; stage runs nest under it."""
-    run_id = registry.start_run("bertflow", run_name, params, tags=tags)
-    get_run_logger().info("MLflow run %s: %s", run_id, registry.ui_links(run_id)["run"])
+    run_id = tracking.start_run("bertflow", run_name, params, tags=tags)
+    get_run_logger().info("MLflow run %s: %s", run_id, tracking.ui_links(run_id)["run"])
     return run_id
 
 
@@ -50,7 +50,7 @@ def log_stage_run(parent_run_id: str, stage_name: str, stage_dir: str | None = N
     """A nested run for one stage: the config its stage record holds as params, `metrics`, `artifacts`."""
     record = Path(stage_dir) / stage.STAGE_RECORD if stage_dir else None
     params = stage.read_json(record)["config"] if record and record.is_file() else None
-    return registry.log_stage_run(parent_run_id, stage_name, params=params, metrics=metrics,
+    return tracking.log_stage_run(parent_run_id, stage_name, params=params, metrics=metrics,
                                   artifacts=artifacts or (), tags=tags)
 
 
@@ -58,10 +58,10 @@ def log_stage_run(parent_run_id: str, stage_name: str, stage_dir: str | None = N
 def finish_run(run_id: str, status: str = "FINISHED", metrics: dict[str, float] | None = None,
                tags: dict[str, str] | None = None) -> None:
     if tags:
-        registry.tag_run(run_id, tags)
+        tracking.tag_run(run_id, tags)
     if metrics:
-        registry.log_metrics(run_id, metrics)
-    registry.finish_run(run_id, status)
+        tracking.log_metrics(run_id, metrics)
+    tracking.finish_run(run_id, status)
 
 
 @contextlib.contextmanager

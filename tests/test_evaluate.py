@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bert_core.evaluate import evaluate_pretrained, write_pretraining_report
+from bert_core.evaluate import evaluate_pretrained
+from bert_core.reports import write_pretraining_report
 from bert_core.metrics import classification_metrics
 
 

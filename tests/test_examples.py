@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bert_core.examples import document_pairs, truncate_spans
+from bert_core.pairs import document_pairs, truncate_spans
 from bert_core.tokens import TokenStore
 from bert_core.shards import read_manifest, verify_shards
 from bert_core.data import ShardDataset
@@ -160,7 +160,8 @@ def test_long_sentences_keep_their_actual_next_pairs():
 
 
 def test_quality_gates_report_what_is_off():
-    from bert_core.examples import ExamplesConfig, check_quality
+    from bert_core.example_quality import check_quality
+    from bert_core.examples import ExamplesConfig
 
     good = {"num_examples": 10_000, "nsp_random_next_share": 0.503, "max_length": 128, "num_masked": 100_000,
             "num_maskable": 660_000, "masked_share_of_maskable": 0.1515, "mask_token_share": 0.80,
@@ -294,7 +295,8 @@ def test_random_next_segments_come_from_the_whole_split():
 
 def test_examples_hold_exactly_the_tokens_of_their_spans():
     """[CLS] A [SEP] B [SEP] with A and B gathered from the right places, and token types 0 then 1."""
-    from bert_core.examples import ExamplesConfig, Unit, document_pairs, unit_examples
+    from bert_core.examples import ExamplesConfig, Unit, unit_examples
+    from bert_core.pairs import document_pairs
 
     docs = _synthetic_documents(num_docs=20)
     store = TokenStore.from_documents(docs)

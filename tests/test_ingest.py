@@ -146,3 +146,20 @@ def test_counts_per_source_follow_globs(tmp_path):
                                          tmp_path / "out") / "manifest.json").read_text())
     assert set(manifest["per_source"]) == {glob_source, str(root / "a.jsonl")}
     assert manifest["per_source"][glob_source]["read"] == 5  # bad, empty, other, wiki (2 docs)
+
+
+def test_a_small_corpus_gets_two_documents_in_each_split():
+    """NSP draws the random next segment from another document of the split: a hash split that holds out one
+    document of ten moves the train document nearest the threshold over; two documents stay one each."""
+    import numpy as np
+
+    from bert_core.ingest import _ensure_both_splits
+
+    points = [np.array([0.01, 0.5, 0.07, 0.9, 0.3]), np.array([0.2, 0.06, 0.8, 0.4, 0.6])]
+    decisions = [np.where(p < 0.05, 2, 1) for p in points]  # 0.05: only 0.01 held out
+    assert _ensure_both_splits(decisions, points)
+    assert [list(d) for d in decisions] == [[2, 1, 1, 1, 1], [1, 2, 1, 1, 1]]  # 0.06, the nearest, moved
+    two = [np.array([2, 1])]
+    assert not _ensure_both_splits(two, [np.array([0.01, 0.5])]) and list(two[0]) == [2, 1]
+    empty = [np.array([1, 1, 1])]
+    assert _ensure_both_splits(empty, [np.array([0.3, 0.1, 0.2])]) and list(empty[0]) == [1, 2, 1]

@@ -71,3 +71,10 @@ def test_bert_core_import_graph_is_acyclic():
         if module not in state and visit(module, []):
             break
     assert not cycle, " -> ".join(cycle)
+
+
+def test_no_module_is_over_400_lines():
+    """Modules of one concept: a module that grows past 400 lines is split along its concepts (issue 14)."""
+    long = {str(p.relative_to(REPO)): n for folder in ("bert_core", "flows", "tasks")
+            for p in sorted((REPO / folder).glob("*.py")) if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, long

@@ -13,6 +13,7 @@ from transformers import AutoModelForPreTraining
 
 from bert_core import stage
 from bert_core.launch import end_training, launch_command, launch_env
+from bert_core.examples import generate_examples
 from bert_core.pretrain import pretrain
 from tests.conftest import REPO, tiny_pretrain_config
 
@@ -121,7 +122,7 @@ def test_lamb_bf16_and_live_mlflow_metrics(examples_dir, tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from bert_core.registry import configure_tracking, ensure_experiment
+    from bert_core.tracking import configure_tracking, ensure_experiment
 
     configure_tracking(tmp_path / "home")
     run = MlflowClient().create_run(ensure_experiment("bertflow-test", tmp_path / "home"))
@@ -143,7 +144,6 @@ def test_phase_two_starts_from_phase_one(pretrained, documents_dir, tmp_path):
     """A 256-token phase initialised from the 64-token phase's final weights (the BERT paper's two phases)."""
     from dataclasses import replace
 
-    from bert_core.examples import generate_examples
     from bert_core.masking import MaskingConfig
     from tests.conftest import TINY_EXAMPLES
 
@@ -199,3 +199,31 @@ def test_a_teardown_that_ends_in_time_returns_normally():
     end_training(accelerator, seconds=0.5)
     time.sleep(1.0)  # the cancelled watchdog must not fire (it would exit this pytest process)
     assert accelerator.ended
+
+
+def _masked_shares(run_dir):
+    return [r["masked_share"] for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())
+            if "masked_share" in r]
+
+
+def test_dynamic_masking_trains_on_the_examples_stage_masking(documents_dir, tmp_path, pretrained):
+    """Masking has one home, the examples stage: dynamic shards written at mlm_probability=0.3 are masked ~30% in
+    every training batch, the run records 0.3, and a pretrain config that says otherwise is refused."""
+    from dataclasses import replace
+
+    from bert_core.masking import MaskingConfig
+    from tests.conftest import TINY_EXAMPLES
+
+    shards = generate_examples(replace(TINY_EXAMPLES, masking="dynamic", mlm=MaskingConfig(mlm_probability=0.3)),
+                               documents_dir, tmp_path / "dynamic")
+    summary = pretrain(tiny_pretrain_config(shards, tmp_path / "run", max_seq_length=None, max_train_steps=6,
+                                            logging_steps=1, eval_steps=100))
+    shares = _masked_shares(tmp_path / "run")
+    assert len(shares) == 6 and all(abs(s - 0.3) < 0.02 for s in shares), shares
+    record = stage.read_json(tmp_path / "run" / "stage.json")["config"]
+    assert record["mlm"]["mlm_probability"] == 0.3 and record["max_seq_length"] == 64  # the values used
+    assert summary["steps"] == 6
+    # The static shards of the session: masked at the default 15% when they were written.
+    assert all(abs(s - 0.15) < 0.02 for s in _masked_shares(Path(pretrained["final_dir"]).parent))
+    with pytest.raises(ValueError, match="contradicts the masking the shards .* were written for"):
+        pretrain(tiny_pretrain_config(shards, tmp_path / "other", mlm=MaskingConfig(mlm_probability=0.15)))

@@ -113,7 +113,7 @@ def test_artifacts_go_under_the_data_directory_not_the_cwd(classifier, tmp_path,
 
 
 def test_tracking_uri_precedence(tmp_path, monkeypatch):
-    from bert_core.registry import configure_tracking
+    from bert_core.tracking import configure_tracking
 
     monkeypatch.setenv("BERTFLOW_HOME", str(tmp_path / "a"))
     assert configure_tracking() == f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}"
@@ -170,11 +170,11 @@ _PROMOTER = textwrap.dedent("""
     from pathlib import Path
     import mlflow
     from mlflow.tracking import MlflowClient
-    from bert_core import registry
+    from bert_core import registry, tracking
 
     home, version, accuracy, delay, locked = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "1"
     start = float(sys.argv[6])
-    registry.configure_tracking(home)
+    tracking.configure_tracking(home)
     read = MlflowClient.get_model_version_by_alias
 
     def slow_read(self, name, alias):  # widen the window between reading the champion and moving the alias
@@ -203,7 +203,7 @@ def test_two_promotions_at_once_leave_the_better_champion(tmp_path, locked):
     and the slower, worse v2 writes last (the race is real); with it the result is v3, whatever the order."""
     from mlflow.tracking import MlflowClient
 
-    from bert_core.registry import configure_tracking
+    from bert_core.tracking import configure_tracking
 
     home = tmp_path / "home"
     configure_tracking(home)
@@ -233,7 +233,7 @@ def test_two_promotions_at_once_leave_the_better_champion(tmp_path, locked):
 def test_credentials_never_reach_params_tags_or_links(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from bert_core.registry import redact, start_run, ui_links
+    from bert_core.tracking import redact, start_run, ui_links
 
     secret = "https://alice:s3cret@mlflow.example.com/api?token=tok123&x=1"
     assert redact(secret) == "https://***@mlflow.example.com/api?token=***&x=1"

@@ -179,3 +179,28 @@ def test_rollback_flow_moves_the_champion_back(run):
     assert result["previous_champion"] == before and result["champion"] == "1"
     assert str(client.get_model_version_by_alias("flowtest-sst2", "champion").version) == "1"
     assert "flow test" in client.get_model_version("flowtest-sst2", "1").tags["bertflow.rollback"]
+
+
+def _validation_ids(work: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    return {i for f in sorted((work / "ingest").glob("documents-validation-*.parquet"))
+            for i in pq.read_table(f, columns=["doc_id"]).column("doc_id").to_pylist()}
+
+
+def test_the_pipeline_seed_reaches_every_stage(run, tmp_path):
+    """`seed` is every stage's: another seed holds out other documents, writes other shards, and trains and
+    fine-tunes with it (the same corpus and settings otherwise)."""
+    import json
+
+    home, summary = run
+    seeded = bert_pipeline(**{**TINY, "max_train_steps": 4, "eval_steps": 4, "checkpointing_steps": 4,
+                              "finetune_max_train_steps": 2, "registered_model_prefix": "flowseed"},
+                           work_dir=str(tmp_path / "seeded"), seed=7)
+    ours, theirs = Path(summary["work_dir"]), Path(seeded["work_dir"])
+    assert seeded["corpus"]["documents_kept"] == summary["corpus"]["documents_kept"]  # the same corpus ...
+    assert _validation_ids(theirs) and _validation_ids(theirs) != _validation_ids(ours)  # ... split otherwise
+    checksums = [json.loads((w / "examples" / "train" / "manifest.json").read_text())["shards"] for w in (ours, theirs)]
+    assert checksums[0] != checksums[1]
+    for name in ("ingest", "examples", "pretrain/bert-tiny", "finetune/sst2"):
+        assert json.loads((theirs / name / "stage.json").read_text())["config"]["seed"] == 7, name

@@ -1,0 +1,72 @@
+"""Pretraining checkpoints: written under a temporary name and renamed, the newest kept, found again to resume.
+
+A checkpoint is Accelerate's model/optimizer/RNG state of every rank plus `trainer_state.json` (step, epoch,
+batch_in_epoch and the stage key of the run that wrote it); a run resumes only from its own key's checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+from bert_core import stage
+
+logger = logging.getLogger(__name__)
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    root = output_dir / "checkpoints"
+    return sorted(p for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
+
+
+def find_resume(config: Any, key: str) -> Path | None:
+    if not config.resume_from_checkpoint:
+        return None
+    if config.resume_from_checkpoint != "latest":
+        path = Path(config.resume_from_checkpoint)
+        state = stage.read_json(path / "trainer_state.json")
+        if state["key"] != key:
+            raise ValueError(f"checkpoint {path} was written by a run with another config or data; cannot resume it")
+        return path
+    for path in reversed(list_checkpoints(Path(config.output_dir))):
+        state_file = path / "trainer_state.json"
+        if state_file.is_file() and stage.read_json(state_file)["key"] == key:
+            return path
+        logger.warning("ignoring checkpoint %s: it belongs to another config or data", path)
+    return None
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past the resumed step, so a resumed run's log has no duplicate or orphan steps."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    if step == 0:
+        lines = []
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int) -> None:
+    root = output_dir / "checkpoints"
+    final = root / f"step-{state['step']:07d}"
+    tmp = root / f".step-{state['step']:07d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)  # before any rank writes its RNG state into it
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        stage.write_json(tmp / "trainer_state.json", state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
