@@ -22,6 +22,7 @@ import torch
 
 from bert_core.catalogue import PRIMARY_METRIC, TASK_MODEL_KINDS
 from bert_core.metrics import classification_metrics
+from bert_core.model import model_description, resolve_model
 from bert_core.reports import bar_plot, render_task_report, write_confusion_matrix_plot
 
 logger = logging.getLogger(__name__)
@@ -68,15 +69,17 @@ class EvaluateConfig:
     shards_dir: str | None = None  # ...scored on this static-masked split (e.g. <examples>/validation)
     classifier_dir: str | None = None  # a fine-tuned task model...
     data_file: str | None = None  # ...scored on this labelled file (TSV/CSV/JSONL/Parquet, CoNLL, SQuAD JSON)
-    kind: str = "classifier"  # "classifier", "token-classifier" (NER) or "question-answering"
     champion_dir: str | None = None  # a model (directory or models:/name@champion) to compare with on the same file
     output_dir: str | None = None  # where the task model's report goes
-    text_column: str = "sentence"
+    # How the classifier reads `data_file`. Empty: what its directory describes (bertflow's fine-tuning writes it);
+    # for a model from elsewhere, the classifier, "sentence"/"label" columns, 128 tokens (QA: doc_stride 128).
+    kind: str | None = None  # "classifier", "token-classifier" (NER) or "question-answering"
+    text_column: str | None = None
     text_pair_column: str | None = None
-    label_column: str = "label"
-    truncation: str = "head"
-    max_seq_length: int = 128  # use the model's fine-tuning value (QA: its window, e.g. 384)
-    doc_stride: int = 128  # QA: overlap of the context windows
+    label_column: str | None = None
+    truncation: str | None = None
+    max_seq_length: int | None = None
+    doc_stride: int | None = None
     per_device_eval_batch_size: int = 64
 
 
@@ -94,14 +97,11 @@ def evaluate_models(config: EvaluateConfig) -> dict[str, Any]:
                                                     batch_size=config.per_device_eval_batch_size)
     if config.classifier_dir:
         output_dir = config.output_dir or str(Path(config.classifier_dir).parent / "evaluation")
-        from bert_core.model import resolve_model
-
         champion = resolve_model(config.champion_dir) if config.champion_dir else None
-        result = evaluate_task(config.kind, resolve_model(config.classifier_dir), config.data_file, output_dir,
-                               champion_dir=champion, text_column=config.text_column,
-                               text_pair_column=config.text_pair_column, label_column=config.label_column,
-                               max_seq_length=config.max_seq_length, truncation=config.truncation,
-                               doc_stride=config.doc_stride)
+        model_dir = resolve_model(config.classifier_dir)
+        result = evaluate_task(config.kind or model_description(model_dir).get("kind", "classifier"), model_dir,
+                               config.data_file, output_dir, champion_dir=champion,
+                               **{k: getattr(config, k) for k in _READING})
         results["classifier"] = {k: v for k, v in result.items() if k != "report_markdown"}
     return results
 
@@ -246,24 +246,36 @@ def mcnemar_p_value(new_only: int, champion_only: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def evaluate_task(kind: str, model_dir: str | Path, data_file: str | Path, output_dir: str | Path, *,
-                  champion_dir: str | Path | None = None, text_column: str = "sentence",
-                  text_pair_column: str | None = None, label_column: str = "label", max_seq_length: int = 128,
-                  truncation: str = "head", doc_stride: int = 128) -> dict[str, Any]:
+# How a task model reads a dev file, for a model whose directory does not say (`model.describe_model` does).
+_READING = {"text_column": "sentence", "text_pair_column": None, "label_column": "label", "max_seq_length": 128,
+            "truncation": "head", "doc_stride": 128}
+
+
+def evaluate_task(kind: str | None, model_dir: str | Path, data_file: str | Path, output_dir: str | Path, *,
+                  champion_dir: str | Path | None = None, **reading: Any) -> dict[str, Any]:
     """Score a fine-tuned model on a labelled dev file and write its report under `output_dir`.
 
     Writes `metrics.json`, `predictions.jsonl` (one row per example: input, gold, prediction), the kind's plot
     (confusion matrix for classifiers and NER tags, F1 by question word for QA) and `report.md`. With
     `champion_dir`, the champion is scored on the same file and the report compares the two: each metric and its
     difference, how many examples only one of them gets right, and the exact McNemar p-value of that split.
+    The model's kind and how it reads the file (`reading`: text/pair/label columns, max_seq_length, truncation,
+    doc_stride) come from its directory's description; given values override it, for models without one.
     Returns {"kind", "primary_metric", "metrics", "champion_metrics", "comparison", "reports"}.
     """
     from bert_core.stage import atomic_file, write_json
 
+    described = model_description(model_dir)
+    unknown = sorted(set(reading) - set(_READING))
+    if unknown:
+        raise ValueError(f"evaluate_task: unknown reading option(s) {unknown}; expected some of {sorted(_READING)}")
+    if kind and described.get("kind") and kind != described["kind"]:
+        raise ValueError(f"{model_dir} is a {described['kind']} model, not a {kind}")
+    kind = kind or described.get("kind")
     if kind not in _SCORERS:
-        raise ValueError(f"unknown task kind {kind!r}; one of {TASK_MODEL_KINDS}")
-    options = dict(text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
-                   max_seq_length=max_seq_length, truncation=truncation, doc_stride=doc_stride)
+        raise ValueError(f"unknown task kind {kind!r} for {model_dir}; one of {TASK_MODEL_KINDS}")
+    options = {k: reading[k] if reading.get(k) is not None else described.get(k, default)
+               for k, default in _READING.items()}
     score = _SCORERS[kind](model_dir, data_file, **options)
     champion = _SCORERS[kind](champion_dir, data_file, **options) if champion_dir else None
     output_dir = Path(output_dir)

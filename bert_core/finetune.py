@@ -32,7 +32,7 @@ from bert_core.config import SEED, ConfigError, check_choice, check_training_fie
 from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.textfiles import read_table_file
 from bert_core.metrics import classification_metrics, scalar_metrics
-from bert_core.model import resolve_model
+from bert_core.model import describe_model, resolve_model
 from bert_core.optim import build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -258,7 +258,10 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
 
     return fit(accelerator, model, tokenizer, loader, loss_of=loss_of, dev_metrics=dev_metrics, config=config,
                output_dir=output_dir, key=key, stage_name="finetune",
-               summary={"train_examples": len(train_data), "label_names": list(config.label_names)})
+               summary={"train_examples": len(train_data), "label_names": list(config.label_names)},
+               description={"kind": "classifier", "label_names": config.label_names, "text_column": config.text_column,
+                            "text_pair_column": config.text_pair_column, "label_column": config.label_column,
+                            "truncation": config.truncation})
 
 
 def run_key(config, model_path: str, *, version: int) -> str:
@@ -269,14 +272,15 @@ def run_key(config, model_path: str, *, version: int) -> str:
 
 
 def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metrics, config, output_dir: Path,
-        key: str, stage_name: str, summary: dict[str, Any]) -> dict[str, Any]:
+        key: str, stage_name: str, summary: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
     """The fine-tuning loop shared by sequence and token classification; returns the run's summary.
 
     AdamW with BERT's parameter groups and a linear schedule after `config.warmup_ratio` of the steps; clips
     gradients; evaluates `dev_metrics(model)` after each epoch and every `config.eval_steps`, appending each
     evaluation to `metrics.jsonl`; keeps the weights of the best `config.metric_for_best_model` and stops after
     `config.early_stopping_patience` evaluations without improvement; saves the best model with its tokenizer to
-    `final/`, then `summary.json` (`summary` plus steps and the best dev metrics) and the stage record.
+    `final/` with its `description` (`model.describe_model`: how later stages read its input), then
+    `summary.json` (`summary` plus steps and the best dev metrics) and the stage record.
     """
     # A step is an optimizer update; with gradient accumulation it consumes that many micro-batches of the loader.
     max_steps = config.max_train_steps or config.num_train_epochs * math.ceil(len(loader) / config.gradient_accumulation_steps)
@@ -349,6 +353,8 @@ def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metr
         with stage.atomic_directory(output_dir / "final") as tmp:
             final_model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            describe_model(tmp, **description, max_seq_length=config.max_seq_length, base_model=config.model_name_or_path,
+                           train_file=config.train_file, validation_file=config.validation_file, stage_key=key)
         summary = {"final_dir": str(output_dir / "final"), "steps": tally["step"], "best_step": best["step"],
                    **summary, **{f"eval_{k}": v for k, v in best["metrics"].items()}}
         stage.write_json(output_dir / "summary.json", summary)

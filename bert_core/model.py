@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertForPreTraining
 
+from bert_core import stage
+
 PRESETS: dict[str, dict[str, int]] = {
     "bert-tiny": {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2},
     "bert-mini": {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4},
@@ -131,3 +133,21 @@ def _locate_model(name_or_path: str) -> str:
             return str(shipped)
     raise FileNotFoundError(f"model {name_or_path!r}: no such directory, models:/ URI or package; expected "
                             f"{MODEL_SOURCES}")
+
+
+# What a model directory says about itself, beside its save_pretrained files: later stages (evaluation,
+# registration, serving) read how the model reads its input from here instead of being told again.
+DESCRIPTION_FILE = "bertflow_model.json"
+
+
+def describe_model(directory: str | Path, **fields) -> None:
+    """Write the model's description (kind, labels, input columns, max_seq_length, doc_stride, where it came from)
+    into its directory; values that are None are left out."""
+    stage.write_json(Path(directory) / DESCRIPTION_FILE,
+                     {k: v for k, v in stage.to_jsonable(fields).items() if v is not None})
+
+
+def model_description(directory: str | Path) -> dict:
+    """The description `describe_model` wrote, or {} for a model from elsewhere (a package, a Hub download)."""
+    path = Path(directory) / DESCRIPTION_FILE
+    return stage.read_json(path) if path.is_file() else {}

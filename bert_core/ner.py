@@ -172,4 +172,5 @@ def finetune_ner(config: NerConfig) -> dict[str, Any]:
         return model(**batch).loss
 
     return fit(accelerator, model, tokenizer, loader, loss_of=loss_of, dev_metrics=dev_metrics, config=config,
-               output_dir=output_dir, key=key, stage_name="finetune-ner", summary={"train_sentences": len(train)})
+               output_dir=output_dir, key=key, stage_name="finetune-ner", summary={"train_sentences": len(train)},
+               description={"kind": "token-classifier", "label_names": config.label_names})

@@ -35,7 +35,7 @@ from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.data import PretrainingCollator, ShardDataset, epoch_batches
 from bert_core.evaluate import evaluate_objective
 from bert_core.masking import MaskingConfig
-from bert_core.model import PretrainingObjective, build_model
+from bert_core.model import PretrainingObjective, build_model, describe_model
 from bert_core.optim import build_optimizer
 from bert_core.checkpoints import find_resume, save_checkpoint, truncate_metrics
 from bert_core.launch import broadcast_flag, check_ranks, end_training, fresh_accelerator_state
@@ -353,6 +353,9 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         with stage.atomic_directory(output_dir / "final") as tmp:
             accelerator.unwrap_model(objective).model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            describe_model(tmp, kind="pretrained", preset=config.preset, max_seq_length=config.max_seq_length,
+                           tokenizer_sha256=manifest["tokenizer_hash"], pair_objective=manifest["pair_objective"],
+                           shards_dir=config.shards_dir, stage_key=key)
         history = [json.loads(line) for line in metrics_path.read_text().splitlines()]
         initial = next(r for r in history if r["step"] == 0 and "eval_mlm_loss" in r)
         summary = {

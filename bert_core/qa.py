@@ -370,4 +370,5 @@ def finetune_qa(config: QaConfig) -> dict[str, Any]:
         return model(**batch).loss
 
     return fit(accelerator, model, tokenizer, loader, loss_of=loss_of, dev_metrics=dev_metrics, config=config,
-               output_dir=output_dir, key=key, stage_name="finetune-qa", summary={"train": counts})
+               output_dir=output_dir, key=key, stage_name="finetune-qa", summary={"train": counts},
+               description={"kind": "question-answering", "doc_stride": config.doc_stride})

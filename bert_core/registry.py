@@ -20,7 +20,7 @@ import math
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,6 +33,7 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from bert_core import stage
 from bert_core.config import check_fields, check_non_negative
 from bert_core.metrics import scalar_metrics
+from bert_core.model import model_description
 from bert_core.pyfunc_model import KINDS  # the serving wrapper (self-contained) is the home of the model kinds
 from bert_core.stage import bertflow_home
 from bert_core.tracking import configure_tracking, ensure_experiment, flatten_params, redact
@@ -47,8 +48,10 @@ CHAMPION, CANDIDATE = "champion", "candidate"
 class RegisterConfig:
     model_dir: str
     registered_model_name: str
-    kind: str = "classifier"  # "classifier", "token-classifier", "question-answering" or "pretrained"
-    text_pair: bool = False  # a sentence-pair classifier: its pyfunc takes `text` and `text_pair` columns
+    # What the model is and how it reads its input; empty: what its directory describes (`model.describe_model`),
+    # else a single-sentence classifier with a 128-token window (384 for question answering).
+    kind: str | None = None  # "classifier", "token-classifier", "question-answering" or "pretrained"
+    text_pair: bool | None = None  # a sentence-pair classifier: its pyfunc takes `text` and `text_pair` columns
     experiment_name: str = "bertflow"
     run_name: str | None = None
     primary_metric: str = "eval_accuracy"
@@ -72,7 +75,7 @@ class RegisterConfig:
     def __post_init__(self):
         check_fields(self)
         check_non_negative(self, "min_improvement")
-        if self.kind not in KINDS:
+        if self.kind is not None and self.kind not in KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}; one of {KINDS}")
 
 
@@ -302,8 +305,19 @@ def model_card(config: RegisterConfig, model_hash: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def with_model_description(config: RegisterConfig) -> RegisterConfig:
+    """`config` with the kind, text pairs and window its model directory describes filled in where not given."""
+    described = model_description(config.model_dir)
+    if config.kind and described.get("kind") and config.kind != described["kind"]:
+        raise ValueError(f"{config.model_dir} is a {described['kind']} model; RegisterConfig.kind says {config.kind}")
+    text_pair = config.text_pair if config.text_pair is not None else bool(described.get("text_pair_column"))
+    return replace(config, kind=config.kind or described.get("kind", "classifier"), text_pair=text_pair,
+                   max_seq_length=config.max_seq_length or described.get("max_seq_length"))
+
+
 def register_model(config: RegisterConfig) -> dict[str, Any]:
     """Log a run with params, metrics, artifacts and the pyfunc model; register it; apply the promotion gate."""
+    config = with_model_description(config)
     configure_tracking(config.home)
     client = MlflowClient()
     name = config.registered_model_name

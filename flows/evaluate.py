@@ -18,28 +18,20 @@ def evaluate_flow(
     pretrain_metrics_file: str | None = None,
     classifier_dir: str | None = None,
     classifier_data_file: str | None = None,
-    task_kind: str = "classifier",
     champion_model_uri: str | None = None,
-    text_column: str = "sentence",
-    text_pair_column: str | None = None,
-    label_column: str = "label",
-    truncation: str = "head",
-    max_seq_length: int = 128,
-    doc_stride: int = 128,
 ) -> dict:
     """Held-out MLM/NSP metrics, the task model's dev metrics (or None) and the report files of each.
 
-    `classifier_dir` is any fine-tuned task model (`task_kind`: classifier, token-classifier, question-answering);
-    `champion_model_uri` (e.g. models:/bertflow-sst2@champion) is scored on the same dev file when it exists.
+    `classifier_dir` is any fine-tuned task model (classifier, token classifier, question answering): its directory
+    says how it reads the dev file; `champion_model_uri` (e.g. models:/bertflow-sst2@champion) is scored on the
+    same file, the same way, when it exists.
     """
     pretrained = evaluate_pretrained(pretrained_dir, validation_shards_dir)
     pretrained_reports = write_pretraining_report(pretrain_metrics_file, report_dir) if pretrain_metrics_file else []
     task = None
     if classifier_dir and classifier_data_file:
-        task = evaluate_task_model(task_kind, classifier_dir, classifier_data_file, str(Path(report_dir) / "classifier"),
-                                   champion_model_uri=champion_model_uri, text_column=text_column,
-                                   text_pair_column=text_pair_column, label_column=label_column,
-                                   truncation=truncation, max_seq_length=max_seq_length, doc_stride=doc_stride)
+        task = evaluate_task_model(classifier_dir, classifier_data_file, str(Path(report_dir) / "classifier"),
+                                   champion_model_uri=champion_model_uri)
     return {"pretrained": pretrained, "classifier": task["metrics"] if task else None,
             "champion": task["champion_metrics"] if task else None,
             "champion_version": task["champion_version"] if task else None,

@@ -52,8 +52,8 @@ def finetune_flow(
     classification task needs them); conll2003 trains NER on CoNLL files (label_names: its tags), squad extractive
     QA on SQuAD JSON. Without train/validation files the task's own are used (bundled for sst2, mrpc, squad).
     `max_seq_length` defaults to the task's (384 for squad), else 128.
-    Returns the run's summary with `kind`, `task_name`, `validation_file` and `evaluation` (the options that
-    read the validation file) added.
+    Returns the run's summary with `kind`, `task_name` and `validation_file` added; how the model reads its input
+    is in its `final/` directory (`bert_core.model.model_description`), where evaluation and registration read it.
     """
     task = get_task(task_name, task_file)
     kind = task.model_kind
@@ -67,13 +67,11 @@ def finetune_flow(
     if kind == "question-answering":
         config = QaConfig(max_seq_length=max_seq_length or task.max_seq_length or QaConfig.max_seq_length, **common)
         summary = finetune_qa(config)
-        evaluation = {"max_seq_length": config.max_seq_length, "doc_stride": config.doc_stride}
     elif kind == "token-classifier":
         labels = tuple(label_names) if label_names else task.label_names
         config = NerConfig(max_seq_length=max_seq_length or task.max_seq_length or NerConfig.max_seq_length,
                            label_names=labels, **common)
         summary = finetune_ner(config)
-        evaluation = {"max_seq_length": config.max_seq_length}
     else:
         preset = task.classification_fields()
         overrides = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column,
@@ -82,9 +80,4 @@ def finetune_flow(
         config = FinetuneConfig(max_seq_length=max_seq_length or task.max_seq_length or FinetuneConfig.max_seq_length,
                                 freeze_encoder=freeze_encoder, class_weights=class_weights, **common, **preset)
         summary = finetune(config)
-        evaluation = {"text_column": config.text_column, "text_pair_column": config.text_pair_column,
-                      "label_column": config.label_column, "truncation": config.truncation,
-                      "max_seq_length": config.max_seq_length}
-    # `evaluation`: how evaluate_flow reads the same validation file.
-    return {**summary, "kind": kind, "task_name": task_name, "validation_file": validation_file,
-            "evaluation": evaluation}
+    return {**summary, "kind": kind, "task_name": task_name, "validation_file": validation_file}

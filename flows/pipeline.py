@@ -173,8 +173,8 @@ def bert_pipeline(
         evaluation = evaluate_flow(
             pretrained_dir=pretrained["final_dir"], validation_shards_dir=str(Path(examples_dir) / "validation"),
             report_dir=str(work / "reports"), pretrain_metrics_file=str(pretrain_dir / "metrics.jsonl"),
-            classifier_dir=finetuned["final_dir"], classifier_data_file=task_validation_file, task_kind=kind,
-            champion_model_uri=f"models:/{task_model_name}@champion", **finetuned["evaluation"],
+            classifier_dir=finetuned["final_dir"], classifier_data_file=task_validation_file,
+            champion_model_uri=f"models:/{task_model_name}@champion",
         )
         pretrained_metrics = {**evaluation["pretrained"], "initial_eval_mlm_loss": pretrained["initial_eval_mlm_loss"]}
         pretrained_metrics = {("eval_" + k if not k.startswith(("eval_", "initial_")) else k): v
@@ -189,10 +189,8 @@ def bert_pipeline(
         registered = register_flow(
             pretrained_dir=pretrained["final_dir"], preset=preset, pretrained_metrics=pretrained_metrics,
             classifier_dir=finetuned["final_dir"], task_name=task_name, classifier_metrics=classifier_metrics,
-            task_kind=kind, primary_metric=task.primary_metric, champion_metrics=champion_metrics,
+            primary_metric=task.primary_metric, champion_metrics=champion_metrics,
             champion_version=evaluation["champion_version"],
-            text_pair=bool(finetuned["evaluation"].get("text_pair_column")),
-            max_seq_length=finetuned["evaluation"]["max_seq_length"],
             lineage=lineage_tags(documents_dir=documents_dir, examples_dir=examples_dir, pretrain_dir=pretrain_dir),
             classifier_tags={"bertflow.task_train_file": task_train_file,
                              "bertflow.task_validation_file": task_validation_file},

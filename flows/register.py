@@ -18,11 +18,8 @@ def register_flow(
     classifier_dir: str | None = None,
     task_name: str = "sst2",
     classifier_metrics: dict | None = None,
-    task_kind: str = "classifier",
     primary_metric: str = "eval_accuracy",
     champion_metrics: dict | None = None,
-    text_pair: bool = False,
-    max_seq_length: int | None = None,
     lineage: dict | None = None,
     params: dict | None = None,
     pretrain_metrics_file: str | None = None,
@@ -42,7 +39,7 @@ def register_flow(
 ) -> dict:
     """Returns {"pretrained": version info or None, "classifier": version info or None}.
 
-    The task model (`classifier_dir`, of `task_kind`) becomes champion when its `primary_metric` beats the current
+    The task model (`classifier_dir`; its directory says its kind and input) becomes champion when its `primary_metric` beats the current
     champion's; `champion_metrics` are the champion's figures on the same dev set (from the evaluate flow), which
     the gate prefers to the ones the champion was registered with while `champion_version` is still the champion.
     New MLflow runs nest under `parent_run_id` (the pipeline's run).
@@ -71,9 +68,6 @@ def register_flow(
         classifier = register_model(RegisterConfig(
             model_dir=classifier_dir,
             registered_model_name=f"{registered_model_prefix}-{task_name}",
-            kind=task_kind,
-            text_pair=text_pair,
-            max_seq_length=max_seq_length,
             run_name=f"finetune-{task_name}",
             primary_metric=primary_metric,
             champion_metrics=champion_metrics,
@@ -81,7 +75,7 @@ def register_flow(
             parent_run_id=parent_run_id,
             greater_is_better=True,
             min_improvement=min_improvement,
-            metrics={k: v for k, v in (classifier_metrics or {}).items() if isinstance(v, (int, float))},
+            metrics=scalar_metrics(classifier_metrics or {}),
             params=(params or {}).get("finetune", {}),
             tags={**tags, **(classifier_tags or {}),
                   "bertflow.parent_model": parent_model_uri or (pretrained or {}).get("model_uri", "")},

@@ -82,9 +82,9 @@ def task_model(
                                   per_device_train_batch_size=per_device_train_batch_size,
                                   freeze_encoder=freeze_encoder, mixed_precision=mixed_precision, seed=seed)
         kind, name = finetuned["kind"], f"{registered_model_prefix}-{task_name}"
-        evaluation = evaluate_task_model(kind, finetuned["final_dir"], finetuned["validation_file"],
+        evaluation = evaluate_task_model(finetuned["final_dir"], finetuned["validation_file"],
                                          str(work / "reports" / f"task-{task_name}"),
-                                         champion_model_uri=f"models:/{name}@champion", **finetuned["evaluation"])
+                                         champion_model_uri=f"models:/{name}@champion")
         metrics = {f"eval_{k}": v for k, v in scalar_metrics(evaluation["metrics"]).items()}
         champion = ({f"eval_{k}": v for k, v in scalar_metrics(evaluation["champion_metrics"]).items()}
                     if evaluation["champion_metrics"] else None)
@@ -93,10 +93,8 @@ def task_model(
         finetune_dir = Path(finetuned["final_dir"]).parent
         registered = register_flow(
             pretrained_dir=None, preset="-", classifier_dir=finetuned["final_dir"], task_name=task_name,
-            classifier_metrics=metrics, task_kind=kind, primary_metric=task.primary_metric,
+            classifier_metrics=metrics, primary_metric=task.primary_metric,
             champion_metrics=champion, champion_version=evaluation["champion_version"],
-            text_pair=bool(finetuned["evaluation"].get("text_pair_column")),
-            max_seq_length=finetuned["evaluation"]["max_seq_length"],
             classifier_tags={"bertflow.task_train_file": train_file, "bertflow.task_validation_file": validation_file},
             params={"finetune": stage.read_json(finetune_dir / stage.STAGE_RECORD)["config"]},
             finetune_metrics_file=str(finetune_dir / "metrics.jsonl"), classifier_artifacts=evaluation["reports"],

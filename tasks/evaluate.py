@@ -49,13 +49,15 @@ def _champion(model_uri: str | None) -> tuple[str | None, str | None]:
 
 
 @task(name="evaluate_task_model", cache_policy=NO_CACHE)
-def evaluate_task_model(kind: str, model_dir: str, data_file: str, output_dir: str, *,
-                        champion_model_uri: str | None = None, **options) -> dict:
+def evaluate_task_model(model_dir: str, data_file: str, output_dir: str, *, champion_model_uri: str | None = None,
+                        **reading) -> dict:
+    """The task model (its kind and how it reads `data_file` from its directory; `reading` overrides) and the
+    champion, scored the same way on the same file."""
     champion_dir, champion_version = _champion(champion_model_uri)
-    result = evaluate.evaluate_task(kind, model_dir, data_file, output_dir, champion_dir=champion_dir, **options)
+    result = evaluate.evaluate_task(None, model_dir, data_file, output_dir, champion_dir=champion_dir, **reading)
     result["champion_version"] = champion_version if result["champion_metrics"] else None
     create_markdown_artifact(key="task-evaluation", markdown=result.pop("report_markdown"),
-                             description=f"Dev-set evaluation of the fine-tuned {kind} model")
+                             description=f"Dev-set evaluation of the fine-tuned {result['kind']} model")
     metrics = scalar_metrics(result["metrics"])
     champion = scalar_metrics(result["champion_metrics"] or {})
     create_table_artifact(key="task-metrics", description="Candidate vs champion on the same dev set",
@@ -63,6 +65,6 @@ def evaluate_task_model(kind: str, model_dir: str, data_file: str, output_dir: s
                                   "champion": round(champion[k], 6) if k in champion else None}
                                  for k, v in metrics.items()])
     primary = result["primary_metric"]
-    get_run_logger().info("%s on %s: %s %.4f%s", kind, data_file, primary, metrics[primary],
+    get_run_logger().info("%s on %s: %s %.4f%s", result["kind"], data_file, primary, metrics[primary],
                           f" (champion {champion[primary]:.4f})" if primary in champion else "")
     return result

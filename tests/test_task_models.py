@@ -157,3 +157,36 @@ def test_entities_from_iob2_tags():
         {"type": "LOC", "text": "New York", "start_word": 5, "end_word": 6},
         {"type": "ORG", "text": "City", "start_word": 7, "end_word": 7},  # an I- of another type starts an entity
     ]
+
+
+def test_a_fine_tuned_model_says_how_it_reads_its_input(mrpc_models, ner_model, qa_model, tmp_path):
+    """final/ describes itself (kind, columns, labels, window): evaluation and registration read it there, so no
+    flow passes those settings along, and the figures equal the ones fine-tuning measured."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from bert_core.model import model_description
+
+    candidate = mrpc_models[0]
+    described = model_description(candidate["final_dir"])
+    assert described["kind"] == "classifier" and described["max_seq_length"] == 64
+    assert described["text_pair_column"] == MRPC["text_pair_column"] and described["label_names"] == list(MRPC["label_names"])
+    result = evaluate_task(None, candidate["final_dir"], SAMPLE_DIR / "mrpc" / "dev.tsv", tmp_path / "mrpc")
+    assert result["kind"] == "classifier" and result["metrics"]["num_examples"] == 408
+    assert result["metrics"]["accuracy"] == pytest.approx(candidate["eval_accuracy"])
+    qa = evaluate_task(None, qa_model["final_dir"], SAMPLE_DIR / "squad" / "dev.json.gz", tmp_path / "qa")
+    assert model_description(qa_model["final_dir"])["doc_stride"] == 48
+    assert qa["metrics"]["f1"] == pytest.approx(qa_model["eval_f1"])
+    with pytest.raises(ValueError, match="is a question-answering model, not a classifier"):
+        evaluate_task("classifier", qa_model["final_dir"], SAMPLE_DIR / "squad" / "dev.json.gz", tmp_path / "x")
+
+    pair = register_model(RegisterConfig(model_dir=candidate["final_dir"], registered_model_name="described-pair",
+                                         home=str(tmp_path), metrics={"eval_accuracy": 0.7}))
+    inputs = mlflow.models.get_model_info(pair["model_uri"]).signature.inputs.input_names()
+    assert inputs == ["text", "text_pair"]  # the pair signature, from the description alone
+    ner = register_model(RegisterConfig(model_dir=ner_model[0]["final_dir"], registered_model_name="described-ner",
+                                        home=str(tmp_path), primary_metric="eval_f1", metrics={"eval_f1": 0.7}))
+    assert MlflowClient().get_model_version("described-ner", ner["version"]).tags["bertflow.kind"] == "token-classifier"
+    with pytest.raises(ValueError, match="is a token-classifier model"):
+        register_model(RegisterConfig(model_dir=ner_model[0]["final_dir"], registered_model_name="x", kind="classifier",
+                                      home=str(tmp_path)))
