@@ -356,19 +356,32 @@ def ingest_key(config: IngestConfig, part_keys: list[str]) -> str:
     return stage.hash_json({"config": config, "parts": part_keys, "version": 2})
 
 
-def ingest_corpus(config: IngestConfig, output_dir: str | Path) -> Path:
-    """Run the whole stage in this process (the Prefect flow runs step 1 in parallel instead)."""
+def plan_ingest(config: IngestConfig, output_dir: str | Path) -> dict[str, Any]:
+    """What a run of the stage does, as plain data any runner takes: the input `units` (each one
+    `process_input`), the `parts_dir`, the stage `key`, and `up_to_date` when the output is already there (nothing
+    to run). Stale temporaries of killed writers are removed first."""
     output_dir = Path(output_dir)
     stage.remove_stale_temporaries(output_dir)
     units = input_units(config.sources)
-    parts_dir = parts_dir_for(output_dir)
-    keys = [part_key(u, config) for u in units]
-    key = ingest_key(config, keys)
-    if stage.completed_stage(output_dir, key):
+    key = ingest_key(config, [part_key(u, config) for u in units])
+    return {"key": key, "output_dir": str(output_dir), "parts_dir": str(parts_dir_for(output_dir)),
+            "config": stage.to_jsonable(config), "units": units,
+            "up_to_date": stage.completed_stage(output_dir, key) is not None}
+
+
+def finish_ingest(plan: dict[str, Any], records: list[dict[str, Any]]) -> Path:
+    """The corpus-wide step of a planned run, once every unit has its part (`records` in plan order)."""
+    config = stage.config_from_dict(IngestConfig, plan["config"])
+    return merge_parts(records, config, plan["parts_dir"], plan["output_dir"], key=plan["key"])
+
+
+def ingest_corpus(config: IngestConfig, output_dir: str | Path) -> Path:
+    """Run the whole stage in this process (the Prefect flow runs the units of the same plan in parallel)."""
+    plan = plan_ingest(config, output_dir)
+    if plan["up_to_date"]:
         logger.info("ingest: %s is up to date, skipping", output_dir)
-        return output_dir
-    records = [process_input(u, config, parts_dir) for u in units]
-    return merge_parts(records, config, parts_dir, output_dir, key=key)
+        return Path(output_dir)
+    return finish_ingest(plan, [process_input(u, config, plan["parts_dir"]) for u in plan["units"]])
 
 
 def read_ingested(documents_dir: str | Path, split: str) -> list[list[str]]:

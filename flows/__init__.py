@@ -1,24 +1,26 @@
 """Thin Prefect flows: the order of the stages and nothing else. One flow per stage, plus `pipeline.bert_pipeline`."""
 
+import inspect
 import os
+import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
-
-from bert_core.config import MIXED_PRECISION
-from bert_core.examples import PAIR_OBJECTIVES
-from bert_core.finetune import FinetuneConfig
-from bert_core.metrics import scalar_metrics
-from bert_core.model import PRESETS
-from bert_core.pretrain import PretrainConfig
-from bert_core.tokenizer import TokenizerConfig
-
+# Before prefect is imported (tasks.registry imports it):
 # Let bert_core's own log lines reach the Prefect run logs (and the UI), not only the console.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "bert_core")
 # The temporary server a local run starts would try to send usage telemetry and log an ERROR on machines without
 # internet access; opt out unless the user set it.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from pydantic import Field
+
+from bert_core import stage
+from bert_core.config import MIXED_PRECISION
+from bert_core.examples import PAIR_OBJECTIVES
+from bert_core.metrics import scalar_metrics
+from bert_core.model import PRESETS
+from tasks.registry import log_stage_run
 
 
 # Parameter types shared by the flows: Prefect validates runs against them and renders them as UI form fields
@@ -33,19 +35,46 @@ Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 LearningRate = Annotated[float, Field(gt=0.0, le=1.0)]
 SeqLength = Annotated[int, Field(ge=8, le=512)]  # ExamplesConfig's bounds; 512: BERT's position embeddings
 
-# The bundled sample's run, a few minutes on 2 CPU cores: the only flow defaults that differ from the stage configs'
-# own (tests/test_defaults.py holds every flow to that). The stage configs' defaults are sized for a real corpus.
-SAMPLE_PROFILE: dict[type, dict[str, object]] = {
-    TokenizerConfig: {"vocab_size": 8192},
-    PretrainConfig: {"learning_rate": 1e-3, "num_warmup_steps": 50, "max_train_steps": 500, "eval_steps": 100,
-                     "checkpointing_steps": 100},
-    FinetuneConfig: {"learning_rate": 5e-4},  # a bert-tiny fine-tunes best far above BERT-base's 5e-5
+# The bundled sample's run, a few minutes on 2 CPU cores: per stage flow, the only parameter defaults of the user
+# flows that differ from the stage configs' own (tests/test_defaults.py holds every flow to that). The stage configs'
+# defaults are sized for a real corpus.
+SAMPLE_PROFILE: dict[str, dict[str, object]] = {
+    "examples": {"vocab_size": 8192},
+    "pretrain": {"learning_rate": 1e-3, "num_warmup_steps": 50, "max_train_steps": 500, "eval_steps": 100,
+                 "checkpointing_steps": 100},
+    "finetune": {"learning_rate": 5e-4},  # a bert-tiny fine-tunes best far above BERT-base's 5e-5
 }
 
 
-def sample_default(config: type, name: str):
-    """A flow parameter's default: the sample profile's value, else the stage config's own."""
-    return SAMPLE_PROFILE.get(config, {}).get(name, getattr(config, name))
+def stage_parameters(stage_flow, name: str, *, inputs: tuple[str, ...]):
+    """A TypedDict of a stage flow's parameters but its `inputs` (what the pipeline wires): the type of the pipeline
+    parameter that overrides them, so Prefect checks a run's overrides (names and values) before it starts and the
+    run form shows them. The stage flow's signature stays their one home."""
+    from pydantic import ConfigDict
+    from typing_extensions import TypedDict
+
+    hints = typing.get_type_hints(stage_flow.fn, include_extras=True)
+    fields = {p: hints[p] for p in inspect.signature(stage_flow.fn).parameters if p not in inputs}
+    parameters = TypedDict(name, fields, total=False)
+    parameters.__pydantic_config__ = ConfigDict(extra="forbid")
+    return parameters
+
+
+def stage_overrides(stage_name: str, given: dict | None) -> dict:
+    """A pipeline's parameters for one stage flow: the sample profile's, then the run's own."""
+    return {**SAMPLE_PROFILE.get(stage_name, {}), **(given or {})}
+
+
+def log_manifests(run_id: str, stage_name: str, output_dir: str) -> dict:
+    """One nested MLflow run for a data stage (ingest, or examples per split): its manifest counts as metrics, the
+    manifests as artifacts. Returns the manifest (examples: one per split)."""
+    out = Path(output_dir)
+    splits = ("",) if stage_name == "ingest" else ("train", "validation")
+    manifests = {split: stage.read_json(out / split / "manifest.json") for split in splits}
+    metrics = {f"{split}_{k}" if split else k: v for split, m in manifests.items() for k, v in manifest_metrics(m).items()}
+    log_stage_run(run_id, stage_name, output_dir, metrics=metrics,
+                  artifacts=[str(out / split / "manifest.json") for split in splits])
+    return manifests[""] if stage_name == "ingest" else manifests
 
 
 def manifest_metrics(record: dict) -> dict[str, float]:

@@ -24,7 +24,7 @@ from bert_core.model import resolve_model
 from bert_core.registry import pin_model
 from bert_core.tracking import lineage_tags, ui_links
 from flows import (Fraction, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength, default_work_dir,
-                   manifest_metrics, sample_default)
+                   SAMPLE_PROFILE, log_manifests)
 from flows.examples import examples_flow
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
@@ -42,8 +42,8 @@ def continued_pretraining(
     max_seq_length: SeqLength = ExamplesConfig.max_seq_length,
     per_device_train_batch_size: PositiveInt = PretrainConfig.per_device_train_batch_size,
     learning_rate: LearningRate = PretrainConfig.learning_rate,  # the config's 1e-4: the weights are trained already
-    num_warmup_steps: NonNegativeInt = sample_default(PretrainConfig, "num_warmup_steps"),
-    max_train_steps: PositiveInt = sample_default(PretrainConfig, "max_train_steps"),
+    num_warmup_steps: NonNegativeInt = SAMPLE_PROFILE["pretrain"]["num_warmup_steps"],
+    max_train_steps: PositiveInt = SAMPLE_PROFILE["pretrain"]["max_train_steps"],
     mixed_precision: MixedPrecision = PretrainConfig.mixed_precision,
     registered_model_name: str | None = None,
     min_improvement: float = 0.0,
@@ -80,8 +80,7 @@ def continued_pretraining(
     with parent_run("continued-pretraining", "continued-pretraining", {"bertflow.base_model": base_model}) as run_id:
         documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction,
                                     seed=seed)
-        log_stage_run(run_id, "ingest", documents_dir, artifacts=[str(Path(documents_dir) / "manifest.json")],
-                      metrics=manifest_metrics(stage.read_json(Path(documents_dir) / "manifest.json")))
+        log_manifests(run_id, "ingest", documents_dir)
         examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), tokenizer_path=base_dir,
                                      max_seq_length=max_seq_length, seed=seed)
         preset = _preset_of(base_dir)

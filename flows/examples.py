@@ -6,13 +6,15 @@ processes, or an existing Dask scheduler at `dask_address`. The shards are the s
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow
 
 from bert_core import stage
 from bert_core.examples import ExamplesConfig
 from bert_core.masking import MaskingConfig
 from bert_core.tokenizer import TokenizerConfig
-from flows import balanced_batches, dask_task_runner, default_work_dir
+from flows import PairObjective, PositiveInt, SeqLength, balanced_batches, dask_task_runner, default_work_dir
 from tasks.examples import finish_examples, generate_units, plan_examples, report_examples
 
 
@@ -29,20 +31,20 @@ def units_flow(units: list[dict], num_batches: int = 8) -> list[dict]:
 def examples_flow(
     documents_dir: str,
     work_dir: str | None = None,
-    vocab_size: int = TokenizerConfig.vocab_size,
+    vocab_size: PositiveInt = TokenizerConfig.vocab_size,
     tokenizer_path: str | None = None,
-    max_seq_length: int = ExamplesConfig.max_seq_length,
+    max_seq_length: SeqLength = ExamplesConfig.max_seq_length,
     short_seq_prob: float = ExamplesConfig.short_seq_prob,
-    pair_objective: str = ExamplesConfig.pair_objective,
-    dupe_factor: int = ExamplesConfig.dupe_factor,
-    masking: str = ExamplesConfig.masking,
+    pair_objective: PairObjective = ExamplesConfig.pair_objective,
+    dupe_factor: PositiveInt = ExamplesConfig.dupe_factor,
+    masking: Literal["static", "dynamic"] = ExamplesConfig.masking,
     mlm_probability: float = MaskingConfig.mlm_probability,
-    max_predictions_per_seq: int | None = MaskingConfig.max_predictions_per_seq,
+    max_predictions_per_seq: PositiveInt | None = MaskingConfig.max_predictions_per_seq,
     whole_word_mask: bool = MaskingConfig.whole_word_mask,
-    examples_per_shard: int = ExamplesConfig.examples_per_shard,
+    examples_per_shard: PositiveInt = ExamplesConfig.examples_per_shard,
     seed: int = ExamplesConfig.seed,
-    unit_tokens: int = ExamplesConfig.unit_tokens,
-    n_workers: int = 1,
+    unit_tokens: PositiveInt = ExamplesConfig.unit_tokens,
+    n_workers: PositiveInt = 1,
     dask_address: str | None = None,
 ) -> str:
     """`pair_objective`: "nsp" (BERT), "sop" (ALBERT) or "none" (RoBERTa full sentences, MLM only)."""

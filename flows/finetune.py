@@ -8,13 +8,15 @@ columns and labels come from the parameters.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow
 
 from bert_core.catalogue import get_task
 from bert_core.finetune import FinetuneConfig
 from bert_core.ner import NerConfig
 from bert_core.qa import QaConfig
-from flows import default_work_dir
+from flows import LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength, default_work_dir
 from tasks.finetune import finetune, finetune_ner, finetune_qa
 
 
@@ -31,17 +33,17 @@ def finetune_flow(
     label_column: str | None = None,
     label_names: list[str] | None = None,
     truncation: str | None = None,
-    max_seq_length: int | None = None,
-    per_device_train_batch_size: int = FinetuneConfig.per_device_train_batch_size,
-    gradient_accumulation_steps: int = FinetuneConfig.gradient_accumulation_steps,
-    learning_rate: float = FinetuneConfig.learning_rate,
-    num_train_epochs: int = FinetuneConfig.num_train_epochs,
-    max_train_steps: int | None = None,
-    eval_steps: int | None = None,
-    early_stopping_patience: int = FinetuneConfig.early_stopping_patience,
+    max_seq_length: SeqLength | None = None,
+    per_device_train_batch_size: PositiveInt = FinetuneConfig.per_device_train_batch_size,
+    gradient_accumulation_steps: PositiveInt = FinetuneConfig.gradient_accumulation_steps,
+    learning_rate: LearningRate = FinetuneConfig.learning_rate,
+    num_train_epochs: PositiveInt = FinetuneConfig.num_train_epochs,
+    max_train_steps: PositiveInt | None = None,
+    eval_steps: PositiveInt | None = None,
+    early_stopping_patience: NonNegativeInt = FinetuneConfig.early_stopping_patience,
     freeze_encoder: bool = FinetuneConfig.freeze_encoder,
-    class_weights: str | None = None,
-    mixed_precision: str = FinetuneConfig.mixed_precision,
+    class_weights: Literal["balanced"] | None = None,
+    mixed_precision: MixedPrecision = FinetuneConfig.mixed_precision,
     seed: int = FinetuneConfig.seed,
 ) -> dict:
     """Fine-tune `model_name_or_path` (a directory, models:/name@alias, or a package that ships a model).

@@ -13,12 +13,12 @@ from prefect import flow, unmapped
 
 from bert_core import stage
 from bert_core.cleaning import CleaningConfig
-from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, input_units
+from bert_core.corpus import SAMPLE_SOURCES, ReadConfig
 from bert_core.textfiles import local_unit
 from bert_core.dedup import DedupConfig
-from bert_core.ingest import IngestConfig, ingest_key, part_key, parts_dir_for
-from flows import balanced_batches, dask_task_runner, default_work_dir
-from tasks.ingest import merge_parts, process_inputs, report_ingest
+from bert_core.ingest import IngestConfig
+from flows import Fraction, NonNegativeInt, PositiveInt, balanced_batches, dask_task_runner, default_work_dir
+from tasks.ingest import finish_ingest, plan_ingest, process_inputs, report_ingest
 
 
 def batch_units(units: list[str], num_batches: int) -> list[list[str]]:
@@ -43,12 +43,12 @@ def ingest_flow(
     text_column: str = ReadConfig.text_column,
     text_document_boundary: str = ReadConfig.text_document_boundary,
     sentence_splitter: str = CleaningConfig.sentence_splitter,
-    min_chars: int = CleaningConfig.min_chars,
+    min_chars: NonNegativeInt = CleaningConfig.min_chars,
     near_dedup_threshold: float = DedupConfig.near_dedup_threshold,
     decontamination_files: list[str] | None = None,
-    validation_fraction: float = IngestConfig.validation_fraction,
+    validation_fraction: Fraction = IngestConfig.validation_fraction,
     seed: int = IngestConfig.seed,
-    n_workers: int = 1,
+    n_workers: PositiveInt = 1,
     dask_address: str | None = None,
 ) -> str:
     """Read `sources` (files, directories, globs, `hf:NAME:CONFIG:SPLIT`; default: the bundled sample)."""
@@ -61,19 +61,15 @@ def ingest_flow(
         validation_fraction=validation_fraction,
         seed=seed,
     )
-    output_dir = default_work_dir(work_dir) / "ingest"
-    units = input_units(config.sources)
-    key = ingest_key(config, [part_key(u, config) for u in units])
-    if stage.completed_stage(output_dir, key):
-        report_ingest(output_dir)
-        return str(output_dir)
-    parts_dir = str(parts_dir_for(output_dir))
-    config_dict = stage.to_jsonable(config)
+    plan = plan_ingest(stage.to_jsonable(config), str(default_work_dir(work_dir) / "ingest"))
+    if plan["up_to_date"]:
+        report_ingest(plan["output_dir"])
+        return plan["output_dir"]
     inputs_flow = process_inputs_flow
     if n_workers > 1 or dask_address:
         inputs_flow = process_inputs_flow.with_options(task_runner=dask_task_runner(n_workers, dask_address))
-    records = inputs_flow(units, config_dict, parts_dir, num_batches=4 * max(1, n_workers))
-    return merge_parts(records, config_dict, parts_dir, str(output_dir), key)
+    records = inputs_flow(plan["units"], plan["config"], plan["parts_dir"], num_batches=4 * max(1, n_workers))
+    return finish_ingest(plan, records)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow
 
 from bert_core.pretrain import PretrainConfig
-from flows import default_work_dir
+from flows import (LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, Preset, SeqLength,
+                   default_work_dir)
 from tasks.pretrain import pretrain
 
 
@@ -13,20 +16,20 @@ from tasks.pretrain import pretrain
 def pretrain_flow(
     shards_dir: str,
     work_dir: str | None = None,
-    preset: str = PretrainConfig.preset,
-    max_seq_length: int | None = PretrainConfig.max_seq_length,
-    per_device_train_batch_size: int = PretrainConfig.per_device_train_batch_size,
-    gradient_accumulation_steps: int = PretrainConfig.gradient_accumulation_steps,
-    learning_rate: float = PretrainConfig.learning_rate,
-    optimizer: str = PretrainConfig.optimizer,
+    preset: Preset = PretrainConfig.preset,
+    max_seq_length: SeqLength | None = PretrainConfig.max_seq_length,
+    per_device_train_batch_size: PositiveInt = PretrainConfig.per_device_train_batch_size,
+    gradient_accumulation_steps: PositiveInt = PretrainConfig.gradient_accumulation_steps,
+    learning_rate: LearningRate = PretrainConfig.learning_rate,
+    optimizer: Literal["adamw", "lamb"] = PretrainConfig.optimizer,
     lr_scheduler_type: str = PretrainConfig.lr_scheduler_type,
-    num_warmup_steps: int = PretrainConfig.num_warmup_steps,
-    max_train_steps: int = PretrainConfig.max_train_steps,
-    mixed_precision: str = PretrainConfig.mixed_precision,
-    eval_steps: int = PretrainConfig.eval_steps,
-    checkpointing_steps: int = PretrainConfig.checkpointing_steps,
+    num_warmup_steps: NonNegativeInt = PretrainConfig.num_warmup_steps,
+    max_train_steps: PositiveInt = PretrainConfig.max_train_steps,
+    mixed_precision: MixedPrecision = PretrainConfig.mixed_precision,
+    eval_steps: PositiveInt = PretrainConfig.eval_steps,
+    checkpointing_steps: PositiveInt = PretrainConfig.checkpointing_steps,
     resume_from_checkpoint: str | None = PretrainConfig.resume_from_checkpoint,
-    num_processes: int = PretrainConfig.num_processes,
+    num_processes: PositiveInt = PretrainConfig.num_processes,
     accelerate_config_file: str | None = PretrainConfig.accelerate_config_file,
     init_from: str | None = PretrainConfig.init_from,
     seed: int = PretrainConfig.seed,

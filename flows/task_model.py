@@ -19,7 +19,7 @@ from bert_core.catalogue import get_task
 from bert_core.metrics import scalar_metrics
 from bert_core.finetune import FinetuneConfig
 from bert_core.registry import pin_model
-from flows import LearningRate, MixedPrecision, PositiveInt, default_work_dir, sample_default
+from flows import LearningRate, MixedPrecision, PositiveInt, SAMPLE_PROFILE, default_work_dir
 from flows.finetune import finetune_flow
 from flows.register import register_flow
 from tasks.evaluate import evaluate_task_model
@@ -36,7 +36,7 @@ def task_model(
     text_column: str | None = None,
     label_column: str | None = None,
     work_dir: str | None = None,
-    learning_rate: LearningRate = sample_default(FinetuneConfig, "learning_rate"),
+    learning_rate: LearningRate = SAMPLE_PROFILE["finetune"]["learning_rate"],
     num_train_epochs: PositiveInt = FinetuneConfig.num_train_epochs,
     per_device_train_batch_size: PositiveInt = FinetuneConfig.per_device_train_batch_size,
     freeze_encoder: bool = FinetuneConfig.freeze_encoder,

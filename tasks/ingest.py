@@ -1,4 +1,5 @@
-"""Prefect tasks for the ingest stage: one `process_input` per input file (mapped, parallel), then `merge_parts`."""
+"""Prefect tasks for the ingest stage: `plan_ingest`, one `process_input` per input file (mapped, parallel), then
+`finish_ingest`."""
 
 from __future__ import annotations
 
@@ -21,10 +22,16 @@ def process_inputs(units: list[str], config: dict, parts_dir: str) -> list[dict]
     return records
 
 
-@task(name="merge_parts", cache_policy=NO_CACHE)
-def merge_parts(records: list[dict], config: dict, parts_dir: str, output_dir: str, key: str) -> str:
-    path = ingest.merge_parts(records, stage.config_from_dict(ingest.IngestConfig, config), parts_dir, output_dir,
-                              key=key)
+@task(name="plan_ingest", cache_policy=NO_CACHE)
+def plan_ingest(config: dict, output_dir: str) -> dict:
+    """`bert_core.ingest.plan_ingest`: the units to process, or `up_to_date`."""
+    return ingest.plan_ingest(stage.config_from_dict(ingest.IngestConfig, config), output_dir)
+
+
+@task(name="finish_ingest", cache_policy=NO_CACHE)
+def finish_ingest(plan: dict, records: list[dict]) -> str:
+    """`bert_core.ingest.finish_ingest`: the corpus-wide merge, dedup and split of the units' parts."""
+    path = ingest.finish_ingest(plan, records)
     report_ingest(path)
     return str(path)
 

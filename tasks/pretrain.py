@@ -7,7 +7,7 @@ progress artifact.
 
 from __future__ import annotations
 
-import re
+import json
 import subprocess
 from collections import deque
 from dataclasses import replace
@@ -23,7 +23,31 @@ from bert_core import launch
 from bert_core import pretrain as pretrain_lib
 from bert_core import stage, tracking
 
-_STEP = re.compile(r"step (\d+)/(\d+)")
+
+
+class _Progress:
+    """Training progress from the run's `metrics.jsonl` (one JSON record per logging step, with its `step`), read as
+    it grows: a structured channel, where a log line's wording may change."""
+
+    def __init__(self, path: Path, total_steps: int):
+        self.path, self.total, self.offset, self.step = path, total_steps, 0, -1
+
+    def percent(self) -> float | None:
+        """The progress when it moved since the last call, else None."""
+        if not self.path.is_file():
+            return None
+        if self.path.stat().st_size < self.offset:  # a resumed run rewrote the file from its checkpoint
+            self.offset = 0
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
+        self.offset += len(complete)
+        steps = [json.loads(line)["step"] for line in complete.splitlines() if line.strip()]
+        if not steps or max(steps) == self.step:
+            return None
+        self.step = max(steps)
+        return 100.0 * self.step / max(1, self.total)
 
 
 @task(name="pretrain", cache_policy=NO_CACHE, tags=[TRAINING_TAG])
@@ -56,6 +80,7 @@ def pretrain(config: pretrain_lib.PretrainConfig, mlflow_parent_run_id: str | No
     env["TQDM_DISABLE"] = "1"  # progress goes to the artifact below; keep the logs readable
     logger.info("launching: %s", " ".join(command))
     progress_id = create_progress_artifact(progress=0.0, key="pretrain-progress", description="Pretraining steps")
+    progress = _Progress(output_dir / "metrics.jsonl", config.max_train_steps)
     tail: deque[str] = deque(maxlen=40)
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                           bufsize=1) as process:
@@ -66,9 +91,9 @@ def pretrain(config: pretrain_lib.PretrainConfig, mlflow_parent_run_id: str | No
                 continue
             tail.append(line)
             logger.info(line)
-            match = _STEP.search(line)
-            if match:
-                update_progress_artifact(progress_id, progress=100.0 * int(match[1]) / int(match[2]))
+            percent = progress.percent()
+            if percent is not None:
+                update_progress_artifact(progress_id, progress=percent)
         returncode = process.wait()
     if returncode != 0:
         raise RuntimeError(f"pretraining exited with code {returncode}; last lines:\n" + "\n".join(tail))

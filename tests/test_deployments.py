@@ -47,7 +47,7 @@ def test_the_deployments_users_need():
     on_demand = by_name["on-demand-finetuning"]
     assert on_demand["entrypoint"] == "flows/task_model.py:task_model" and not on_demand.get("schedules")
     gpu = by_name["weekly-retraining-gpu"]
-    assert gpu["work_pool"]["name"] == "bertflow-gpu" and gpu["parameters"]["mixed_precision"] == "bf16"
+    assert gpu["work_pool"]["name"] == "bertflow-gpu" and gpu["parameters"]["pretrain"]["mixed_precision"] == "bf16"
     assert gpu["work_pool"]["job_variables"]["env"]["CUDA_VISIBLE_DEVICES"] == "0"
 
 
@@ -56,12 +56,19 @@ def test_bad_parameters_are_refused_before_a_run_starts(monkeypatch):
 
     monkeypatch.chdir(REPO)
     flow = load_flow_from_entrypoint("flows/pipeline.py:bert_pipeline")
-    for bad in ({"preset": "bert-huge"}, {"max_train_steps": 0}, {"validation_fraction": 1.5},
-                {"mixed_precision": "fp8"}, {"registered_model_prefix": "a b"}):
+    # Each stage's parameters are checked against that stage flow's own signature: names, choices and bounds.
+    for bad in ({"pretrain": {"preset": "bert-huge"}}, {"pretrain": {"max_train_steps": 0}},
+                {"ingest": {"validation_fraction": 1.5}}, {"finetune": {"mixed_precision": "fp8"}},
+                {"pretrain": {"lerning_rate": 1e-3}}, {"examples": {"shards_dir": "x"}}, {"registered_model_prefix": "a b"}):
         with pytest.raises(ParameterTypeError):
             flow.validate_parameters(bad)
-    schema = flow.parameters.model_dump()["properties"]
-    assert schema["preset"]["enum"][0] == "bert-tiny" and schema["max_train_steps"]["minimum"] == 1
+    schema = flow.parameters.model_dump()
+    assert len(schema["properties"]) <= 15
+    # The run form shows each stage's parameters as fields, with the stage flow's choices and bounds.
+    pretrain = schema["definitions"]["PretrainParameters"]
+    assert pretrain["properties"]["preset"]["enum"][0] == "bert-tiny" and pretrain["additionalProperties"] is False
+    assert pretrain["properties"]["max_train_steps"]["minimum"] == 1
+    assert flow.validate_parameters({"pretrain": {"preset": "bert-mini"}})["pretrain"] == {"preset": "bert-mini"}
 
 
 def test_training_tasks_share_a_concurrency_tag():

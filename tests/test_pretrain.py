@@ -227,3 +227,20 @@ def test_dynamic_masking_trains_on_the_examples_stage_masking(documents_dir, tmp
     assert all(abs(s - 0.15) < 0.02 for s in _masked_shares(Path(pretrained["final_dir"]).parent))
     with pytest.raises(ValueError, match="contradicts the masking the shards .* were written for"):
         pretrain(tiny_pretrain_config(shards, tmp_path / "other", mlm=MaskingConfig(mlm_probability=0.15)))
+
+
+def test_pretraining_progress_is_read_from_the_metrics_records(tmp_path):
+    """The Prefect task's progress bar follows metrics.jsonl (JSON records), not the wording of a log line; a line
+    being written is read when complete, and a resumed run that rewrote the file is followed from its start."""
+    from tasks.pretrain import _Progress
+
+    path = tmp_path / "metrics.jsonl"
+    progress = _Progress(path, total_steps=20)
+    assert progress.percent() is None  # no file yet
+    path.write_text('{"step": 0, "eval_mlm_loss": 9.0}\n{"step": 5, "loss": 8.0}\n{"step": 1')
+    assert progress.percent() == 25.0 and progress.percent() is None  # nothing new; the cut line waits
+    with open(path, "a") as f:
+        f.write('0, "loss": 7.5}\n')
+    assert progress.percent() == 50.0
+    path.write_text('{"step": 15, "loss": 7.0}\n')  # shorter: rewritten by a resume
+    assert progress.percent() == 75.0

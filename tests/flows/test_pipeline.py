@@ -10,9 +10,10 @@ import pytest
 
 from flows.pipeline import bert_pipeline, render_summary
 
-TINY = dict(vocab_size=2000, max_seq_length=64, max_train_steps=40, num_warmup_steps=4, eval_steps=20,
-            checkpointing_steps=20, per_device_train_batch_size=16, finetune_num_train_epochs=1,
-            registered_model_prefix="flowtest")
+TINY = dict(examples={"vocab_size": 2000, "max_seq_length": 64},
+            pretrain={"max_train_steps": 40, "num_warmup_steps": 4, "eval_steps": 20, "checkpointing_steps": 20,
+                      "per_device_train_batch_size": 16},
+            finetune={"num_train_epochs": 1, "max_seq_length": 64}, registered_model_prefix="flowtest")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_pipeline_runs_every_stage(run):
 
     run_id = registered["pretrained"]["run_id"]
     steps = [m.step for m in MlflowClient().get_metric_history(run_id, "loss")]
-    assert steps == sorted(steps) and steps[-1] == TINY["max_train_steps"] and len(steps) >= 4
+    assert steps == sorted(steps) and steps[-1] == TINY["pretrain"]["max_train_steps"] and len(steps) >= 4
     assert MlflowClient().get_run(run_id).data.params["preset"] == "bert-tiny"
     text = render_summary(summary)
     assert "flowtest-sst2 v1" in text and "mlflow ui --backend-store-uri sqlite:///" in text
@@ -57,7 +58,7 @@ def test_one_parent_run_with_a_nested_run_per_stage(run):
     client = MlflowClient()
     parent = client.get_run(summary["mlflow_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["prefect.flow_run_id"] == summary["flow_run_id"]
-    assert parent.data.params["max_train_steps"] == str(TINY["max_train_steps"])  # the flow's parameters
+    assert parent.data.params["pretrain.max_train_steps"] == str(TINY["pretrain"]["max_train_steps"])  # the flow's
     assert parent.data.metrics["eval_accuracy"] == summary["classifier"]["eval_accuracy"]
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -194,8 +195,10 @@ def test_the_pipeline_seed_reaches_every_stage(run, tmp_path):
     import json
 
     home, summary = run
-    seeded = bert_pipeline(**{**TINY, "max_train_steps": 4, "eval_steps": 4, "checkpointing_steps": 4,
-                              "finetune_max_train_steps": 2, "registered_model_prefix": "flowseed"},
+    seeded = bert_pipeline(**{**TINY, "registered_model_prefix": "flowseed",
+                              "pretrain": {**TINY["pretrain"], "max_train_steps": 4, "eval_steps": 4,
+                                           "checkpointing_steps": 4},
+                              "finetune": {**TINY["finetune"], "max_train_steps": 2}},
                            work_dir=str(tmp_path / "seeded"), seed=7)
     ours, theirs = Path(summary["work_dir"]), Path(seeded["work_dir"])
     assert seeded["corpus"]["documents_kept"] == summary["corpus"]["documents_kept"]  # the same corpus ...

@@ -26,9 +26,10 @@ import pytest
 from deployments import servers
 from tests.conftest import REPO
 
-PARAMS = {"vocab_size": 2000, "max_seq_length": 64, "max_train_steps": 30, "num_warmup_steps": 3, "eval_steps": 15,
-          "checkpointing_steps": 15, "per_device_train_batch_size": 16, "finetune_max_train_steps": 40,
-          "registered_model_prefix": "itest"}
+PARAMS = {"examples": {"vocab_size": 2000, "max_seq_length": 64},
+          "pretrain": {"max_train_steps": 30, "num_warmup_steps": 3, "eval_steps": 15, "checkpointing_steps": 15,
+                       "per_device_train_batch_size": 16},
+          "finetune": {"max_train_steps": 40, "max_seq_length": 64}, "registered_model_prefix": "itest"}
 ARTIFACTS = Path(os.environ.get("BERTFLOW_TEST_ARTIFACTS", REPO / "test-artifacts"))
 
 
