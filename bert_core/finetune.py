@@ -31,7 +31,7 @@ from bert_core import stage
 from bert_core.config import SEED, ConfigError, check_choice, check_training_fields
 from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.textfiles import read_table_file
-from bert_core.metrics import classification_metrics, scalar_metrics
+from bert_core.metrics import classification_metrics, eval_metrics
 from bert_core.model import describe_model, resolve_model
 from bert_core.optim import build_optimizer
 
@@ -39,14 +39,14 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneConfig:
+class TrainingConfig:
+    """The fields of the fine-tuning loop (`fit`) that every task config shares: one home for their defaults
+    (FinetuneConfig, NerConfig and QaConfig extend it and override only what differs for their task)."""
+
     model_name_or_path: str  # a save_pretrained directory (e.g. a pretrain stage's final/)
     train_file: str
     validation_file: str
     output_dir: str
-    text_column: str = "sentence"
-    label_column: str = "label"
-    label_names: tuple[str, ...] = ("negative", "positive")
     max_seq_length: int = 128
     per_device_train_batch_size: int = 32
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step: the batch of N x size in 1/N the memory
@@ -57,18 +57,28 @@ class FinetuneConfig:
     max_train_steps: int | None = None  # overrides num_train_epochs when set
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
+    eval_steps: int | None = None  # evaluate every N steps as well as after each epoch
+    early_stopping_patience: int = 0  # stop after this many evaluations without a better dev metric (0: never)
+    metric_for_best_model: str = "accuracy"  # the dev metric that picks the saved model ("accuracy", "f1", ...)
     mixed_precision: str = "no"
     seed: int = SEED
+
+    def __post_init__(self):
+        check_training_fields(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig(TrainingConfig):
+    text_column: str = "sentence"
+    label_column: str = "label"
+    label_names: tuple[str, ...] = ("negative", "positive")
     text_pair_column: str | None = None  # second text of a sentence pair (MRPC "#2 String", RTE "sentence2")
     truncation: str = "head"  # "head": keep the start; "head_tail": keep the start and the end of long texts
     freeze_encoder: bool = False  # train only the classification head
     class_weights: str | None = None  # "balanced": weight the loss by inverse label frequency
-    early_stopping_patience: int = 0  # stop after this many evaluations without a better dev metric (0: never)
-    metric_for_best_model: str = "accuracy"  # the dev metric that picks the saved model ("accuracy", "f1", ...)
-    eval_steps: int | None = None  # evaluate every N steps as well as after each epoch
 
     def __post_init__(self):
-        check_training_fields(self)
+        super().__post_init__()
         check_choice(self, "truncation", ("head", "head_tail"))
         check_choice(self, "class_weights", (None, "balanced"))
         if len(self.label_names) < 2:
@@ -303,7 +313,7 @@ def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metr
         metrics = dev_metrics(accelerator.unwrap_model(model))
         model.train()
         record = {"step": tally["step"], "epoch": round(epoch, 3), "train_loss": tally["loss"] / max(1, tally["count"]),
-                  **{f"eval_{k}": v for k, v in scalar_metrics(metrics).items()}}
+                  **eval_metrics(metrics)}
         tally.update(loss=0.0, count=0)
         with open(metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -356,7 +366,7 @@ def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metr
             describe_model(tmp, **description, max_seq_length=config.max_seq_length, base_model=config.model_name_or_path,
                            train_file=config.train_file, validation_file=config.validation_file, stage_key=key)
         summary = {"final_dir": str(output_dir / "final"), "steps": tally["step"], "best_step": best["step"],
-                   **summary, **{f"eval_{k}": v for k, v in best["metrics"].items()}}
+                   **summary, **eval_metrics(best["metrics"], numbers_only=False)}
         stage.write_json(output_dir / "summary.json", summary)
         stage.write_stage_record(output_dir, key=key, stage=stage_name, config=config, outputs=summary)
     accelerator.wait_for_everyone()

@@ -40,3 +40,11 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_labe
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The numeric values of `metrics` as floats: booleans, strings, lists and nested dicts left out."""
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def eval_metrics(metrics: dict[str, Any], *, numbers_only: bool = True) -> dict[str, Any]:
+    """Evaluation results under the names that runs, gates and the catalogue's primary metrics use: `eval_<name>`
+    (names that already start with `eval_` or `initial_` are kept); the numbers only (`scalar_metrics`) unless
+    `numbers_only` is False (a summary keeps its confusion matrix). The one place the prefix is added."""
+    values = scalar_metrics(metrics) if numbers_only else metrics
+    return {(k if k.startswith(("eval_", "initial_")) else f"eval_{k}"): v for k, v in values.items()}

@@ -22,8 +22,8 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCol
 
 from bert_core import stage
 from bert_core.catalogue import CONLL2003_TAGS
-from bert_core.config import SEED, check_positive, check_training_fields
-from bert_core.finetune import fit, run_key
+from bert_core.config import check_positive
+from bert_core.finetune import TrainingConfig, fit, run_key
 from bert_core.model import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -31,31 +31,13 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class NerConfig:
-    model_name_or_path: str
-    train_file: str
-    validation_file: str
-    output_dir: str
+class NerConfig(TrainingConfig):
     label_names: tuple[str, ...] = CONLL2003_TAGS
-    max_seq_length: int = 128
-    per_device_train_batch_size: int = 32
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step: the batch of N x size in 1/N the memory
-    per_device_eval_batch_size: int = 64
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    num_train_epochs: int = 3
-    max_train_steps: int | None = None
     max_train_sentences: int | None = None  # train on the first N sentences only (quick runs)
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    eval_steps: int | None = None
-    early_stopping_patience: int = 0
     metric_for_best_model: str = "f1"
-    mixed_precision: str = "no"
-    seed: int = SEED
 
     def __post_init__(self):
-        check_training_fields(self)
+        super().__post_init__()
         check_positive(self, "max_train_sentences")
 
 

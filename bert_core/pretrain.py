@@ -35,6 +35,7 @@ from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.data import PretrainingCollator, ShardDataset, epoch_batches
 from bert_core.evaluate import evaluate_objective
 from bert_core.masking import MaskingConfig
+from bert_core.metrics import eval_metrics
 from bert_core.model import PretrainingObjective, build_model, describe_model
 from bert_core.optim import build_optimizer
 from bert_core.checkpoints import find_resume, save_checkpoint, truncate_metrics
@@ -216,7 +217,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         metrics = evaluate_objective(accelerator.unwrap_model(objective), eval_set, collator,
                                      batch_size=config.per_device_eval_batch_size, device=accelerator.device,
                                      autocast=accelerator.autocast)
-        return {f"eval_{k}": v for k, v in metrics.items()}
+        return eval_metrics(metrics)
 
     if state["step"] == 0:
         initial = run_eval()

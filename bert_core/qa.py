@@ -29,48 +29,30 @@ import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bert_core import stage
-from bert_core.config import SEED, ConfigError, check_positive, check_training_fields
-
-if TYPE_CHECKING:
-    from bert_core.finetune import TokenRows
+from bert_core.config import ConfigError, check_positive
+from bert_core.finetune import TokenRows, TrainingConfig, fit, run_key
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class QaConfig:
-    model_name_or_path: str
-    train_file: str
-    validation_file: str
-    output_dir: str
+class QaConfig(TrainingConfig):
     max_seq_length: int = 384
     doc_stride: int = 128
     max_query_length: int = 64
     max_answer_length: int = 30
     n_best_size: int = 20
-    per_device_train_batch_size: int = 32
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step: the batch of N x size in 1/N the memory
-    per_device_eval_batch_size: int = 64
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
     num_train_epochs: int = 2
-    max_train_steps: int | None = None
     max_train_questions: int | None = None  # train on the first N questions only (quick runs)
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    eval_steps: int | None = None
-    early_stopping_patience: int = 0
     metric_for_best_model: str = "f1"
-    mixed_precision: str = "no"
-    seed: int = SEED
 
     def __post_init__(self):
-        check_training_fields(self)
+        super().__post_init__()
         check_positive(self, "max_query_length", "max_answer_length", "n_best_size", "max_train_questions")
         if not 0 < self.doc_stride < self.max_seq_length:
             raise ConfigError(f"QaConfig.doc_stride is {self.doc_stride}; expected a value > 0 and < max_seq_length "
@@ -239,8 +221,6 @@ def training_features(tokenizer, questions: list[Question], config: QaConfig,
                       chunk_size: int = 1024) -> tuple[TokenRows, dict[str, int]]:
     """Windows with start/end token positions of the answer ([CLS] = 0 where the window does not hold it), as
     `TokenRows` (flat arrays; questions encoded in chunks)."""
-    from bert_core.finetune import TokenRows
-
     spans = [locate_answer(q) for q in questions]
     kept = [(q, s) for q, s in zip(questions, spans) if s is not None]
     counts = {"questions": len(questions), "rejected_answer_not_in_context": len(questions) - len(kept),
@@ -333,7 +313,6 @@ def finetune_qa(config: QaConfig) -> dict[str, Any]:
     from accelerate.utils import set_seed
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding
 
-    from bert_core.finetune import fit, run_key
     from bert_core.model import resolve_model
 
     output_dir = Path(config.output_dir)

@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from bert_core import stage
 from bert_core.config import SEED
+from bert_core.metrics import eval_metrics
 from bert_core.examples import ExamplesConfig
 from bert_core.ingest import IngestConfig
 from bert_core.pretrain import PretrainConfig
@@ -93,8 +94,8 @@ def continued_pretraining(
         )
         validation = str(Path(examples_dir) / "validation")
         # The champion and the new model on the same held-out shards of the new text.
-        new_metrics = _prefixed(evaluate_pretrained(pretrained["final_dir"], validation))
-        base_metrics = _prefixed(evaluate_pretrained(base_dir, validation))
+        new_metrics = eval_metrics(evaluate_pretrained(pretrained["final_dir"], validation))
+        base_metrics = eval_metrics(evaluate_pretrained(base_dir, validation))
         log_stage_run(run_id, "evaluate", metrics={**new_metrics, **{f"base_{k}": v for k, v in base_metrics.items()}})
         pretrain_dir = Path(pretrained["final_dir"]).parent
         registered = register_flow(
@@ -146,8 +147,3 @@ def _preset_of(model_dir: str) -> str:
         if all(config.get(k) == v for k, v in sizes.items()):
             return preset
     raise ValueError(f"{model_dir}: its sizes match no preset")
-
-
-def _prefixed(metrics: dict) -> dict[str, float]:
-    return {(k if k.startswith("eval_") else f"eval_{k}"): float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float))}

@@ -23,7 +23,7 @@ from pydantic import Field
 from bert_core import stage
 from bert_core.catalogue import get_task
 from bert_core.config import SEED
-from bert_core.metrics import scalar_metrics
+from bert_core.metrics import eval_metrics
 from bert_core.stage import bertflow_home
 from bert_core.tracking import configure_tracking, lineage_tags, redact, ui_links
 from flows import PositiveInt, default_work_dir, log_manifests, manifest_metrics, stage_overrides, stage_parameters
@@ -162,10 +162,9 @@ def _evaluation_figures(run_id: str, pretrained: dict, evaluation: dict) -> dict
     pipeline's evaluate stage run."""
     held_out = {**evaluation["pretrained"], "initial_eval_mlm_loss": pretrained["initial_eval_mlm_loss"]}
     figures = {
-        "pretrained": {(k if k.startswith(("eval_", "initial_")) else f"eval_{k}"): v for k, v in held_out.items()},
-        "classifier": {f"eval_{k}": v for k, v in scalar_metrics(evaluation["classifier"]).items()},
-        "champion": ({f"eval_{k}": v for k, v in scalar_metrics(evaluation["champion"]).items()}
-                     if evaluation["champion"] else None),
+        "pretrained": eval_metrics(held_out),
+        "classifier": eval_metrics(evaluation["classifier"]),
+        "champion": eval_metrics(evaluation["champion"]) if evaluation["champion"] else None,
     }
     log_stage_run(run_id, "evaluate", metrics={**figures["pretrained"], **figures["classifier"],
                                                **{f"champion_{k}": v for k, v in (figures["champion"] or {}).items()}},

@@ -13,7 +13,7 @@ from tasks.registry import register_model
 @flow(name="register")
 def register_flow(
     pretrained_dir: str | None,
-    preset: str,
+    preset: str | None = None,
     pretrained_metrics: dict | None = None,
     classifier_dir: str | None = None,
     task_name: str = "sst2",

@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 from bert_core import stage
 from bert_core.config import SEED
 from bert_core.catalogue import get_task
-from bert_core.metrics import scalar_metrics
+from bert_core.metrics import eval_metrics
 from bert_core.finetune import FinetuneConfig
 from bert_core.registry import pin_model
 from flows import LearningRate, MixedPrecision, PositiveInt, SAMPLE_PROFILE, default_work_dir
@@ -85,14 +85,14 @@ def task_model(
         evaluation = evaluate_task_model(finetuned["final_dir"], finetuned["validation_file"],
                                          str(work / "reports" / f"task-{task_name}"),
                                          champion_model_uri=f"models:/{name}@champion")
-        metrics = {f"eval_{k}": v for k, v in scalar_metrics(evaluation["metrics"]).items()}
-        champion = ({f"eval_{k}": v for k, v in scalar_metrics(evaluation["champion_metrics"]).items()}
+        metrics = eval_metrics(evaluation["metrics"])
+        champion = (eval_metrics(evaluation["champion_metrics"])
                     if evaluation["champion_metrics"] else None)
         champion_figures = {f"champion_{k}": v for k, v in (champion or {}).items()}
         log_stage_run(run_id, "evaluate", metrics={**metrics, **champion_figures}, artifacts=evaluation["reports"])
         finetune_dir = Path(finetuned["final_dir"]).parent
         registered = register_flow(
-            pretrained_dir=None, preset="-", classifier_dir=finetuned["final_dir"], task_name=task_name,
+            pretrained_dir=None, classifier_dir=finetuned["final_dir"], task_name=task_name,
             classifier_metrics=metrics, primary_metric=task.primary_metric,
             champion_metrics=champion, champion_version=evaluation["champion_version"],
             classifier_tags={"bertflow.task_train_file": train_file, "bertflow.task_validation_file": validation_file},
