@@ -66,6 +66,14 @@ def _evaluate(args) -> object:
     return evaluate_models(stage.load_config(EvaluateConfig, args.config))
 
 
+def _suite(args) -> object:
+    from bert_core.suite import SuiteConfig, run_suite, summary_line
+
+    report = run_suite(stage.load_config(SuiteConfig, args.config))
+    print(summary_line(report), file=sys.stderr)
+    return report
+
+
 def _register(args) -> object:
     from bert_core.registry import RegisterConfig, register_model
 
@@ -175,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="held-out MLM/NSP metrics of a pretrained model; dev metrics of a classifier")
     p.add_argument("--config", type=Path, required=True, help="EvaluateConfig JSON")
     p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("suite", help="fine-tune tasks from an encoder and from its random-init twin; report the deltas")
+    p.add_argument("--config", type=Path, required=True, help="SuiteConfig JSON")
+    p.set_defaults(run=_suite)
 
     p = sub.add_parser("predict", help="fill-mask, next-sentence probability, classification, QA answers or embeddings")
     p.add_argument("--model", required=True, help="a model directory, models:/name@alias, or a package that ships one")

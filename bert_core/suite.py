@@ -1,0 +1,183 @@
+"""The downstream suite: does this encoder beat the same model from random init, after the same fine-tuning?
+
+For an encoder (a directory or models:/ URI) and a list of catalogue tasks, every task is fine-tuned from the
+encoder and from its **random-init twin** (the same architecture and tokenizer, weights freshly initialised with
+a fixed seed) under one protocol for both arms: each learning rate of the grid, each seed, the same epochs, early
+stopping on the dev set. Per arm and task the learning rate with the best mean dev score is kept; the report gives
+mean +- std over seeds, the difference, a paired t-test over seeds, and the suite score (the mean of the tasks'
+primary metrics) of each arm.
+
+The twin's runs are cached under `$BERTFLOW_HOME/suite-twins/<twin key>/`, keyed by the architecture, the tokenizer
+and the init seed; the fine-tuning stage's own key (config, data, starting weights) decides whether a run is done, so
+a second suite on another encoder of the same architecture and tokenizer reuses every twin run.
+This first part covers sentence and pair classification tasks (SST-2, MRPC, RTE, IMDb, files of those kinds).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bert_core import stage
+from bert_core.catalogue import get_task
+from bert_core.config import ConfigError, check_fields, check_positive
+from bert_core.finetune import FinetuneConfig, finetune
+from bert_core.model import resolve_model
+
+# Suite sizes: what a run costs. `tiny` is for tests and smoke runs (about a minute on 2 cores for a bert-tiny).
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"tasks": ("sst2",), "seeds": (0, 1), "learning_rates": (1e-3,), "num_train_epochs": 1,
+             "max_train_steps": 20},
+    "default": {"tasks": ("sst2", "mrpc"), "seeds": (0, 1, 2), "learning_rates": (1e-4, 3e-4, 1e-3),
+                "num_train_epochs": 3, "max_train_steps": None},
+}
+TWIN_SEED = 1234  # the init seed of every random-init twin: one twin per architecture and tokenizer
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuiteConfig:
+    encoder: str  # a pretrained model directory (BertForPreTraining save_pretrained output) or models:/ URI
+    output_dir: str
+    size: str = "default"  # a key of SIZES; the fields below, when given, override it
+    tasks: tuple[str, ...] | None = None
+    task_file: str | None = None  # a JSON/YAML catalogue file for tasks of your own
+    seeds: tuple[int, ...] | None = None
+    learning_rates: tuple[float, ...] | None = None
+    num_train_epochs: int | None = None
+    max_train_steps: int | None = None
+    max_seq_length: int = 128
+    early_stopping_patience: int = 1
+    per_device_train_batch_size: int = 32
+    twin_dir: str | None = None  # where the twin and its runs are cached; default: $BERTFLOW_HOME/suite-twins
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.size not in SIZES:
+            raise ConfigError(f"SuiteConfig.size is {self.size!r}; expected one of {sorted(SIZES)}")
+        check_positive(self, "num_train_epochs", "max_train_steps", "max_seq_length", "per_device_train_batch_size")
+
+    def protocol(self) -> dict[str, Any]:
+        """The settings both arms are fine-tuned with: the size's, overridden by the fields given."""
+        values = dict(SIZES[self.size])
+        for name in ("tasks", "seeds", "learning_rates", "num_train_epochs", "max_train_steps"):
+            if getattr(self, name) is not None:
+                values[name] = getattr(self, name)
+        values.update(max_seq_length=self.max_seq_length, early_stopping_patience=self.early_stopping_patience,
+                      per_device_train_batch_size=self.per_device_train_batch_size)
+        return values
+
+
+def random_init_twin(encoder_dir: str | Path, cache_root: str | Path, seed: int = TWIN_SEED) -> Path:
+    """The encoder's random-init twin (same config and tokenizer, fresh weights from `seed`), built once per
+    architecture, tokenizer and seed under `cache_root`."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, BertForPreTraining
+
+    encoder_dir = Path(encoder_dir)
+    config = AutoConfig.from_pretrained(encoder_dir)
+    tokenizer_files = [p for p in sorted(encoder_dir.glob("tokenizer*")) + sorted(encoder_dir.glob("vocab.txt"))]
+    key = stage.hash_json({"architecture": config.to_dict(), "tokenizer": stage.hash_files(tokenizer_files),
+                           "seed": seed, "version": 1})
+    twin = Path(cache_root) / key[:16] / "model"
+    if (twin / "config.json").is_file():
+        return twin
+    with stage.atomic_directory(twin) as tmp:
+        torch.manual_seed(seed)
+        BertForPreTraining(config).save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(encoder_dir).save_pretrained(tmp)
+    return twin
+
+
+def _arm_runs(model_dir: Path, out: Path, task, protocol: dict[str, Any]) -> tuple[dict[float, list[float]], int]:
+    """Dev scores by learning rate (one per seed) of one arm on one task, and how many runs were already done."""
+    train_file, validation_file = task.files()
+    metric = task.primary_metric
+    scores: dict[float, list[float]] = {}
+    reused = 0
+    for lr in protocol["learning_rates"]:
+        for seed in protocol["seeds"]:
+            run_dir = out / task.name / f"lr-{lr:g}" / f"seed-{seed}"
+            reused += (run_dir / "summary.json").is_file()
+            summary = finetune(FinetuneConfig(
+                model_name_or_path=str(model_dir), train_file=train_file, validation_file=validation_file,
+                output_dir=str(run_dir), max_seq_length=task.max_seq_length or protocol["max_seq_length"],
+                learning_rate=lr, num_train_epochs=protocol["num_train_epochs"],
+                max_train_steps=protocol["max_train_steps"], early_stopping_patience=protocol["early_stopping_patience"],
+                per_device_train_batch_size=protocol["per_device_train_batch_size"], seed=seed,
+                **task.classification_fields()))
+            scores.setdefault(lr, []).append(float(summary[metric]))
+    return scores, reused
+
+
+def _best(scores: dict[float, list[float]]) -> tuple[float, list[float]]:
+    lr = max(scores, key=lambda k: (float(np.mean(scores[k])), -k))
+    return lr, scores[lr]
+
+
+def paired_p_value(a: list[float], b: list[float]) -> float:
+    """Two-sided paired t-test over seeds (NaN with fewer than 2 pairs or no spread in the differences)."""
+    from scipy import stats
+
+    diff = np.asarray(a) - np.asarray(b)
+    if diff.size < 2 or float(np.std(diff)) == 0.0:
+        return float("nan")
+    return float(stats.ttest_rel(a, b).pvalue)
+
+
+def run_suite(config: SuiteConfig) -> dict[str, Any]:
+    """Fine-tune every task from the encoder and from its twin; write `report.json` and `report.md`; return the
+    report: per task the arms' mean/std at their best learning rate, the difference and its paired p-value, and
+    each arm's suite score."""
+    protocol = config.protocol()
+    encoder = Path(resolve_model(config.encoder))
+    out = Path(config.output_dir)
+    twin_root = Path(config.twin_dir) if config.twin_dir else stage.bertflow_home() / "suite-twins"
+    twin = random_init_twin(encoder, twin_root)
+    tasks = [get_task(name, config.task_file) for name in protocol["tasks"]]
+    for task in tasks:
+        if task.model_kind != "classifier":
+            raise ConfigError(f"suite task {task.name!r} is a {task.model_kind} task; the suite runs sentence and pair "
+                              f"classification tasks so far")
+    rows, twin_reused = [], 0
+    for task in tasks:
+        pre_scores, _ = _arm_runs(encoder, out / "pretrained", task, protocol)
+        twin_scores, reused = _arm_runs(twin, twin.parent / "runs", task, protocol)
+        twin_reused += reused
+        (pre_lr, pre), (twin_lr, rnd) = _best(pre_scores), _best(twin_scores)
+        rows.append({"task": task.name, "metric": task.primary_metric, "seeds": list(protocol["seeds"]),
+                     "pretrained_mean": float(np.mean(pre)), "pretrained_std": float(np.std(pre, ddof=1)) if len(pre) > 1 else 0.0,
+                     "twin_mean": float(np.mean(rnd)), "twin_std": float(np.std(rnd, ddof=1)) if len(rnd) > 1 else 0.0,
+                     "delta": float(np.mean(pre) - np.mean(rnd)), "paired_p_value": paired_p_value(pre, rnd),
+                     "pretrained_learning_rate": pre_lr, "twin_learning_rate": twin_lr,
+                     "pretrained_scores": pre, "twin_scores": rnd})
+    report = {"encoder": str(encoder), "twin": str(twin), "protocol": protocol, "tasks": rows,
+              "suite_score": float(np.mean([r["pretrained_mean"] for r in rows])),
+              "twin_suite_score": float(np.mean([r["twin_mean"] for r in rows])),
+              "twin_runs_reused": twin_reused}
+    report["suite_delta"] = report["suite_score"] - report["twin_suite_score"]
+    out.mkdir(parents=True, exist_ok=True)
+    stage.write_json(out / "report.json", report)
+    (out / "report.md").write_text(render_report(report), encoding="utf-8")
+    return report
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """`suite: pretrained vs random init: SST2 +x.x (n seeds)`, in points of each task's primary metric."""
+    deltas = ", ".join(f"{r['task'].upper()} {100 * r['delta']:+.1f}" for r in report["tasks"])
+    return f"suite: pretrained vs random init: {deltas} ({len(report['protocol']['seeds'])} seeds)"
+
+
+def render_report(report: dict[str, Any]) -> str:
+    lines = ["# Downstream suite: pretrained vs random-init twin", "", summary_line(report), "",
+             "| task | metric | pretrained | random init | difference | paired p |", "|---|---|---|---|---|---|"]
+    for r in report["tasks"]:
+        p = "n/a" if math.isnan(r["paired_p_value"]) else f"{r['paired_p_value']:.3g}"
+        lines.append(f"| {r['task']} | {r['metric']} | {r['pretrained_mean']:.4f} +- {r['pretrained_std']:.4f} | "
+                     f"{r['twin_mean']:.4f} +- {r['twin_std']:.4f} | {r['delta']:+.4f} | {p} |")
+    lines += ["", f"Suite score {report['suite_score']:.4f} (random init {report['twin_suite_score']:.4f}); "
+                  f"protocol {report['protocol']}."]
+    return "\n".join(lines) + "\n"
