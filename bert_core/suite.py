@@ -5,7 +5,7 @@ encoder and from its **random-init twin** (the same architecture and tokenizer, 
 a fixed seed) under one protocol for both arms: each learning rate of the grid, each seed, the same epochs, early
 stopping on the dev set. Per arm and task the learning rate with the best mean dev score is kept; the report gives
 mean +- std over seeds, the difference, a paired t-test over seeds, and the suite score (the mean of the tasks'
-primary metrics) of each arm.
+metrics, `suite_metric`: MRPC's F1, SST-2's accuracy) of each arm.
 
 The twin's runs are cached under `$BERTFLOW_HOME/suite-twins/<twin key>/`, keyed by the architecture, the tokenizer
 and the init seed; the fine-tuning stage's own key (config, data, starting weights) decides whether a run is done, so
@@ -95,7 +95,7 @@ def random_init_twin(encoder_dir: str | Path, cache_root: str | Path, seed: int 
 def _arm_runs(model_dir: Path, out: Path, task, protocol: dict[str, Any]) -> tuple[dict[float, list[float]], int]:
     """Dev scores by learning rate (one per seed) of one arm on one task, and how many runs were already done."""
     train_file, validation_file = task.files()
-    metric = task.primary_metric
+    metric = suite_metric(task)
     scores: dict[float, list[float]] = {}
     reused = 0
     for lr in protocol["learning_rates"]:
@@ -111,6 +111,12 @@ def _arm_runs(model_dir: Path, out: Path, task, protocol: dict[str, Any]) -> tup
                 **task.classification_fields()))
             scores.setdefault(lr, []).append(float(summary[metric]))
     return scores, reused
+
+
+def suite_metric(task) -> str:
+    """The dev metric a task is scored by in the suite: the one that picks its fine-tuned checkpoint (MRPC: F1),
+    else its primary metric (accuracy, entity F1)."""
+    return f"eval_{task.metric_for_best_model}" if task.metric_for_best_model else task.primary_metric
 
 
 def _best(scores: dict[float, list[float]]) -> tuple[float, list[float]]:
@@ -148,7 +154,7 @@ def run_suite(config: SuiteConfig) -> dict[str, Any]:
         twin_scores, reused = _arm_runs(twin, twin.parent / "runs", task, protocol)
         twin_reused += reused
         (pre_lr, pre), (twin_lr, rnd) = _best(pre_scores), _best(twin_scores)
-        rows.append({"task": task.name, "metric": task.primary_metric, "seeds": list(protocol["seeds"]),
+        rows.append({"task": task.name, "metric": suite_metric(task), "seeds": list(protocol["seeds"]),
                      "pretrained_mean": float(np.mean(pre)), "pretrained_std": float(np.std(pre, ddof=1)) if len(pre) > 1 else 0.0,
                      "twin_mean": float(np.mean(rnd)), "twin_std": float(np.std(rnd, ddof=1)) if len(rnd) > 1 else 0.0,
                      "delta": float(np.mean(pre) - np.mean(rnd)), "paired_p_value": paired_p_value(pre, rnd),

@@ -68,3 +68,10 @@ def test_the_cli_writes_the_report(reports, tmp_path):
     assert "suite: pretrained vs random init: SST2" in done.stderr
     report = stage.read_json(tmp_path / "cli" / "report.json")
     assert report["twin_runs_reused"] == 2 and (tmp_path / "cli" / "report.md").read_text().count("| sst2 |") == 1
+
+
+def test_each_task_is_scored_by_the_metric_that_picks_its_checkpoint():
+    from bert_core.catalogue import get_task
+    from bert_core.suite import suite_metric
+
+    assert suite_metric(get_task("sst2")) == "eval_accuracy" and suite_metric(get_task("mrpc")) == "eval_f1"
