@@ -126,7 +126,7 @@ def check_ranks(accelerator: Accelerator, objective: torch.nn.Module, seen_diges
 def fresh_accelerator_state() -> None:
     """Forget Accelerate's process-wide state left by an earlier single-process run in this process (a notebook,
     the tests), so that this run may use other settings such as mixed precision. Launched ranks start clean."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and hasattr(AcceleratorState, "_reset_state"):
+    if not launched_rank() and hasattr(AcceleratorState, "_reset_state"):
         AcceleratorState._reset_state(reset_partial_state=True)
 
 

@@ -6,14 +6,14 @@ import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
-# Before prefect is imported (tasks.registry imports it):
-# Let bert_core's own log lines reach the Prefect run logs (and the UI), not only the console.
+# Set before prefect is imported (tasks.registry, below, imports it). Let bert_core's own log lines reach the Prefect run logs (and the UI), not only the console.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "bert_core")
 # The temporary server a local run starts would try to send usage telemetry and log an ERROR on machines without
 # internet access; opt out unless the user set it.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
+from typing_extensions import TypedDict  # pydantic needs this one, not typing's, before Python 3.12
 
 from bert_core import stage
 from bert_core.config import MIXED_PRECISION
@@ -50,9 +50,6 @@ def stage_parameters(stage_flow, name: str, *, inputs: tuple[str, ...]):
     """A TypedDict of a stage flow's parameters but its `inputs` (what the pipeline wires): the type of the pipeline
     parameter that overrides them, so Prefect checks a run's overrides (names and values) before it starts and the
     run form shows them. The stage flow's signature stays their one home."""
-    from pydantic import ConfigDict
-    from typing_extensions import TypedDict
-
     hints = typing.get_type_hints(stage_flow.fn, include_extras=True)
     fields = {p: hints[p] for p in inspect.signature(stage_flow.fn).parameters if p not in inputs}
     parameters = TypedDict(name, fields, total=False)
@@ -88,9 +85,7 @@ def manifest_metrics(record: dict) -> dict[str, float]:
 
 def default_work_dir(work_dir: str | None) -> Path:
     """Stage outputs live under the project data directory unless a work_dir is given."""
-    from bert_core.stage import bertflow_home
-
-    return Path(work_dir) if work_dir else bertflow_home() / "work"
+    return Path(work_dir) if work_dir else stage.bertflow_home() / "work"
 
 
 def dask_task_runner(n_workers: int, dask_address: str | None):
