@@ -26,9 +26,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import BertForPreTraining, get_scheduler
+from transformers import BertForPreTraining
 
-from bert_core import stage
+from bert_core import budget, stage
 from bert_core.config import (MIXED_PRECISION, SEED, check_choice, check_fields, check_non_negative, check_positive,
                                check_range)
 from bert_core.stage import no_progress_bar as _no_progress_bar
@@ -68,7 +68,11 @@ class PretrainConfig:
     lr_scheduler_type: str = "linear"  # any transformers scheduler name: "linear", "polynomial", "cosine", ...
     polynomial_power: float = 1.0  # for "polynomial" (NVIDIA's BERT recipe uses 0.5)
     num_warmup_steps: int = 10000
-    max_train_steps: int = 1_000_000
+    warmup_fraction: float | None = None  # warm-up as a share of the run's steps (Cramming); replaces num_warmup_steps
+    max_train_steps: int = 1_000_000  # the run's length, or the cap on a budgeted run's
+    # Budgets (bert_core.budget): the schedule is laid out so the run ends at the budget with the decay finished.
+    max_train_tokens: int | None = None  # non-pad tokens the optimizer has seen, all ranks
+    max_train_seconds: float | None = None  # wall-clock seconds of training, measured on the first steps
     mixed_precision: str = "no"  # "no", "bf16", "fp16" (bf16 autocast also runs on CPUs with bf16 units)
     length_binning: bool = True  # batches of similar-length examples: little of each batch is padding
     init_from: str | None = None  # a pretrained directory to start from, e.g. phase 1's final/ for a phase 2 at 512
@@ -94,7 +98,9 @@ class PretrainConfig:
         check_range(self, "max_seq_length", low=8)
         check_positive(self, "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                        "max_train_steps", "logging_steps", "eval_steps", "checkpointing_steps",
-                       "checkpoints_total_limit", "num_processes", "polynomial_power", "adam_epsilon")
+                       "checkpoints_total_limit", "num_processes", "polynomial_power", "adam_epsilon",
+                       "max_train_tokens", "max_train_seconds")
+        check_range(self, "warmup_fraction", low=0, high=1, high_open=True)
         check_non_negative(self, "learning_rate", "weight_decay", "num_warmup_steps", "max_grad_norm")
         check_range(self, "adam_beta1", low=0, high=1, high_open=True)
         check_range(self, "adam_beta2", low=0, high=1, high_open=True)
@@ -180,15 +186,16 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     optimizer = build_optimizer(objective, name=config.optimizer, lr=config.learning_rate,
                                 weight_decay=config.weight_decay, betas=(config.adam_beta1, config.adam_beta2),
                                 eps=config.adam_epsilon)
-    scheduler = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=config.num_warmup_steps,
-                              num_training_steps=config.max_train_steps,
-                              scheduler_specific_kwargs={"power": config.polynomial_power}
-                              if config.lr_scheduler_type == "polynomial" else None)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    # The run's length: max_train_steps, the step a token budget is reached (exact: the batch order is known), or a
+    # seconds budget calibrated on the first steps and stored in the checkpoints (state["planned_steps"]).
+    length = budget.RunLength(config, optimizer, train_set.lengths, world)
+    scheduler = length.schedule.scheduler
     objective, optimizer = accelerator.prepare(objective, optimizer)
     # The scheduler is stepped by hand once per optimizer step (a prepared one steps num_processes times).
     accelerator.register_for_checkpointing(scheduler)
 
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "key": key}
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "key": key, **length.initial_state()}
     metrics_path = output_dir / "metrics.jsonl"
     resume = find_resume(config, key)
     if resume is not None:
@@ -196,6 +203,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         state = stage.read_json(resume / "trainer_state.json")
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume, state["step"], state["epoch"],
                     state["batch_in_epoch"])
+        length.resumed(state)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         truncate_metrics(metrics_path, state["step"])
@@ -220,15 +228,19 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         return eval_metrics(metrics)
 
     if state["step"] == 0:
+        eval_start = time.perf_counter()
         initial = run_eval()
+        state["eval_seconds"] = time.perf_counter() - eval_start
         log({"step": 0, **initial})
         logger.info("step 0 held-out: %s", initial)
 
+    def total_steps() -> int:  # the plan: fixed at the start, or once a seconds budget is calibrated
+        return length.total(state)
     previous_handler = signal.signal(signal.SIGTERM, _Stop.handle) if accelerator.is_main_process else None
-    world, rank = accelerator.num_processes, accelerator.process_index
     specials = torch.tensor([tokenizer.cls_token_id, tokenizer.sep_token_id])  # never masked: not maskable
-    progress = tqdm(total=config.max_train_steps, initial=state["step"], disable=_no_progress_bar(accelerator),
+    progress = tqdm(total=total_steps(), initial=state["step"], disable=_no_progress_bar(accelerator),
                     desc="pretrain", unit="step")
+    length.start(state)
     window = dict.fromkeys(_WINDOW, 0.0)
     window_start = time.perf_counter()
     grad_norm = torch.tensor(0.0)
@@ -238,7 +250,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     lengths = train_set.lengths if config.length_binning else None
     objective.train()
     with ThreadPoolExecutor(max_workers=1) as loader:
-        while state["step"] < config.max_train_steps and not interrupted:
+        while state["step"] < total_steps() and not interrupted:
             batches = epoch_batches(len(train_set), config.per_device_train_batch_size, seed=config.seed,
                                     epoch=state["epoch"], rank=rank, world_size=world, lengths=lengths)
 
@@ -285,7 +297,12 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                 state["batch_in_epoch"] = batch_index + 1
                 progress.update(1)
                 step = state["step"]
-                if step % config.logging_steps == 0 or step == config.max_train_steps:
+                plan = length.stepped(state, accelerator)
+                if plan is not None:
+                    log(plan)
+                    progress.total = plan["planned_steps"]
+                    progress.refresh()
+                if step % config.logging_steps == 0 or step == total_steps():
                     elapsed = time.perf_counter() - window_start
                     totals = dict(zip(_WINDOW, accelerator.reduce(torch.tensor(
                         [window[k] for k in _WINDOW], dtype=torch.float64, device=accelerator.device),
@@ -308,17 +325,18 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                         # (overlapped with compute, but it still takes a share of the cores).
                         "loader_share": totals["loader_seconds"] / world / max(elapsed, 1e-9),
                         "collate_share": totals["collate_seconds"] / world / max(elapsed, 1e-9),
+                        **length.progress(state),
                     }
                     log(record)
                     if accelerator.is_main_process:
                         logger.info("step %d/%d loss %.4f mlm_loss %.4f nsp_loss %.4f mlm_accuracy %.3f lr %.2e "
-                                    "%.0f tokens/s", step, config.max_train_steps, record["loss"], record["mlm_loss"],
+                                    "%.0f tokens/s", step, total_steps(), record["loss"], record["mlm_loss"],
                                     record["nsp_loss"], record["mlm_accuracy"], record["learning_rate"],
                                     record["tokens_per_second"])
                     progress.set_postfix(loss=f"{record['loss']:.3f}", mlm_acc=f"{record['mlm_accuracy']:.3f}")
                     window = dict.fromkeys(_WINDOW, 0.0)
                     window_start = time.perf_counter()
-                if step % config.eval_steps == 0 and step != config.max_train_steps:
+                if step % config.eval_steps == 0 and step != total_steps():
                     held_out = run_eval()
                     log({"step": step, **held_out})
                     if accelerator.is_main_process:
@@ -326,13 +344,14 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                                     held_out["eval_mlm_loss"], held_out["eval_mlm_accuracy"],
                                     held_out["eval_nsp_accuracy"])
                 stop_now = broadcast_flag(accelerator, _Stop.requested)
-                if step % config.checkpointing_steps == 0 or stop_now or step == config.max_train_steps:
-                    save_checkpoint(accelerator, output_dir, state, config.checkpoints_total_limit)
+                if step % config.checkpointing_steps == 0 or stop_now or step == total_steps():
+                    save_checkpoint(accelerator, output_dir, {**state, "train_seconds": length.seconds(state)},
+                                    config.checkpoints_total_limit)
                 if stop_now:
                     logger.warning("SIGTERM: checkpoint written at step %d, stopping", step)
                     interrupted = True
                     break
-                if step >= config.max_train_steps:
+                if step >= total_steps():
                     break
             else:
                 state["epoch"] += 1
@@ -340,6 +359,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
             if pending is not None:
                 pending.cancel()
     progress.close()
+    state["train_seconds"] = length.seconds(state)
     if previous_handler is not None:
         signal.signal(signal.SIGTERM, previous_handler)
     if interrupted:
@@ -362,6 +382,8 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         summary = {
             "final_dir": str(output_dir / "final"),
             "steps": state["step"],
+            "train_tokens": length.tokens(state["step"]),
+            "train_seconds": state["train_seconds"],
             "preset": config.preset,
             "initial_eval_mlm_loss": initial["eval_mlm_loss"],
             **final_metrics,
@@ -375,5 +397,4 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
 
 
 _WINDOW = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count", "tokens", "specials",
-           "positions",
-           "micro", "loader_seconds", "collate_seconds")
+           "positions", "micro", "loader_seconds", "collate_seconds")

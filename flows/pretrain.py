@@ -24,7 +24,10 @@ def pretrain_flow(
     optimizer: Literal["adamw", "lamb"] = PretrainConfig.optimizer,
     lr_scheduler_type: str = PretrainConfig.lr_scheduler_type,
     num_warmup_steps: NonNegativeInt = PretrainConfig.num_warmup_steps,
+    warmup_fraction: float | None = PretrainConfig.warmup_fraction,
     max_train_steps: PositiveInt = PretrainConfig.max_train_steps,
+    max_train_tokens: PositiveInt | None = PretrainConfig.max_train_tokens,
+    max_train_seconds: float | None = PretrainConfig.max_train_seconds,
     mixed_precision: MixedPrecision = PretrainConfig.mixed_precision,
     eval_steps: PositiveInt = PretrainConfig.eval_steps,
     checkpointing_steps: PositiveInt = PretrainConfig.checkpointing_steps,
@@ -39,6 +42,9 @@ def pretrain_flow(
 
     `optimizer`: "adamw" or "lamb"; `init_from`: a previous phase's final/ directory (phase 2 at 512);
     `max_seq_length`: empty, the shards' (given, it must be theirs); masking is the shards' (set in examples).
+    `max_train_tokens` / `max_train_seconds`: a budget; the schedule (warm-up, then decay to zero) is laid out over
+    it and the run ends on it (`max_train_steps` is then only a cap). `warmup_fraction`: warm-up as a share of the
+    run, in place of `num_warmup_steps`.
     """
     config = PretrainConfig(
         shards_dir=shards_dir,
@@ -51,7 +57,10 @@ def pretrain_flow(
         optimizer=optimizer,
         lr_scheduler_type=lr_scheduler_type,
         num_warmup_steps=num_warmup_steps,
+        warmup_fraction=warmup_fraction,
         max_train_steps=max_train_steps,
+        max_train_tokens=max_train_tokens,
+        max_train_seconds=max_train_seconds,
         mixed_precision=mixed_precision,
         eval_steps=eval_steps,
         checkpointing_steps=checkpointing_steps,

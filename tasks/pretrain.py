@@ -27,10 +27,12 @@ from bert_core import stage, tracking
 
 class _Progress:
     """Training progress from the run's `metrics.jsonl` (one JSON record per logging step, with its `step`), read as
-    it grows: a structured channel, where a log line's wording may change."""
+    it grows: a structured channel, where a log line's wording may change. A budgeted run's records carry its
+    planned length (`planned_steps`) and `eta_seconds`, which the artifact's description shows."""
 
     def __init__(self, path: Path, total_steps: int):
         self.path, self.total, self.offset, self.step = path, total_steps, 0, -1
+        self.eta: float | None = None
 
     def percent(self) -> float | None:
         """The progress when it moved since the last call, else None."""
@@ -43,11 +45,18 @@ class _Progress:
             data = f.read()
         complete = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
         self.offset += len(complete)
-        steps = [json.loads(line)["step"] for line in complete.splitlines() if line.strip()]
-        if not steps or max(steps) == self.step:
+        records = [json.loads(line) for line in complete.splitlines() if line.strip()]
+        for record in records:
+            self.total = record.get("planned_steps", self.total)
+            self.eta = record.get("eta_seconds", self.eta)
+        if not records or max(r["step"] for r in records) == self.step:
             return None
-        self.step = max(steps)
+        self.step = max(r["step"] for r in records)
         return 100.0 * self.step / max(1, self.total)
+
+    def description(self) -> str:
+        eta = "" if self.eta is None else f", about {self.eta / 60:.1f} min left"
+        return f"Pretraining: step {max(self.step, 0)} of {self.total}{eta}"
 
 
 @task(name="pretrain", cache_policy=NO_CACHE, tags=[TRAINING_TAG])
@@ -80,7 +89,7 @@ def pretrain(config: pretrain_lib.PretrainConfig, mlflow_parent_run_id: str | No
     env["TQDM_DISABLE"] = "1"  # progress goes to the artifact below; keep the logs readable
     logger.info("launching: %s", " ".join(command))
     progress_id = create_progress_artifact(progress=0.0, key="pretrain-progress", description="Pretraining steps")
-    progress = _Progress(output_dir / "metrics.jsonl", config.max_train_steps)
+    progress = _Progress(output_dir / "metrics.jsonl", config.max_train_steps)  # a budget's plan: from the records
     tail: deque[str] = deque(maxlen=40)
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                           bufsize=1) as process:
@@ -93,7 +102,7 @@ def pretrain(config: pretrain_lib.PretrainConfig, mlflow_parent_run_id: str | No
             logger.info(line)
             percent = progress.percent()
             if percent is not None:
-                update_progress_artifact(progress_id, progress=percent)
+                update_progress_artifact(progress_id, progress=percent, description=progress.description())
         returncode = process.wait()
     if returncode != 0:
         raise RuntimeError(f"pretraining exited with code {returncode}; last lines:\n" + "\n".join(tail))

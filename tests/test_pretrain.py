@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForPreTraining
 
-from bert_core import stage
+from bert_core import budget, stage
+from bert_core.data import ShardDataset
 from bert_core.launch import end_training, launch_command, launch_env
 from bert_core.examples import generate_examples
 from bert_core.pretrain import pretrain
@@ -53,7 +54,11 @@ def _run_cli(config_path, env):
 def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(examples_dir, tmp_path):
     """kill -9 a real training process after a checkpoint, rerun it, and compare with a run that was never killed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    common = dict(max_train_steps=24, checkpointing_steps=6, eval_steps=12, logging_steps=3, learning_rate=5e-4)
+    # A token budget that the 24th step reaches: the resumed run must end on the step the uninterrupted one does.
+    tokens = budget.tokens_through(24, ShardDataset(examples_dir / "train").lengths, 16, seed=7, world_size=1,
+                                   gradient_accumulation_steps=1, length_binning=True)
+    common = dict(max_train_tokens=tokens, max_train_steps=10_000, checkpointing_steps=6, eval_steps=12,
+                  logging_steps=3, learning_rate=5e-4)
     straight = tiny_pretrain_config(examples_dir, tmp_path / "straight", **common)
     resumed = tiny_pretrain_config(examples_dir, tmp_path / "resumed", **common)
     for config in (straight, resumed):
@@ -78,6 +83,7 @@ def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(examples
     steps = [json.loads(l)["step"] for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(l)]
     assert steps == list(range(3, 25, 3))  # the resumed log has every step once
+    assert stage.read_json(tmp_path / "resumed" / "summary.json")["train_tokens"] == tokens
 
 
 def test_launch_command_uses_accelerate(tmp_path, examples_dir):
@@ -244,3 +250,8 @@ def test_pretraining_progress_is_read_from_the_metrics_records(tmp_path):
     assert progress.percent() == 50.0
     path.write_text('{"step": 15, "loss": 7.0}\n')  # shorter: rewritten by a resume
     assert progress.percent() == 75.0
+    # A budgeted run's records carry its planned length and ETA: the bar and its description follow them.
+    with open(path, "a") as f:
+        f.write('{"step": 20, "loss": 6.9, "planned_steps": 40, "eta_seconds": 90.0}\n')
+    assert progress.percent() == 50.0
+    assert progress.description() == "Pretraining: step 20 of 40, about 1.5 min left"
