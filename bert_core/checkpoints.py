@@ -52,6 +52,31 @@ def truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in lines))
 
 
+class MetricsLog:
+    """The run's `metrics.jsonl` (one JSON record per line, each with its `step`), written by the main process and
+    mirrored to an MLflow run when one is given; a resumed run's file is first cut back to its step."""
+
+    def __init__(self, path: Path, step: int, *, main: bool, mlflow_run_id: str | None):
+        self.path, self.main, self.tracker = path, main, None
+        if main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            truncate_metrics(path, step)
+            if mlflow_run_id:
+                from bert_core.tracking import RunMetrics  # only here: importing mlflow costs a CLI run seconds
+
+                self.tracker = RunMetrics(mlflow_run_id)
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if self.main:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            if self.tracker is not None:
+                self.tracker.log(record)
+
+    def history(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()]
+
+
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int) -> None:
     root = output_dir / "checkpoints"
     final = root / f"step-{state['step']:07d}"

@@ -107,16 +107,15 @@ def evaluate_models(config: EvaluateConfig) -> dict[str, Any]:
 
 
 def evaluate_pretrained(model_dir: str | Path, shards_dir: str | Path, *, batch_size: int = 64) -> dict[str, float]:
-    """Held-out MLM/NSP metrics of a saved BertForPreTraining on one split of static-masked shards."""
-    from transformers import BertForPreTraining
-
+    """Held-out MLM/NSP metrics of a saved pretrained encoder (BERT or ModernBERT) on one split of static-masked
+    shards."""
     from bert_core.data import PretrainingCollator, ShardDataset
-    from bert_core.model import PretrainingObjective
+    from bert_core.model import PretrainingObjective, load_pretraining_model
 
     dataset = ShardDataset(shards_dir)
     if not dataset.static_masks:
         raise ValueError(f"{shards_dir} holds unmasked examples; held-out evaluation needs static masks")
-    model = BertForPreTraining.from_pretrained(model_dir)
+    model = load_pretraining_model(model_dir)
     if model.config.vocab_size != dataset.manifest["vocab_size"]:
         raise ValueError(f"model vocab {model.config.vocab_size} != shard vocab {dataset.manifest['vocab_size']}")
     collator = PretrainingCollator(vocab_size=model.config.vocab_size)

@@ -138,9 +138,9 @@ def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, *, max_se
 class TokenRows(torch.utils.data.Dataset):
     """Rows of token ids kept in flat arrays (4 bytes a token instead of a Python int in a list per row), plus one
     integer per row for each extra field (labels, answer positions). Rows come out as dicts of lists, ready for
-    `DataCollatorWithPadding`."""
+    `DataCollatorWithPadding`. `types` is None for models without token types (ModernBERT's tokenizer gives none)."""
 
-    def __init__(self, ids: np.ndarray, types: np.ndarray, lengths: np.ndarray, extra: dict[str, np.ndarray]):
+    def __init__(self, ids: np.ndarray, types: np.ndarray | None, lengths: np.ndarray, extra: dict[str, np.ndarray]):
         self.ids, self.types, self.lengths, self.extra = ids, types, lengths, extra
         self.offsets = np.concatenate([[0], np.cumsum(lengths)])
 
@@ -151,11 +151,12 @@ class TokenRows(torch.utils.data.Dataset):
         for input_ids, token_type_ids, fields in chunks:
             lengths.append(np.fromiter(map(len, input_ids), dtype=np.int64, count=len(input_ids)))
             ids.append(np.fromiter((t for row in input_ids for t in row), dtype=np.int32))
-            types.append(np.fromiter((t for row in token_type_ids for t in row), dtype=np.int8))
+            if token_type_ids is not None:
+                types.append(np.fromiter((t for row in token_type_ids for t in row), dtype=np.int8))
             for name, values in fields.items():
                 extra.setdefault(name, []).append(np.asarray(values, dtype=np.int64))
         join = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
-        return cls(join(ids, np.int32), join(types, np.int8), join(lengths, np.int64),
+        return cls(join(ids, np.int32), join(types, np.int8) if types or not ids else None, join(lengths, np.int64),
                    {name: np.concatenate(parts) for name, parts in extra.items()})
 
     def __len__(self) -> int:
@@ -166,8 +167,9 @@ class TokenRows(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
-        row = {"input_ids": self.ids[lo:hi].tolist(), "token_type_ids": self.types[lo:hi].tolist(),
-               "attention_mask": [1] * (hi - lo)}
+        row = {"input_ids": self.ids[lo:hi].tolist(), "attention_mask": [1] * (hi - lo)}
+        if self.types is not None:
+            row["token_type_ids"] = self.types[lo:hi].tolist()
         row.update({name: int(values[i]) for name, values in self.extra.items()})
         return row
 
@@ -182,7 +184,8 @@ def encode_dataset(tokenizer, texts: list[str], pairs: list[str] | None = None, 
             stop = start + chunk_size
             encoded = encode_texts(tokenizer, texts[start:stop], pairs[start:stop] if pairs is not None else None,
                                    max_seq_length=max_seq_length, truncation=truncation)
-            yield encoded["input_ids"], encoded["token_type_ids"], ({} if labels is None else {"labels": labels[start:stop]})
+            yield (encoded["input_ids"], encoded.get("token_type_ids"),
+                   {} if labels is None else {"labels": labels[start:stop]})
 
     return TokenRows.from_chunks(chunks())
 

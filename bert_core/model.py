@@ -1,10 +1,16 @@
-"""Model presets (bert-tiny ... bert-large), the pretraining objective, and where a model comes from
-(`resolve_model`: a directory, a registered models:/ URI or a package that ships weights).
+"""Model presets (bert-tiny ... bert-large), the two architectures, the pretraining objective, and where a model
+comes from (`resolve_model`: a directory, a registered models:/ URI or a package that ships weights).
 
-Presets follow the BERT paper and Turc et al. 2019 ("Well-Read Students Learn Better") sizes. The objective module
-wraps `BertForPreTraining` and computes the MLM head only at masked positions, as google-research/bert and NVIDIA
-do: with a 30k vocabulary the full-sequence decoder would dominate the step, and the loss is identical because
-unmasked positions carry no target. It is an `nn.Module` so that DDP wraps it and gradients stay synchronised.
+Presets follow the BERT paper and Turc et al. 2019 ("Well-Read Students Learn Better") sizes. An architecture is
+the model family built at that size: "bert" (`BertForPreTraining`: post-LayerNorm, learned positions, GELU MLP,
+MLM + NSP/SOP heads) or "modernbert" (`ModernBertForMaskedLM`, Warner et al. 2024: pre-LayerNorm, RoPE, GeGLU,
+alternating global/local attention, no bias terms, MLM only, no token types; its MLP width is ModernBERT-base's
+1.5x the hidden size). Fine-tuning, evaluation and serving load either through the Auto classes.
+
+The objective module computes the MLM head only at masked positions, as google-research/bert, NVIDIA and
+ModernBERT's sparse prediction do: with a 30k vocabulary the full-sequence decoder would dominate the step, and the
+loss is identical because unmasked positions carry no target. It is an `nn.Module` so that DDP wraps it and
+gradients stay synchronised.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertForPreTraining
+from transformers import BertConfig, BertForPreTraining, ModernBertConfig, ModernBertForMaskedLM, PretrainedConfig
 
 from bert_core import stage
 
@@ -29,43 +35,92 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-def bert_config(preset: str, *, vocab_size: int, max_position_embeddings: int = 512, **overrides) -> BertConfig:
+ARCHITECTURES = ("bert", "modernbert")
+# The pretraining model class of each architecture (model_type in config.json -> class).
+PRETRAINING_CLASSES = {"bert": BertForPreTraining, "modernbert": ModernBertForMaskedLM}
+# What the architecture's models take besides input_ids: ModernBERT has no token-type embeddings.
+MODEL_INPUTS = {"bert": ["input_ids", "token_type_ids", "attention_mask"],
+                "modernbert": ["input_ids", "attention_mask"]}
+
+
+def model_config(preset: str, *, vocab_size: int, architecture: str = "bert", max_position_embeddings: int = 512,
+                 special_ids: dict[str, int] | None = None, **overrides) -> PretrainedConfig:
+    """The transformers config of `architecture` at `preset`'s size; `special_ids` (cls/sep/pad/mask token ids of
+    the tokenizer) go where the architecture records them."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    sizes = PRESETS[preset]
-    return BertConfig(
-        vocab_size=vocab_size,
-        max_position_embeddings=max_position_embeddings,
-        intermediate_size=4 * sizes["hidden_size"],
-        pad_token_id=0,
-        **sizes,
-        **overrides,
-    )
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {ARCHITECTURES}")
+    sizes, ids = PRESETS[preset], {"pad_token_id": 0, **(special_ids or {})}
+    if architecture == "modernbert":
+        layers = sizes["num_hidden_layers"]
+        return ModernBertConfig(
+            vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
+            intermediate_size=3 * sizes["hidden_size"] // 2, pad_token_id=ids["pad_token_id"],
+            cls_token_id=ids.get("cls_token_id"), sep_token_id=ids.get("sep_token_id"),
+            bos_token_id=ids.get("cls_token_id"), eos_token_id=ids.get("sep_token_id"),
+            # ModernBERT's pattern: every third layer attends globally, the others within a 128-token window.
+            layer_types=["full_attention" if i % 3 == 0 else "sliding_attention" for i in range(layers)],
+            **sizes, **overrides)
+    return BertConfig(vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
+                      intermediate_size=4 * sizes["hidden_size"], pad_token_id=ids["pad_token_id"], **sizes,
+                      **overrides)
 
 
-def build_model(preset: str, *, vocab_size: int, **overrides) -> BertForPreTraining:
-    return BertForPreTraining(bert_config(preset, vocab_size=vocab_size, **overrides))
+def build_model(preset: str, *, vocab_size: int, architecture: str = "bert", **overrides) -> torch.nn.Module:
+    config = model_config(preset, vocab_size=vocab_size, architecture=architecture, **overrides)
+    return PRETRAINING_CLASSES[architecture](config)
+
+
+def model_name(preset: str, architecture: str = "bert") -> str:
+    """What a pretrained model of this size and family is called (its run directory, its MLflow run):
+    "bert-tiny", "modernbert-tiny"."""
+    return preset if architecture == "bert" else f"{architecture}-{preset.removeprefix('bert-')}"
+
+
+def architecture_of(config: PretrainedConfig) -> str:
+    if config.model_type not in PRETRAINING_CLASSES:
+        raise ValueError(f"model type {config.model_type!r} is not one bertflow pretrains; expected one of "
+                         f"{ARCHITECTURES}")
+    return config.model_type
+
+
+def load_pretraining_model(path: str | Path) -> torch.nn.Module:
+    """A saved pretrained encoder with its pretraining heads, BERT or ModernBERT (by its config.json)."""
+    from transformers import AutoConfig
+
+    return PRETRAINING_CLASSES[architecture_of(AutoConfig.from_pretrained(path))].from_pretrained(path)
 
 
 class PretrainingObjective(nn.Module):
     """MLM (+ NSP/SOP when the batch has pair labels) loss and accuracy counts; the MLM head runs only where labels != -100."""
 
-    def __init__(self, model: BertForPreTraining):
+    def __init__(self, model: BertForPreTraining | ModernBertForMaskedLM):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids, attention_mask, token_type_ids, labels, next_sentence_label=None) -> dict[str, torch.Tensor]:
-        outputs = self.model.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        sequence_output, pooled_output = outputs[0], outputs[1]
         selected = labels != -100
         targets = labels[selected]
+        if isinstance(self.model, ModernBertForMaskedLM):
+            if next_sentence_label is not None:
+                raise ValueError("ModernBERT has no next-sentence head: write its shards with pair_objective 'none'")
+            sequence_output = self.model.model(input_ids=input_ids, attention_mask=attention_mask)[0]
+            mlm_logits = self.model.decoder(self.model.head(sequence_output[selected]))
+            return self._result(mlm_logits, targets, None, None)
+        outputs = self.model.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        sequence_output, pooled_output = outputs[0], outputs[1]
         mlm_logits = self.model.cls.predictions(sequence_output[selected])
         nsp_logits = self.model.cls.seq_relationship(pooled_output)
+        return self._result(mlm_logits, targets, nsp_logits, next_sentence_label)
+
+    @staticmethod
+    def _result(mlm_logits, targets, nsp_logits, next_sentence_label) -> dict[str, torch.Tensor]:
         mlm_loss = F.cross_entropy(mlm_logits.float(), targets)
         if next_sentence_label is None:
-            # MLM only (pair_objective "none"): the pair head takes no part, but a zero-weighted term keeps its
+            # MLM only (pair_objective "none"): a BERT pair head takes no part, but a zero-weighted term keeps its
             # parameters in the graph so that DistributedDataParallel does not wait for their gradients.
-            nsp_loss = nsp_logits.float().sum() * 0.0
+            nsp_loss = mlm_logits.new_zeros((), dtype=torch.float32) if nsp_logits is None else nsp_logits.float().sum() * 0.0
             nsp_correct = torch.zeros((), dtype=torch.long, device=targets.device)
             nsp_count = torch.zeros((), dtype=torch.long, device=targets.device)
         else:

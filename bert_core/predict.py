@@ -37,8 +37,11 @@ def fill_mask(model_dir: str, texts: list[str], top_k: int = 5) -> list[list[lis
 @torch.no_grad()
 def next_sentence_probability(model_dir: str, first: list[str], second: list[str]) -> list[float]:
     """P(second follows first) from the pretraining NSP head (label 0 = actual next)."""
-    from transformers import AutoTokenizer, BertForNextSentencePrediction
+    from transformers import AutoConfig, AutoTokenizer, BertForNextSentencePrediction
 
+    if AutoConfig.from_pretrained(model_dir).model_type != "bert":
+        raise ValueError(f"{model_dir} is a {AutoConfig.from_pretrained(model_dir).model_type} model without a "
+                         f"next-sentence head; next-sentence probability needs a BERT pretrained with NSP or SOP")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = BertForNextSentencePrediction.from_pretrained(model_dir).eval()
     batch = tokenizer(first, second, truncation=True, max_length=512, padding=True, return_tensors="pt")

@@ -12,7 +12,6 @@ and renamed; the newest `checkpoints_total_limit` are kept; SIGTERM writes one b
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import signal
 import time
@@ -26,7 +25,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import BertForPreTraining
 
 from bert_core import budget, stage
 from bert_core.config import (MIXED_PRECISION, SEED, check_choice, check_fields, check_non_negative, check_positive,
@@ -36,9 +34,10 @@ from bert_core.data import PretrainingCollator, ShardDataset, epoch_batches
 from bert_core.evaluate import evaluate_objective
 from bert_core.masking import MaskingConfig
 from bert_core.metrics import eval_metrics
-from bert_core.model import PretrainingObjective, build_model, describe_model
+from bert_core.model import (ARCHITECTURES, MODEL_INPUTS, PretrainingObjective, architecture_of, build_model,
+                              describe_model, load_pretraining_model)
 from bert_core.optim import build_optimizer
-from bert_core.checkpoints import find_resume, save_checkpoint, truncate_metrics
+from bert_core.checkpoints import MetricsLog, find_resume, save_checkpoint
 from bert_core.launch import broadcast_flag, check_ranks, end_training, fresh_accelerator_state
 from bert_core.tokenizer import continuation_mask, load_tokenizer
 
@@ -53,7 +52,8 @@ _NOT_IN_KEY = {"output_dir", "resume_from_checkpoint", "logging_steps", "eval_st
 class PretrainConfig:
     shards_dir: str  # an examples-stage output: train/, validation/, tokenizer/
     output_dir: str
-    preset: str = "bert-tiny"
+    preset: str = "bert-tiny"  # the size (bert_core.model.PRESETS)
+    architecture: str = "bert"  # "bert" or "modernbert" (MLM only: shards written with pair_objective "none")
     max_seq_length: int | None = None  # the shards'; given, it must be theirs
     per_device_train_batch_size: int = 32
     per_device_eval_batch_size: int = 64
@@ -107,6 +107,7 @@ class PretrainConfig:
         check_range(self, "main_process_port", low=1, high=65535)
         check_choice(self, "optimizer", ("adamw", "lamb"))
         check_choice(self, "mixed_precision", MIXED_PRECISION)
+        check_choice(self, "architecture", ARCHITECTURES)
 
 
 
@@ -123,6 +124,10 @@ def with_shard_settings(config: PretrainConfig) -> PretrainConfig:
     if config.max_seq_length is not None and config.max_seq_length != seq:
         raise ValueError(f"max_seq_length={config.max_seq_length} but the shards in {config.shards_dir} were written "
                          f"with max_seq_length={seq}; leave it empty to use the shards'")
+    if config.architecture == "modernbert" and manifest["pair_objective"] != "none":
+        raise ValueError(f"architecture 'modernbert' has no next-sentence head, but the shards in {config.shards_dir} "
+                         f"were written with pair_objective {manifest['pair_objective']!r}; write them with "
+                         f"ExamplesConfig.pair_objective 'none'")
     if config.mlm is not None and config.mlm != masking:
         raise ValueError(f"PretrainConfig.mlm {stage.to_jsonable(config.mlm)} contradicts the masking the shards in "
                          f"{config.shards_dir} were written for ({stage.to_jsonable(masking)}); masking is set in "
@@ -174,14 +179,19 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         from bert_core.model import resolve_model
 
         # A directory, models:/ URI or package (the shards bring the tokenizer); a missing one is one clear error.
-        model = BertForPreTraining.from_pretrained(resolve_model(config.init_from, need_tokenizer=False))
+        model = load_pretraining_model(resolve_model(config.init_from, need_tokenizer=False))
+        if architecture_of(model.config) != config.architecture:
+            raise ValueError(f"init_from {config.init_from} is a {model.config.model_type} model; this run's "
+                             f"architecture is {config.architecture!r}")
         if model.config.vocab_size != len(tokenizer) or model.config.max_position_embeddings < config.max_seq_length:
             raise ValueError(f"init_from {config.init_from}: vocab {model.config.vocab_size} / positions "
                              f"{model.config.max_position_embeddings} do not fit these shards ({len(tokenizer)} tokens, "
                              f"max_seq_length {config.max_seq_length})")
     else:
-        model = build_model(config.preset, vocab_size=len(tokenizer),
-                            max_position_embeddings=max(512, config.max_seq_length))
+        model = build_model(config.preset, vocab_size=len(tokenizer), architecture=config.architecture,
+                            max_position_embeddings=max(512, config.max_seq_length),
+                            special_ids={"pad_token_id": tokenizer.pad_token_id, "cls_token_id": tokenizer.cls_token_id,
+                                         "sep_token_id": tokenizer.sep_token_id})
     objective = PretrainingObjective(model)
     optimizer = build_optimizer(objective, name=config.optimizer, lr=config.learning_rate,
                                 weight_decay=config.weight_decay, betas=(config.adam_beta1, config.adam_beta2),
@@ -196,7 +206,6 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     accelerator.register_for_checkpointing(scheduler)
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "key": key, **length.initial_state()}
-    metrics_path = output_dir / "metrics.jsonl"
     resume = find_resume(config, key)
     if resume is not None:
         accelerator.load_state(str(resume))
@@ -204,22 +213,8 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume, state["step"], state["epoch"],
                     state["batch_in_epoch"])
         length.resumed(state)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        truncate_metrics(metrics_path, state["step"])
-
-    tracker = None
-    if config.mlflow_run_id and accelerator.is_main_process:
-        from bert_core.tracking import RunMetrics  # only here: importing mlflow costs seconds a CLI run need not pay
-
-        tracker = RunMetrics(config.mlflow_run_id)
-
-    def log(record: dict[str, Any]) -> None:
-        if accelerator.is_main_process:
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            if tracker is not None:
-                tracker.log(record)
+    log = MetricsLog(output_dir / "metrics.jsonl", state["step"], main=accelerator.is_main_process,
+                     mlflow_run_id=config.mlflow_run_id)
 
     def run_eval() -> dict[str, float]:
         metrics = evaluate_objective(accelerator.unwrap_model(objective), eval_set, collator,
@@ -373,11 +368,13 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         stage.write_json(output_dir / "ranks.json", ranks)
         with stage.atomic_directory(output_dir / "final") as tmp:
             accelerator.unwrap_model(objective).model.save_pretrained(tmp)
+            tokenizer.model_input_names = MODEL_INPUTS[config.architecture]  # ModernBERT takes no token types
             tokenizer.save_pretrained(tmp)
-            describe_model(tmp, kind="pretrained", preset=config.preset, max_seq_length=config.max_seq_length,
+            describe_model(tmp, kind="pretrained", preset=config.preset, architecture=config.architecture,
+                           max_seq_length=config.max_seq_length,
                            tokenizer_sha256=manifest["tokenizer_hash"], pair_objective=manifest["pair_objective"],
                            shards_dir=config.shards_dir, stage_key=key)
-        history = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+        history = log.history()
         initial = next(r for r in history if r["step"] == 0 and "eval_mlm_loss" in r)
         summary = {
             "final_dir": str(output_dir / "final"),

@@ -73,6 +73,9 @@ class BertPyfuncModel(mlflow.pyfunc.PythonModel):
                   "token-classifier": transformers.AutoModelForTokenClassification,
                   "question-answering": transformers.AutoModelForQuestionAnswering,
                   "pretrained": transformers.AutoModelForPreTraining}[self.kind]
+        model_type = transformers.AutoConfig.from_pretrained(path).model_type
+        if self.kind == "pretrained" and model_type == "modernbert":
+            loader = transformers.AutoModelForMaskedLM  # ModernBERT pretrains MLM only: no pretraining-heads class
         self.model = loader.from_pretrained(path).eval()
 
     def predict(self, context, model_input, params=None):
@@ -100,6 +103,8 @@ class BertPyfuncModel(mlflow.pyfunc.PythonModel):
             return pd.DataFrame(self._fill_mask(texts))
 
     def _next_sentence(self, texts, pairs):
+        if not hasattr(self.model, "cls"):
+            raise ValueError(f"this {self.model.config.model_type} model has no next-sentence head: fill-mask or embed")
         batch = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_seq_length, padding=True,
                                return_tensors="pt")
         probs = self.torch.softmax(self.model(**batch).seq_relationship_logits.float(), dim=-1)
@@ -179,7 +184,8 @@ class BertPyfuncModel(mlflow.pyfunc.PythonModel):
     def _fill_mask(self, texts):
         batch = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length, padding=True,
                                return_tensors="pt")
-        logits = self.model(**batch).prediction_logits
+        output = self.model(**batch)
+        logits = output.prediction_logits if hasattr(output, "prediction_logits") else output.logits  # BERT / ModernBERT
         rows = []
         for i in range(len(texts)):
             positions = (batch["input_ids"][i] == self.tokenizer.mask_token_id).nonzero().flatten()

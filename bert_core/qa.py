@@ -250,7 +250,7 @@ def training_features(tokenizer, questions: list[Question], config: QaConfig,
                 starts.append(start_token)
                 ends.append(end_token)
             counts["windows"] += len(starts)
-            yield encoded["input_ids"], encoded["token_type_ids"], {"start_positions": starts, "end_positions": ends}
+            yield encoded["input_ids"], encoded.get("token_type_ids"), {"start_positions": starts, "end_positions": ends}
 
     return TokenRows.from_chunks(chunks()), counts
 
@@ -268,7 +268,7 @@ def answer_questions(model, tokenizer, questions: list[str], contexts: list[str]
     samples = encoded["overflow_to_sample_mapping"]
     best: list[dict[str, Any]] = [{"answer": "", "start": -1, "score": -np.inf, "probability": 0.0}
                                   for _ in questions]
-    keys = ("input_ids", "token_type_ids", "attention_mask")
+    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in encoded]  # ModernBERT: no types
     # Windows sorted by length: little padding per batch.
     order = sorted(range(len(samples)), key=lambda i: len(encoded["input_ids"][i]))
     for begin in range(0, len(order), batch_size):

@@ -75,7 +75,9 @@ def random_init_twin(encoder_dir: str | Path, cache_root: str | Path, seed: int 
     """The encoder's random-init twin (same config and tokenizer, fresh weights from `seed`), built once per
     architecture, tokenizer and seed under `cache_root`."""
     import torch
-    from transformers import AutoConfig, AutoTokenizer, BertForPreTraining
+    from transformers import AutoConfig, AutoTokenizer
+
+    from bert_core.model import PRETRAINING_CLASSES, architecture_of
 
     encoder_dir = Path(encoder_dir)
     config = AutoConfig.from_pretrained(encoder_dir)
@@ -87,7 +89,7 @@ def random_init_twin(encoder_dir: str | Path, cache_root: str | Path, seed: int 
         return twin
     with stage.atomic_directory(twin) as tmp:
         torch.manual_seed(seed)
-        BertForPreTraining(config).save_pretrained(tmp)
+        PRETRAINING_CLASSES[architecture_of(config)](config).save_pretrained(tmp)
         AutoTokenizer.from_pretrained(encoder_dir).save_pretrained(tmp)
     return twin
 

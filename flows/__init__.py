@@ -19,7 +19,7 @@ from bert_core import stage
 from bert_core.config import MIXED_PRECISION
 from bert_core.examples import PAIR_OBJECTIVES
 from bert_core.metrics import scalar_metrics
-from bert_core.model import PRESETS
+from bert_core.model import ARCHITECTURES, PRESETS
 from tasks.registry import log_stage_run
 
 
@@ -27,6 +27,7 @@ from tasks.registry import log_stage_run
 # (choices as drop-downs, bounds checked before a run starts); each flow's docstring `Args:` gives the descriptions.
 # The choices are the library's own lists; the stage configs check every value again (bert_core.config).
 Preset = Literal[tuple(PRESETS)]
+Architecture = Literal[ARCHITECTURES]
 MixedPrecision = Literal[MIXED_PRECISION]
 PairObjective = Literal[PAIR_OBJECTIVES]
 PositiveInt = Annotated[int, Field(ge=1)]

@@ -21,7 +21,7 @@ from bert_core.metrics import eval_metrics
 from bert_core.examples import ExamplesConfig
 from bert_core.ingest import IngestConfig
 from bert_core.pretrain import PretrainConfig
-from bert_core.model import resolve_model
+from bert_core.model import model_description, resolve_model
 from bert_core.registry import pin_model
 from bert_core.tracking import lineage_tags, ui_links
 from flows import (Fraction, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength, default_work_dir,
@@ -82,11 +82,15 @@ def continued_pretraining(
         documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction,
                                     seed=seed)
         log_manifests(run_id, "ingest", documents_dir)
+        # The base model's own pair objective (a ModernBERT base has no pair head) and architecture.
+        base = model_description(base_dir)
         examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), tokenizer_path=base_dir,
-                                     max_seq_length=max_seq_length, seed=seed)
+                                     max_seq_length=max_seq_length, seed=seed,
+                                     pair_objective=base.get("pair_objective", ExamplesConfig.pair_objective))
         preset = _preset_of(base_dir)
         pretrained = pretrain_flow(
             shards_dir=examples_dir, work_dir=str(work), preset=preset,
+            architecture=base.get("architecture", PretrainConfig.architecture),
             per_device_train_batch_size=per_device_train_batch_size, learning_rate=learning_rate,
             num_warmup_steps=num_warmup_steps, max_train_steps=max_train_steps, mixed_precision=mixed_precision,
             eval_steps=max_train_steps, checkpointing_steps=max(1, max_train_steps // 2), init_from=base_dir,

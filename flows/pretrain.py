@@ -6,8 +6,9 @@ from typing import Literal
 
 from prefect import flow
 
+from bert_core.model import model_name
 from bert_core.pretrain import PretrainConfig
-from flows import (LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, Preset, SeqLength,
+from flows import (Architecture, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, Preset, SeqLength,
                    default_work_dir)
 from tasks.pretrain import pretrain
 
@@ -17,6 +18,7 @@ def pretrain_flow(
     shards_dir: str,
     work_dir: str | None = None,
     preset: Preset = PretrainConfig.preset,
+    architecture: Architecture = PretrainConfig.architecture,
     max_seq_length: SeqLength | None = PretrainConfig.max_seq_length,
     per_device_train_batch_size: PositiveInt = PretrainConfig.per_device_train_batch_size,
     gradient_accumulation_steps: PositiveInt = PretrainConfig.gradient_accumulation_steps,
@@ -40,7 +42,8 @@ def pretrain_flow(
 ) -> dict:
     """Returns the training summary (final/ path, held-out metrics at step 0 and at the end, the MLflow run).
 
-    `optimizer`: "adamw" or "lamb"; `init_from`: a previous phase's final/ directory (phase 2 at 512);
+    `architecture`: "bert", or "modernbert" (pre-LayerNorm, RoPE, GeGLU; MLM only, so its shards are written with
+    pair_objective "none"). `optimizer`: "adamw" or "lamb"; `init_from`: a previous phase's final/ directory (phase 2 at 512);
     `max_seq_length`: empty, the shards' (given, it must be theirs); masking is the shards' (set in examples).
     `max_train_tokens` / `max_train_seconds`: a budget; the schedule (warm-up, then decay to zero) is laid out over
     it and the run ends on it (`max_train_steps` is then only a cap). `warmup_fraction`: warm-up as a share of the
@@ -48,8 +51,9 @@ def pretrain_flow(
     """
     config = PretrainConfig(
         shards_dir=shards_dir,
-        output_dir=str(default_work_dir(work_dir) / "pretrain" / preset),
+        output_dir=str(default_work_dir(work_dir) / "pretrain" / model_name(preset, architecture)),
         preset=preset,
+        architecture=architecture,
         max_seq_length=max_seq_length,
         per_device_train_batch_size=per_device_train_batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,

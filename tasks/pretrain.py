@@ -22,6 +22,7 @@ from tasks import TRAINING_TAG
 from bert_core import launch
 from bert_core import pretrain as pretrain_lib
 from bert_core import stage, tracking
+from bert_core.model import model_name
 
 
 
@@ -77,7 +78,7 @@ def pretrain(config: pretrain_lib.PretrainConfig, mlflow_parent_run_id: str | No
     # A resumed run goes on logging into its own MLflow run; a run of another config gets a new one.
     run_id = record.get("run_id") if record.get("key") == key else None
     if run_id is None or not tracking.run_exists(run_id):
-        run_id = tracking.start_run("bertflow", f"pretrain-{config.preset}",
+        run_id = tracking.start_run("bertflow", f"pretrain-{model_name(config.preset, config.architecture)}",
                                     params={k: v for k, v in stage.to_jsonable(config).items() if k != "mlflow_run_id"},
                                     parent_run_id=mlflow_parent_run_id, tags={"bertflow.stage": "pretrain"})
         stage.write_json(run_file, {"run_id": run_id, "key": key})

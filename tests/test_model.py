@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bert_core.model import PRESETS, PretrainingObjective, bert_config, build_model
+from bert_core.model import PRESETS, PretrainingObjective, model_config, build_model
 
 
 @pytest.mark.parametrize("preset,layers,hidden,heads", [
@@ -9,7 +9,7 @@ from bert_core.model import PRESETS, PretrainingObjective, bert_config, build_mo
     ("bert-medium", 8, 512, 8), ("bert-base", 12, 768, 12), ("bert-large", 24, 1024, 16),
 ])
 def test_presets(preset, layers, hidden, heads):
-    config = bert_config(preset, vocab_size=30522)
+    config = model_config(preset, vocab_size=30522)
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (layers, hidden, heads)
     assert config.intermediate_size == 4 * hidden
     assert set(PRESETS) >= {preset}
@@ -21,7 +21,7 @@ def test_bert_base_has_the_published_size():
 
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown preset"):
-        bert_config("bert-huge", vocab_size=100)
+        model_config("bert-huge", vocab_size=100)
 
 
 def test_objective_equals_the_full_head_loss():
