@@ -50,6 +50,9 @@ class Task:
     validation_file: str | None = None
     decontamination_columns: tuple[str, ...] | None = None  # dev-file columns kept out of the corpus; None: the kind's
     max_seq_length: int | None = None  # default: 384 for span-qa, else the caller's (128)
+    # (train, validation) names inside a data directory laid out like GLUE's and ../shared/data/tasks
+    # (`sst2/train.tsv`, `conll2003/valid.txt`); default: the sample's names.
+    data_files: tuple[str, ...] | None = None
 
     def __post_init__(self):
         check_fields(self)
@@ -72,8 +75,21 @@ class Task:
         """The registered metric name the promotion gate compares (`eval_accuracy`, `eval_f1`)."""
         return f"eval_{PRIMARY_METRIC[self.model_kind]}"
 
-    def files(self, train_file: str | None = None, validation_file: str | None = None) -> tuple[str, str]:
-        """(train, validation) files: the given ones, else the task's own (bundled samples resolved)."""
+    def files(self, train_file: str | None = None, validation_file: str | None = None, *,
+              data_dir: str | Path | None = None) -> tuple[str, str]:
+        """(train, validation) files: the given ones; else, with `data_dir`, the task's full files in it (missing
+        ones are an error naming them); else the task's own (bundled samples resolved)."""
+        if data_dir is not None and (train_file is None or validation_file is None):
+            names = self.data_files or (self.train_file, self.validation_file)
+            if names[0] is None:
+                raise ConfigError(f"task {self.name!r} names no files to look for in {data_dir}: give train_file "
+                                  f"and validation_file (or data_files in its catalogue entry)")
+            found = [str(Path(data_dir) / name) for name in names]
+            missing = [f for f in found if not Path(f).is_file()]
+            if missing:
+                raise ConfigError(f"task {self.name!r}: no {', '.join(missing)}; expected {names[0]} and {names[1]} "
+                                  f"under the data directory {data_dir}")
+            return train_file or found[0], validation_file or found[1]
         if (train_file is None or validation_file is None) and self.train_file is None:
             raise ConfigError(f"task {self.name!r} ships no sample: give train_file and validation_file")
         own = [str(Path(f) if Path(f).is_absolute() else SAMPLE_DIR / f) for f in (self.train_file, self.validation_file)
@@ -103,13 +119,15 @@ class Task:
 
 BUILTIN: dict[str, Task] = {task.name: task for task in (
     Task(name="sst2", kind="sentence", train_file="sst2/train.tsv", validation_file="sst2/dev.tsv"),
-    Task(name="imdb", kind="sentence", text_column="text", truncation="head_tail"),
+    Task(name="imdb", kind="sentence", text_column="text", truncation="head_tail",
+         data_files=("imdb/train.jsonl.gz", "imdb/test.jsonl.gz")),
     Task(name="mrpc", kind="pair", text_column="#1 String", text_pair_column="#2 String", label_column="Quality",
          label_names=("not_paraphrase", "paraphrase"), metric_for_best_model="f1",
          train_file="mrpc/train.tsv", validation_file="mrpc/dev.tsv"),
     Task(name="rte", kind="pair", text_column="sentence1", text_pair_column="sentence2",
-         label_names=("entailment", "not_entailment")),
-    Task(name="conll2003", kind="token"),  # Reuters text: not redistributable, so no bundled sample
+         label_names=("entailment", "not_entailment"), data_files=("rte/train.tsv", "rte/dev.tsv")),
+    # Reuters text: not redistributable, so no bundled sample.
+    Task(name="conll2003", kind="token", data_files=("conll2003/train.txt", "conll2003/valid.txt")),
     Task(name="ner", kind="token"),
     Task(name="squad", kind="span-qa", max_seq_length=384,
          train_file="squad/train.json.gz", validation_file="squad/dev.json.gz"),

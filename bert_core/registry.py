@@ -69,6 +69,10 @@ class RegisterConfig:
     # these instead of the figures the champion was registered with (which may come from another dev set).
     champion_metrics: dict[str, float] | None = None
     champion_version: str | None = None  # the version `champion_metrics` were measured on
+    # Version tags the champion must share for the figures to be comparable: held-out MLM losses of encoders with
+    # different tokenizers measure different things ("bertflow.tokenizer_sha256").
+    comparable_on: tuple[str, ...] = ()
+    gate_evidence: dict[str, float] = field(default_factory=dict)  # e.g. the paired p-value, kept with the decision
     parent_run_id: str | None = None  # nest the registration run under this (pipeline) run
     description: str | None = None  # the model card; generated from the config and metrics when None
     home: str | None = None
@@ -238,6 +242,14 @@ def _promote_locked(client: MlflowClient, config: RegisterConfig, version: str) 
         moved = f" (the champion moved from v{config.champion_version} since this model was evaluated)"
     if same_set:
         old = float(config.champion_metrics[config.primary_metric])
+    for tag in config.comparable_on:
+        mine, theirs = client.get_model_version(name, version).tags.get(tag), champion.tags.get(tag)
+        if mine != theirs:
+            return False, (f"{config.primary_metric} is not comparable with champion v{champion.version}'s: {tag} "
+                           f"differs ({mine} vs {theirs}); the champion stays")
+    for key, value in config.gate_evidence.items():
+        client.set_model_version_tag(name, version, f"bertflow.gate.{key}", str(value))
+    evidence = "".join(f", {k} {v:.3g}" for k, v in config.gate_evidence.items())
     if new is None:
         return False, f"version {version} has no {config.primary_metric}; champion v{champion.version} stays"
     if old is None:
@@ -248,9 +260,9 @@ def _promote_locked(client: MlflowClient, config: RegisterConfig, version: str) 
     if gain > config.min_improvement:
         client.set_registered_model_alias(name, CHAMPION, version)
         client.set_model_version_tag(name, version, "bertflow.promoted_over", str(champion.version))
-        return True, f"{config.primary_metric} {new:.4f} beats champion v{champion.version} ({old:.4f}{where})"
-    return False, (f"{config.primary_metric} {new:.4f} does not beat champion v{champion.version} ({old:.4f}{where}) "
-                   f"by more than {config.min_improvement}")
+        return True, f"{config.primary_metric} {new:.4f} beats champion v{champion.version} ({old:.4f}{where}{evidence})"
+    return False, (f"{config.primary_metric} {new:.4f} does not beat champion v{champion.version} ({old:.4f}{where}"
+                   f"{evidence}) by more than {config.min_improvement}")
 
 
 def rollback(name: str, version: str | int, *, reason: str = "", home: str | Path | None = None) -> dict[str, Any]:
@@ -282,8 +294,11 @@ def with_model_description(config: RegisterConfig) -> RegisterConfig:
     if config.kind and described.get("kind") and config.kind != described["kind"]:
         raise ValueError(f"{config.model_dir} is a {described['kind']} model; RegisterConfig.kind says {config.kind}")
     text_pair = config.text_pair if config.text_pair is not None else bool(described.get("text_pair_column"))
+    # The tokenizer an encoder was trained with (the pipeline's lineage tags say the same): the MLM-loss gate's test.
+    tags = {**({"bertflow.tokenizer_sha256": described["tokenizer_sha256"]} if described.get("tokenizer_sha256")
+               else {}), **config.tags}
     return replace(config, kind=config.kind or described.get("kind", "classifier"), text_pair=text_pair,
-                   max_seq_length=config.max_seq_length or described.get("max_seq_length"))
+                   max_seq_length=config.max_seq_length or described.get("max_seq_length"), tags=tags)
 
 
 def register_model(config: RegisterConfig) -> dict[str, Any]:

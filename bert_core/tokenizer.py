@@ -227,8 +227,17 @@ def _backend_of(tokenizer) -> Tokenizer:
 
 
 def tokenizer_hash(tokenizer: PreTrainedTokenizerFast | Tokenizer) -> str:
-    """A sha256 of the tokenizer's full definition (vocabulary, normaliser, pre-tokeniser)."""
-    blob = json.dumps(json.loads(_backend_of(tokenizer).to_str()), sort_keys=True)
+    """A sha256 of the tokenizer's definition (vocabulary, normaliser, pre-tokeniser, post-processor), the same
+    for the `tokenizers` backend a data stage saved and for that directory loaded by transformers, which registers
+    the special tokens (already in the vocabulary, same ids) as added tokens. Padding and truncation are settings
+    of a call, not of the tokenizer."""
+    definition = json.loads(_backend_of(tokenizer).to_str())
+    definition.pop("padding", None)
+    definition.pop("truncation", None)
+    vocab = (definition.get("model") or {}).get("vocab") or {}
+    definition["added_tokens"] = [t for t in definition.get("added_tokens") or []
+                                  if not (t.get("special") and vocab.get(t["content"]) == t["id"])]
+    blob = json.dumps(definition, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 

@@ -1,9 +1,10 @@
-"""Flow `bert-pipeline`: ingest -> tokenizer + NSP/MLM shards -> pretrain -> fine-tune -> evaluate -> register.
+"""Flow `bert-pipeline`: ingest -> tokenizer + NSP/MLM shards -> pretrain -> downstream suite (pretrained vs its
+random-init twin) -> fine-tune -> evaluate -> register.
 
 `python -m flows.pipeline` runs it on the bundled sample with the sample profile (`flows.SAMPLE_PROFILE`: a
 bert-tiny, 8k vocabulary, 500 pretraining steps: a few minutes on 2 CPU cores) and prints a summary. Each stage's
 settings are the parameters of that stage's flow, given as one object per stage (`ingest`, `examples`, `pretrain`,
-`finetune`): their names, types and defaults live in the stage flows (and their configs), not here.
+`finetune`, `suite`): their names, types and defaults live in the stage flows (and their configs), not here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -25,6 +26,7 @@ from bert_core.catalogue import get_task
 from bert_core.config import SEED
 from bert_core.metrics import eval_metrics
 from bert_core.stage import bertflow_home
+from bert_core.suite import summary_line
 from bert_core.tracking import configure_tracking, lineage_tags, redact, ui_links
 from flows import PositiveInt, default_work_dir, log_manifests, manifest_metrics, stage_overrides, stage_parameters
 from flows.evaluate import evaluate_flow
@@ -33,6 +35,7 @@ from flows.finetune import finetune_flow
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
 from flows.register import register_flow
+from flows.suite import encoder_gate, suite_flow
 from tasks.registry import finish_run, log_stage_run, parent_run
 
 # What the pipeline wires itself (inputs, outputs, seed, workers) is not a stage parameter.
@@ -44,6 +47,7 @@ PretrainParameters = stage_parameters(pretrain_flow, "PretrainParameters",
 FinetuneParameters = stage_parameters(finetune_flow, "FinetuneParameters",
                                       inputs=(*_WIRED, "model_name_or_path", "task_name", "task_file", "train_file",
                                               "validation_file"))
+SuiteParameters = stage_parameters(suite_flow, "SuiteParameters", inputs=(*_WIRED, "encoder"))
 
 
 @flow(name="bert-pipeline")
@@ -58,6 +62,7 @@ def bert_pipeline(
     examples: ExamplesParameters | None = None,
     pretrain: PretrainParameters | None = None,
     finetune: FinetuneParameters | None = None,
+    suite: SuiteParameters | Literal["off"] | None = None,
     data_workers: PositiveInt = 1,
     dask_address: str | None = None,
     registered_model_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "bertflow",
@@ -83,6 +88,10 @@ def bert_pipeline(
             sample profile sets learning_rate 1e-3, 500 steps, 50 warm-up, evaluation and checkpoints every 100.
         finetune: Parameters of the `finetune` flow, e.g. {"learning_rate": 5e-4, "num_train_epochs": 3,
             "max_seq_length": 128, "text_column": ...}; the sample profile sets learning_rate 5e-4.
+        suite: Parameters of the `downstream-suite` flow, e.g. {"size": "tiny"} or {"size": "full", "data_dir":
+            "../shared/data/tasks"}: the encoder and its random-init twin fine-tuned alike; its suite score is the
+            encoder's promotion gate (against the champion's on the same suite). "off": no suite; the gate is then
+            held-out MLM loss, between encoders of the same tokenizer only.
         data_workers: Processes for ingest and example generation (a local Dask cluster when above 1).
         dask_address: An existing Dask scheduler (tcp://host:8786) to run data stages on instead.
         registered_model_prefix: MLflow names are `<prefix>-<preset>` and `<prefix>-<task_name>`.
@@ -93,7 +102,8 @@ def bert_pipeline(
     task = get_task(task_name, task_file)
     train_file, validation_file = task.files(task_train_file, task_validation_file)
     stages = {name: stage_overrides(name, given) for name, given in
-              (("ingest", ingest), ("examples", examples), ("pretrain", pretrain), ("finetune", finetune))}
+              (("ingest", ingest), ("examples", examples), ("pretrain", pretrain), ("finetune", finetune),
+               ("suite", None if suite == "off" else suite))}
     data = dict(work_dir=str(work), seed=seed, n_workers=data_workers, dask_address=dask_address)
     with parent_run("bert-pipeline", "pipeline") as run_id:  # every stage's MLflow run nests under this one
         # The task's dev texts are always kept out of the pretraining corpus.
@@ -106,6 +116,11 @@ def bert_pipeline(
         pretrained = pretrain_flow(shards_dir=examples_dir, work_dir=str(work), seed=seed,
                                    mlflow_parent_run_id=run_id, **stages["pretrain"])
         _log_reused(run_id, pretrained)
+        encoder_name = f"{registered_model_prefix}-{pretrained['preset']}"
+        gate = None
+        if suite != "off":
+            report = suite_flow(encoder=pretrained["final_dir"], work_dir=str(work), **stages["suite"])
+            gate = {**encoder_gate(report, encoder_name, stages["suite"], str(work)), "report": report}
         finetuned = finetune_flow(model_name_or_path=pretrained["final_dir"], task_name=task_name, task_file=task_file,
                                   train_file=train_file, validation_file=validation_file, work_dir=str(work),
                                   seed=seed, **stages["finetune"])
@@ -114,10 +129,13 @@ def bert_pipeline(
             report_dir=str(work / "reports"), pretrain_metrics_file=str(_run_dir(pretrained) / "metrics.jsonl"),
             classifier_dir=finetuned["final_dir"], classifier_data_file=validation_file,
             champion_model_uri=f"models:/{registered_model_prefix}-{task_name}@champion")
-        figures = _evaluation_figures(run_id, pretrained, evaluation)
+        figures = _evaluation_figures(run_id, pretrained, evaluation, gate)
         registered = register_flow(
             pretrained_dir=pretrained["final_dir"], preset=pretrained["preset"],
             pretrained_metrics=figures["pretrained"], classifier_dir=finetuned["final_dir"], task_name=task_name,
+            pretrained_champion_metrics=gate and gate["champion_metrics"],
+            pretrained_champion_version=gate and gate["champion_version"],
+            pretrained_gate_evidence=gate and gate["evidence"],
             classifier_metrics=figures["classifier"], primary_metric=task.primary_metric,
             champion_metrics=figures["champion"], champion_version=evaluation["champion_version"],
             lineage=lineage_tags(documents_dir=documents_dir, examples_dir=examples_dir,
@@ -127,7 +145,7 @@ def bert_pipeline(
             pretrain_metrics_file=str(_run_dir(pretrained) / "metrics.jsonl"),
             finetune_metrics_file=str(_run_dir(finetuned) / "metrics.jsonl"),
             pretrained_artifacts=[*evaluation["pretrained_reports"], str(Path(examples_dir) / "train" / "manifest.json"),
-                                  str(Path(documents_dir) / "manifest.json")],
+                                  str(Path(documents_dir) / "manifest.json"), *_suite_files(gate)],
             classifier_artifacts=evaluation["classifier_reports"], registered_model_prefix=registered_model_prefix,
             min_improvement=min_improvement, pretrain_run_id=pretrained.get("mlflow_run_id"), parent_run_id=run_id)
     summary = {"work_dir": str(work), "flow_run_id": str(flow_run.get_id()), "mlflow_run_id": run_id,
@@ -135,6 +153,8 @@ def bert_pipeline(
                "pretrained": figures["pretrained"], "classifier": figures["classifier"],
                "task": {"name": task_name, "kind": task.model_kind, "primary_metric": task.primary_metric},
                "comparison": evaluation["comparison"], "registered": registered,
+               "suite": gate and {k: gate[k] for k in ("report", "champion_version") if k in gate} | (
+                   {"vs_champion": gate["comparison"]} if "comparison" in gate else {}),
                "seconds": round(time.perf_counter() - started, 1)}
     _finish(summary)
     return summary
@@ -157,12 +177,20 @@ def _log_reused(run_id: str, pretrained: dict) -> None:
                       tags={"bertflow.reused_run_id": pretrained.get("mlflow_run_id") or ""})
 
 
-def _evaluation_figures(run_id: str, pretrained: dict, evaluation: dict) -> dict:
-    """The evaluation as MLflow metric names (`eval_*`; the champion's on the same dev set), logged as the
-    pipeline's evaluate stage run."""
+def _suite_files(gate: dict | None) -> list[str]:
+    """The suite's report files (JSON, markdown, the per-task plot), logged with the encoder's registered version."""
+    if not gate:
+        return []
+    out = Path(gate["report"]["output_dir"])
+    return [str(out / name) for name in ("report.json", "report.md", "report.png")]
+
+
+def _evaluation_figures(run_id: str, pretrained: dict, evaluation: dict, gate: dict | None) -> dict:
+    """The evaluation as MLflow metric names (`eval_*`; the champion's on the same dev set; the encoder's suite
+    figures `suite_*`), logged as the pipeline's evaluate stage run."""
     held_out = {**evaluation["pretrained"], "initial_eval_mlm_loss": pretrained["initial_eval_mlm_loss"]}
     figures = {
-        "pretrained": eval_metrics(held_out),
+        "pretrained": {**eval_metrics(held_out), **(gate["metrics"] if gate else {})},
         "classifier": eval_metrics(evaluation["classifier"]),
         "champion": eval_metrics(evaluation["champion"]) if evaluation["champion"] else None,
     }
@@ -202,7 +230,8 @@ def _models_table(summary: dict) -> list[dict]:
         if not info:
             continue
         metrics = summary["pretrained"] if role == "pretrained" else summary["classifier"]
-        metric = "eval_mlm_loss" if role == "pretrained" else summary["task"]["primary_metric"]
+        metric = summary["task"]["primary_metric"] if role == "task" else (
+            "suite_score" if "suite_score" in metrics else "eval_mlm_loss")
         rows.append({"model": info["name"], "version": info["version"], "aliases": ", ".join(info["aliases"]),
                      "metric": metric, "value": round(float(metrics.get(metric, float("nan"))), 4),
                      "promoted": info["promoted"], "reason": info["reason"]})
@@ -229,6 +258,7 @@ def render_summary(summary: dict, *, markdown: bool = False) -> str:
         f"masked {quality.get('masked_share_of_maskable', float('nan')):.1%} of maskable tokens",
         f"pretrained: held-out MLM loss {pre['initial_eval_mlm_loss']:.3f} -> {pre['eval_mlm_loss']:.3f} "
         f"(MLM accuracy {pre['eval_mlm_accuracy']:.1%}, NSP accuracy {pre['eval_nsp_accuracy']:.1%})",
+        *_suite_lines(summary),
         _task_line(summary),
     ]
     comparison = summary.get("comparison")
@@ -264,6 +294,19 @@ _PREDICT_INPUT = {
     "question-answering": "pd.DataFrame({'question': ['Who ruled Normandy?'], "
                           "'context': ['Normandy was ruled by Rollo, a Viking leader.']})",
 }
+
+
+def _suite_lines(summary: dict) -> list[str]:
+    suite = summary.get("suite")
+    if not suite:
+        return ["suite:      off (no pretrained vs random-init comparison was run)"]
+    report = suite["report"]
+    lines = [summary_line(report) + f"; suite score {report['suite_score']:.4f} vs {report['twin_suite_score']:.4f}"]
+    if "vs_champion" in suite:
+        versus = suite["vs_champion"]
+        lines.append(f"suite vs champion v{suite['champion_version']}: {versus['suite_score']:.4f} vs "
+                     f"{versus['champion_suite_score']:.4f} (paired p {versus['paired_p_value']:.3g})")
+    return lines
 
 
 def _task_line(summary: dict) -> str:

@@ -36,6 +36,7 @@ def register_flow(
     pretrained_champion_version: str | None = None,
     parent_model_uri: str | None = None,
     pretrained_model_name: str | None = None,
+    pretrained_gate_evidence: dict | None = None,
 ) -> dict:
     """Returns {"pretrained": version info or None, "classifier": version info or None}.
 
@@ -43,6 +44,11 @@ def register_flow(
     champion's; `champion_metrics` are the champion's figures on the same dev set (from the evaluate flow), which
     the gate prefers to the ones the champion was registered with while `champion_version` is still the champion.
     New MLflow runs nest under `parent_run_id` (the pipeline's run).
+
+    The encoder's gate: with a downstream suite (`suite_score` among `pretrained_metrics`), the suite score against
+    the champion's on the same suite (`pretrained_champion_metrics`), with `pretrained_gate_evidence` (the paired
+    p-value) kept on the version; without one, held-out MLM loss, compared only with a champion of the same
+    tokenizer.
     """
     tags = {**(lineage or {}), "prefect.flow_run_id": str(flow_run.get_parent_flow_run_id() or flow_run.get_id())}
     pretrained = None if pretrained_dir is None else register_model(RegisterConfig(
@@ -50,8 +56,10 @@ def register_flow(
         registered_model_name=pretrained_model_name or f"{registered_model_prefix}-{preset}",
         kind="pretrained",
         run_name=f"pretrain-{preset}",
-        primary_metric="eval_mlm_loss",
-        greater_is_better=False,
+        **(dict(primary_metric="suite_score", greater_is_better=True) if "suite_score" in (pretrained_metrics or {})
+           else dict(primary_metric="eval_mlm_loss", greater_is_better=False,
+                     comparable_on=("bertflow.tokenizer_sha256",))),
+        gate_evidence=pretrained_gate_evidence or {},
         min_improvement=min_improvement,
         metrics=scalar_metrics(pretrained_metrics or {}),
         champion_metrics=pretrained_champion_metrics,

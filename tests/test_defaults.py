@@ -103,4 +103,4 @@ def test_no_deployment_restates_a_flow_default(deployment, monkeypatch):
 def test_the_seed_is_one_value_for_every_stage(monkeypatch):
     defaults = _flow_defaults("flows/pipeline.py:bert_pipeline", monkeypatch)
     assert defaults["seed"] == IngestConfig.seed == ExamplesConfig.seed == PretrainConfig.seed == FinetuneConfig.seed
-    assert len(defaults) <= 15
+    assert len(defaults) <= 16  # one object per stage (5), the task (4), wiring and the gate

@@ -63,7 +63,7 @@ def test_bad_parameters_are_refused_before_a_run_starts(monkeypatch):
         with pytest.raises(ParameterTypeError):
             flow.validate_parameters(bad)
     schema = flow.parameters.model_dump()
-    assert len(schema["properties"]) <= 15
+    assert len(schema["properties"]) <= 16
     # The run form shows each stage's parameters as fields, with the stage flow's choices and bounds.
     pretrain = schema["definitions"]["PretrainParameters"]
     assert pretrain["properties"]["preset"]["enum"][0] == "bert-tiny" and pretrain["additionalProperties"] is False

@@ -11,7 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from bert_core import stage
-from bert_core.suite import SuiteConfig, paired_p_value, run_suite, summary_line
+from bert_core.catalogue import get_task
+from bert_core.config import ConfigError
+from bert_core.suite import SuiteConfig, compare, paired_p_value, run_suite, summary_line
 from tests.conftest import REPO
 
 
@@ -77,3 +79,83 @@ def test_each_task_is_scored_by_the_metric_that_picks_its_checkpoint():
     from bert_core.suite import suite_metric
 
     assert suite_metric(get_task("sst2")) == "eval_accuracy" and suite_metric(get_task("mrpc")) == "eval_f1"
+
+
+def test_ner_runs_in_the_suite_from_a_data_directory(pretrained, tmp_path):
+    """A token-classification task (CoNLL-2003 layout, entity F1) from a ../shared/data/tasks-style folder."""
+    from tests.test_ner import SENTENCES, write_conll
+
+    (tmp_path / "data" / "conll2003").mkdir(parents=True)
+    write_conll(tmp_path / "data" / "conll2003" / "train.txt", SENTENCES, repeat=8)
+    write_conll(tmp_path / "data" / "conll2003" / "valid.txt", SENTENCES, repeat=2)
+    report = run_suite(SuiteConfig(encoder=pretrained["final_dir"], output_dir=str(tmp_path / "out"), size="tiny",
+                                   tasks=("conll2003",), data_dir=str(tmp_path / "data"), max_seq_length=64,
+                                   max_train_steps=6, twin_dir=str(tmp_path / "twins")))
+    (row,) = report["tasks"]
+    assert row["metric"] == "eval_f1" and row["train_examples"] == 48 and row["validation_examples"] == 12
+    assert all(0 <= s <= 1 for s in row["pretrained_scores"] + row["twin_scores"])
+    assert (tmp_path / "out" / "report.png").stat().st_size > 5000
+    # The default size adds NER when the data directory holds CoNLL-2003; full needs one.
+    with_data = SuiteConfig(encoder="x", output_dir="y", data_dir=str(tmp_path / "data")).protocol()["tasks"]
+    assert with_data == ("sst2", "mrpc", "conll2003") and SuiteConfig(encoder="x", output_dir="y").protocol()["tasks"] == ("sst2", "mrpc")
+    with pytest.raises(ConfigError, match="give data_dir"):
+        SuiteConfig(encoder="x", output_dir="y", size="full")
+    with pytest.raises(ConfigError, match="no .*sst2/train.tsv"):
+        SuiteConfig(encoder="x", output_dir="y", size="full", data_dir=str(tmp_path / "data")).task_files(get_task("sst2"))
+
+
+def _report(scores_by_task: dict[str, list[float]]) -> dict:
+    rows = [{"task": t, "pretrained_scores": s, "pretrained_mean": sum(s) / len(s)} for t, s in scores_by_task.items()]
+    return {"tasks": rows, "protocol": {"seeds": [0, 1, 2]},
+            "suite_score": sum(r["pretrained_mean"] for r in rows) / len(rows)}
+
+
+def test_compare_pairs_the_per_seed_suite_scores():
+    candidate = _report({"sst2": [0.80, 0.82, 0.81], "mrpc": [0.70, 0.72, 0.71]})
+    champion = _report({"sst2": [0.75, 0.76, 0.74], "mrpc": [0.69, 0.70, 0.70]})
+    result = compare(candidate, champion)
+    assert result["suite_gain"] == pytest.approx(candidate["suite_score"] - champion["suite_score"])
+    assert result["paired_p_value"] == pytest.approx(paired_p_value([0.75, 0.77, 0.76], [0.72, 0.73, 0.72]))
+    with pytest.raises(ValueError, match="different tasks or seeds"):
+        compare(candidate, _report({"sst2": [0.8, 0.8, 0.8]}))
+
+
+def test_the_encoder_gate_refuses_a_lower_suite_score_and_keeps_the_p_value(pretrained, tmp_path):
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from bert_core.registry import RegisterConfig, register_model
+
+    dirs = []
+    for name in ("champion", "candidate"):
+        shutil.copytree(pretrained["final_dir"], tmp_path / name)
+        (tmp_path / name / "MARKER").write_text(name)
+        dirs.append(str(tmp_path / name))
+    base = dict(registered_model_name="gate-test", home=str(tmp_path / "home"), primary_metric="suite_score")
+    first = register_model(RegisterConfig(model_dir=dirs[0], metrics={"suite_score": 0.75}, **base))
+    assert first["promoted"]
+    weaker = register_model(RegisterConfig(model_dir=dirs[1], metrics={"suite_score": 0.70, "eval_mlm_loss": 5.0},
+                                           champion_metrics={"suite_score": 0.76}, champion_version="1",
+                                           gate_evidence={"suite_paired_p_value": 0.04}, **base))
+    assert not weaker["promoted"] and "suite_score 0.7000 does not beat champion v1 (0.7600" in weaker["reason"]
+    assert "suite_paired_p_value 0.04" in weaker["reason"]
+    tags = MlflowClient().get_model_version("gate-test", weaker["version"]).tags
+    assert tags["bertflow.gate.suite_paired_p_value"] == "0.04"
+
+
+def test_the_mlm_loss_gate_compares_only_encoders_of_one_tokenizer(pretrained, tmp_path):
+    import json
+    import shutil
+
+    from bert_core.registry import RegisterConfig, register_model
+
+    base = dict(registered_model_name="mlm-gate", home=str(tmp_path / "home"), primary_metric="eval_mlm_loss",
+                greater_is_better=False, comparable_on=("bertflow.tokenizer_sha256",))
+    register_model(RegisterConfig(model_dir=pretrained["final_dir"], metrics={"eval_mlm_loss": 6.0}, **base))
+    other = tmp_path / "other"
+    shutil.copytree(pretrained["final_dir"], other)
+    description = json.loads((other / "bertflow_model.json").read_text())
+    (other / "bertflow_model.json").write_text(json.dumps({**description, "tokenizer_sha256": "another"}))
+    better_loss = register_model(RegisterConfig(model_dir=str(other), metrics={"eval_mlm_loss": 3.0}, **base))
+    assert not better_loss["promoted"] and "not comparable" in better_loss["reason"]

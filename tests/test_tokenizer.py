@@ -40,6 +40,20 @@ def test_save_and_load_round_trip(tokenizer, tmp_path):
     assert vanilla("the lazy dog")["input_ids"] == tokenizer("the lazy dog")["input_ids"]
 
 
+def test_the_hash_is_the_same_for_the_backend_a_data_stage_saved_and_for_transformers_loading_it(tokenizer, tmp_path):
+    """The shards' manifest hashes the backend; an encoder's tokenizer is loaded by transformers, which lists the
+    special tokens as added tokens: both must give one hash, or a reused tokenizer looks like another one (and the
+    MLM-loss gate, which compares encoders of one tokenizer only, would refuse continued pretraining)."""
+    from bert_core.tokenizer import load_backend, save_tokenizer
+
+    save_tokenizer(tokenizer.backend_tokenizer, tmp_path / "stage")
+    backend = load_backend(tmp_path / "stage")
+    assert tokenizer_hash(backend) == tokenizer_hash(load_tokenizer(tmp_path / "stage")) == tokenizer_hash(tokenizer)
+    other = train_tokenizer(["Zebras graze on wide savannahs, unhurried."] * 20, TokenizerConfig(vocab_size=300,
+                                                                                                 min_frequency=1))
+    assert tokenizer_hash(backend) != tokenizer_hash(other)
+
+
 def test_load_vocab_txt(tokenizer, tmp_path):
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     (tmp_path / "vocab.txt").write_text("".join(tok + "\n" for tok, _ in vocab))

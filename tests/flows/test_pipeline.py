@@ -13,7 +13,8 @@ from flows.pipeline import bert_pipeline, render_summary
 TINY = dict(examples={"vocab_size": 2000, "max_seq_length": 64},
             pretrain={"max_train_steps": 40, "num_warmup_steps": 4, "eval_steps": 20, "checkpointing_steps": 20,
                       "per_device_train_batch_size": 16},
-            finetune={"num_train_epochs": 1, "max_seq_length": 64}, registered_model_prefix="flowtest")
+            finetune={"num_train_epochs": 1, "max_seq_length": 64}, suite={"size": "tiny"},
+            registered_model_prefix="flowtest")
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +208,25 @@ def test_the_pipeline_seed_reaches_every_stage(run, tmp_path):
     assert checksums[0] != checksums[1]
     for name in ("ingest", "examples", "pretrain/bert-tiny", "finetune/sst2"):
         assert json.loads((theirs / name / "stage.json").read_text())["config"]["seed"] == 7, name
+
+
+def test_the_suite_runs_in_the_pipeline_and_reaches_mlflow(run):
+    """The encoder is fine-tuned beside its random-init twin; the suite's figures are the encoder's gate metric,
+    on its training run and its registered version; the summary says the delta."""
+    from mlflow.tracking import MlflowClient
+
+    home, summary = run
+    report = summary["suite"]["report"]
+    (row,) = report["tasks"]
+    assert row["task"] == "sst2" and len(row["pretrained_scores"]) == len(row["twin_scores"]) == 2
+    assert "suite: pretrained vs random init: SST2 " in render_summary(summary)
+    encoder = summary["registered"]["pretrained"]
+    client = MlflowClient()
+    version = client.get_model_version(encoder["name"], encoder["version"])
+    assert float(version.tags["bertflow.metric.suite_score"]) == pytest.approx(report["suite_score"])
+    assert float(version.tags["bertflow.metric.suite_sst2_delta"]) == pytest.approx(row["delta"])
+    metrics = client.get_run(encoder["run_id"]).data.metrics
+    assert metrics["suite_sst2_twin_mean"] == pytest.approx(row["twin_mean"])
+    files = {a.path for a in client.list_artifacts(encoder["run_id"])}
+    assert {"report.json", "report.md", "report.png"} <= files, files
+    assert (Path(report["output_dir"]) / "report.png").stat().st_size > 5000

@@ -11,7 +11,7 @@ from flows.pipeline import bert_pipeline, render_summary
 TINY = dict(examples={"vocab_size": 2000, "max_seq_length": 64},
             pretrain={"max_train_steps": 20, "num_warmup_steps": 2, "eval_steps": 20, "checkpointing_steps": 20,
                       "per_device_train_batch_size": 16},
-            finetune={"num_train_epochs": 1}, registered_model_prefix="qaflow", task_name="squad")
+            finetune={"num_train_epochs": 1}, suite="off", registered_model_prefix="qaflow", task_name="squad")
 
 
 @pytest.fixture(scope="module")
