@@ -30,6 +30,7 @@ from flows.examples import examples_flow
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
 from flows.register import register_flow
+from flows.suite import SuiteParameters, encoder_gate, suite_flow
 from tasks.evaluate import evaluate_pretrained
 from tasks.registry import finish_run, log_stage_run, parent_run
 
@@ -48,6 +49,7 @@ def continued_pretraining(
     mixed_precision: MixedPrecision = PretrainConfig.mixed_precision,
     registered_model_name: str | None = None,
     min_improvement: float = 0.0,
+    suite: SuiteParameters | None = None,
     seed: int = SEED,
 ) -> dict:
     """Continue pretraining the registered champion on new text; promote the result only if it is better.
@@ -66,7 +68,11 @@ def continued_pretraining(
         mixed_precision: no, bf16 or fp16.
         registered_model_name: MLflow name of the result; empty: the base model's registered name (a local
             directory needs one).
-        min_improvement: The new version must lower the held-out MLM loss by more than this to become champion.
+        min_improvement: The new version must lower the held-out MLM loss (or raise the suite score) by more than
+            this to become champion.
+        suite: Parameters of the `downstream-suite` flow, e.g. {"size": "default"}: the new encoder and the
+            champion on the same suite, and the suite score decides (the MLM losses are still reported); empty: the
+            held-out MLM loss on the new text decides.
         seed: Random seed of every stage.
     """
     started = time.perf_counter()
@@ -102,10 +108,16 @@ def continued_pretraining(
         base_metrics = eval_metrics(evaluate_pretrained(base_dir, validation))
         log_stage_run(run_id, "evaluate", metrics={**new_metrics, **{f"base_{k}": v for k, v in base_metrics.items()}})
         pretrain_dir = Path(pretrained["final_dir"]).parent
+        gate = None
+        if suite is not None:
+            report = suite_flow(encoder=pretrained["final_dir"], work_dir=str(work), **suite)
+            gate = encoder_gate(report, name, suite, str(work))
         registered = register_flow(
-            pretrained_dir=pretrained["final_dir"], preset=preset, pretrained_metrics=new_metrics,
-            pretrained_champion_metrics=base_metrics if base_version else None,
-            pretrained_champion_version=base_version,
+            pretrained_dir=pretrained["final_dir"], preset=preset,
+            pretrained_metrics={**new_metrics, **(gate["metrics"] if gate else {})},
+            pretrained_champion_metrics=gate["champion_metrics"] if gate else base_metrics if base_version else None,
+            pretrained_champion_version=gate["champion_version"] if gate else base_version,
+            pretrained_gate_evidence=gate and gate["evidence"],
             lineage={**lineage_tags(documents_dir=documents_dir, examples_dir=examples_dir, pretrain_dir=pretrain_dir),
                      "bertflow.base_model": base_model + (f" (v{base_version})" if base_version else "")},
             params={"pretrain": stage.read_json(pretrain_dir / stage.STAGE_RECORD)["config"]},
@@ -117,6 +129,7 @@ def continued_pretraining(
     finish_run(run_id, metrics=new_metrics)
     info = registered["pretrained"]
     summary = {"base_model": base_model, "base_version": base_version, "registered": info,
+               "suite": gate and gate["metrics"],
                "eval_mlm_loss": new_metrics["eval_mlm_loss"], "base_eval_mlm_loss": base_metrics["eval_mlm_loss"],
                "mlflow_run_id": run_id, "seconds": round(time.perf_counter() - started, 1)}
     links = {**ui_links(run_id), **ui_links(model=(info["name"], info["version"]))}

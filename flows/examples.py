@@ -6,6 +6,7 @@ processes, or an existing Dask scheduler at `dask_address`. The shards are the s
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from prefect import flow
@@ -47,7 +48,14 @@ def examples_flow(
     n_workers: PositiveInt = 1,
     dask_address: str | None = None,
 ) -> str:
-    """`pair_objective`: "nsp" (BERT), "sop" (ALBERT) or "none" (RoBERTa full sentences, MLM only)."""
+    """`pair_objective`: "nsp" (BERT), "sop" (ALBERT) or "none" (RoBERTa full sentences, MLM only).
+
+    `tokenizer_path`: a tokenizer to reuse instead of training one (a directory, tokenizer.json or vocab.txt), or a
+    registered encoder's, `models:/<name>@champion`: while that alias is unset (a first run), a tokenizer is trained.
+    Reusing the champion's keeps every encoder on one vocabulary, so their held-out MLM losses compare and the
+    downstream suite's random-init twin (cached per tokenizer) is reused.
+    """
+    tokenizer_path = _local_tokenizer(tokenizer_path)
     config = ExamplesConfig(
         max_seq_length=max_seq_length,
         short_seq_prob=short_seq_prob,
@@ -70,3 +78,16 @@ def examples_flow(
         run_units = units_flow.with_options(task_runner=dask_task_runner(n_workers, dask_address))
     stats = run_units(plan["units"], num_batches=4 * max(1, n_workers))
     return finish_examples(plan, stats)
+
+
+def _local_tokenizer(tokenizer_path: str | None) -> str | None:
+    """A registered model's tokenizer as its local directory; None (train one) for an alias not set yet."""
+    if not tokenizer_path or not tokenizer_path.startswith("models:/"):
+        return tokenizer_path
+    from bert_core.model import resolve_model
+    from bert_core.registry import alias_version
+
+    if "@" in tokenizer_path and alias_version(tokenizer_path) is None:
+        logging.getLogger(__name__).info("tokenizer_path %s: no such alias yet; training a tokenizer", tokenizer_path)
+        return None
+    return resolve_model(tokenizer_path)

@@ -35,7 +35,7 @@ from flows.finetune import finetune_flow
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
 from flows.register import register_flow
-from flows.suite import encoder_gate, suite_flow
+from flows.suite import SuiteParameters, encoder_gate, suite_flow
 from tasks.registry import finish_run, log_stage_run, parent_run
 
 # What the pipeline wires itself (inputs, outputs, seed, workers) is not a stage parameter.
@@ -47,7 +47,6 @@ PretrainParameters = stage_parameters(pretrain_flow, "PretrainParameters",
 FinetuneParameters = stage_parameters(finetune_flow, "FinetuneParameters",
                                       inputs=(*_WIRED, "model_name_or_path", "task_name", "task_file", "train_file",
                                               "validation_file"))
-SuiteParameters = stage_parameters(suite_flow, "SuiteParameters", inputs=(*_WIRED, "encoder"))
 
 
 @flow(name="bert-pipeline")

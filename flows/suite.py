@@ -16,7 +16,7 @@ from prefect import flow
 from bert_core import stage, suite
 from bert_core.registry import CHAMPION, alias_version
 from bert_core.suite import SIZES, SuiteConfig
-from flows import default_work_dir
+from flows import default_work_dir, stage_parameters
 from tasks.suite import run_suite
 
 
@@ -59,6 +59,10 @@ def suite_flow(
                          seeds=tuple(seeds) if seeds else None,
                          learning_rates=tuple(learning_rates) if learning_rates else None, data_dir=data_dir)
     return run_suite(config)
+
+
+# The suite flow's parameters but the encoder and where it writes: what a pipeline's `suite` object may set.
+SuiteParameters = stage_parameters(suite_flow, "SuiteParameters", inputs=("encoder", "work_dir"))
 
 
 def encoder_gate(report: dict, registered_name: str, suite_parameters: dict, work_dir: str) -> dict:

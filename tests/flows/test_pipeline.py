@@ -135,6 +135,15 @@ def test_continued_pretraining_from_the_champion(run, tmp_path):
     again = continued_pretraining(**params)
     assert again["registered"]["version"] == info["version"] and again["registered"]["reused"]
 
+    # With a suite the suite score decides: the new encoder against the champion on the same suite.
+    suited = continued_pretraining(**{**params, "base_model": "models:/flowtest-bert-tiny/1", "max_train_steps": 6,
+                                      "work_dir": str(tmp_path / "suited"), "suite": {"size": "tiny"}})
+    decision = suited["registered"]
+    assert decision["reason"].startswith("suite_score ") and "on the same evaluation set" in decision["reason"]
+    assert "suite_paired_p_value" in decision["reason"] and "suite_sst2_delta" in suited["suite"]
+    tags = MlflowClient().get_model_version(decision["name"], decision["version"]).tags
+    assert "bertflow.gate.suite_paired_p_value" in tags and "bertflow.metric.suite_score" in tags
+
 
 def test_on_demand_task_model_from_the_registered_encoder(run, tmp_path):
     from flows.task_model import task_model
@@ -230,3 +239,17 @@ def test_the_suite_runs_in_the_pipeline_and_reaches_mlflow(run):
     files = {a.path for a in client.list_artifacts(encoder["run_id"])}
     assert {"report.json", "report.md", "report.png"} <= files, files
     assert (Path(report["output_dir"]) / "report.png").stat().st_size > 5000
+
+
+def test_the_champions_tokenizer_is_reused_when_there_is_one(run):
+    """The weekly deployment's examples.tokenizer_path: the champion encoder's tokenizer, or a new one while no
+    champion exists."""
+    from bert_core.tokenizer import load_backend, tokenizer_hash
+    from flows.examples import _local_tokenizer
+
+    home, summary = run
+    assert _local_tokenizer("models:/nobody-yet@champion") is None
+    local = _local_tokenizer("models:/flowtest-bert-tiny@champion")
+    trained = Path(summary["work_dir"]) / "examples" / "tokenizer"
+    assert tokenizer_hash(load_backend(local)) == tokenizer_hash(load_backend(trained))
+    assert _local_tokenizer(str(trained)) == str(trained)
