@@ -59,3 +59,28 @@ def pretrained(examples_dir, tmp_path_factory) -> dict:
     from bert_core.pretrain import pretrain
 
     return pretrain(tiny_pretrain_config(examples_dir, tmp_path_factory.mktemp("pretrain") / "run"))
+
+
+def run_pretrain_cli(config_path: Path, env: dict):
+    """`python -m bert_core pretrain --config ...` as a real process (stdout dropped, stderr kept for errors)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "bert_core", "pretrain", "--config", str(config_path)], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def kill_after_checkpoint(config_path: Path, checkpoint: Path, env: dict) -> None:
+    """Start pretraining, kill -9 it as soon as `checkpoint` exists, and check it died before its end."""
+    import os
+    import signal
+    import time
+
+    process = run_pretrain_cli(config_path, env)
+    deadline = time.time() + 240
+    while not checkpoint.is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert checkpoint.is_dir(), process.stderr.read() if process.poll() is not None else "no checkpoint in time"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (checkpoint.parents[1] / "final").exists()  # it really died before the end

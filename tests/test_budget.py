@@ -2,10 +2,6 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +12,7 @@ from bert_core.data import PretrainingCollator, ShardDataset, epoch_batches
 from bert_core.masking import MaskingConfig
 from bert_core.pretrain import pretrain
 from bert_core.tokenizer import load_tokenizer
-from tests.conftest import REPO, tiny_pretrain_config
+from tests.conftest import kill_after_checkpoint, run_pretrain_cli, tiny_pretrain_config
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -101,11 +97,6 @@ def test_token_plan_counts_every_rank_and_accumulation(examples_dir):
                                    max_steps=10**6, **common) == len(epochs[0]) + 3
 
 
-def _run_cli(config_path, env):
-    return subprocess.Popen([sys.executable, "-m", "bert_core", "pretrain", "--config", str(config_path)], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 def test_a_resumed_seconds_budget_ends_at_the_step_the_first_run_planned(examples_dir, tmp_path):
     """kill -9 a seconds-budgeted run after its plan is stored; the rerun keeps the stored step count rather than
     measuring again (its speed and the time already spent would give another), and ends with the schedule at zero
@@ -114,19 +105,12 @@ def test_a_resumed_seconds_budget_ends_at_the_step_the_first_run_planned(example
     config = tiny_pretrain_config(examples_dir, tmp_path / "run", max_train_steps=100_000, max_train_seconds=8.0,
                                   num_warmup_steps=5, checkpointing_steps=30, eval_steps=60, logging_steps=10)
     stage.write_json(tmp_path / "run.json", config)
-    process = _run_cli(tmp_path / "run.json", env)
     checkpoint = tmp_path / "run" / "checkpoints" / "step-0000030"
-    deadline = time.time() + 240
-    while not checkpoint.is_dir() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert checkpoint.is_dir(), process.stderr.read() if process.poll() is not None else "no checkpoint in time"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (tmp_path / "run" / "final").exists()
+    kill_after_checkpoint(tmp_path / "run.json", checkpoint, env)
     plan = stage.read_json(checkpoint / "trainer_state.json")["planned_steps"]
     assert plan > 30, f"the plan ({plan} steps) should reach past the kill"
 
-    assert _run_cli(tmp_path / "run.json", env).wait() == 0
+    assert run_pretrain_cli(tmp_path / "run.json", env).wait() == 0
     summary = stage.read_json(tmp_path / "run" / "summary.json")
     assert summary["steps"] == plan
     train = [r for r in _records(tmp_path / "run") if "loss" in r]

@@ -1,6 +1,5 @@
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from bert_core.data import ShardDataset
 from bert_core.launch import end_training, launch_command, launch_env
 from bert_core.examples import generate_examples
 from bert_core.pretrain import pretrain
-from tests.conftest import REPO, tiny_pretrain_config
+from tests.conftest import REPO, kill_after_checkpoint, run_pretrain_cli, tiny_pretrain_config
 
 
 def test_loss_goes_down_and_final_loads_with_vanilla_transformers(pretrained):
@@ -46,11 +45,6 @@ def _weights(final_dir):
     return load_file(str(Path(final_dir) / "model.safetensors"))
 
 
-def _run_cli(config_path, env):
-    return subprocess.Popen([sys.executable, "-m", "bert_core", "pretrain", "--config", str(config_path)], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(examples_dir, tmp_path):
     """kill -9 a real training process after a checkpoint, rerun it, and compare with a run that was never killed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -64,18 +58,10 @@ def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(examples
     for config in (straight, resumed):
         stage.write_json(tmp_path / f"{Path(config.output_dir).name}.json", config)
 
-    process = _run_cli(tmp_path / "resumed.json", env)
-    checkpoint = tmp_path / "resumed" / "checkpoints" / "step-0000012"
-    deadline = time.time() + 240
-    while not checkpoint.is_dir() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert checkpoint.is_dir(), process.stderr.read() if process.poll() is not None else "no checkpoint in time"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (tmp_path / "resumed" / "final").exists()  # it really died before the end
+    kill_after_checkpoint(tmp_path / "resumed.json", tmp_path / "resumed" / "checkpoints" / "step-0000012", env)
 
-    assert _run_cli(tmp_path / "resumed.json", env).wait() == 0
-    assert _run_cli(tmp_path / "straight.json", env).wait() == 0
+    assert run_pretrain_cli(tmp_path / "resumed.json", env).wait() == 0
+    assert run_pretrain_cli(tmp_path / "straight.json", env).wait() == 0
     a, b = _weights(tmp_path / "straight" / "final"), _weights(tmp_path / "resumed" / "final")
     assert a.keys() == b.keys()
     for name in a:
