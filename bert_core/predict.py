@@ -39,9 +39,10 @@ def next_sentence_probability(model_dir: str, first: list[str], second: list[str
     """P(second follows first) from the pretraining NSP head (label 0 = actual next)."""
     from transformers import AutoConfig, AutoTokenizer, BertForNextSentencePrediction
 
-    if AutoConfig.from_pretrained(model_dir).model_type != "bert":
-        raise ValueError(f"{model_dir} is a {AutoConfig.from_pretrained(model_dir).model_type} model without a "
-                         f"next-sentence head; next-sentence probability needs a BERT pretrained with NSP or SOP")
+    model_type = AutoConfig.from_pretrained(model_dir).model_type
+    if model_type != "bert":
+        raise ValueError(f"{model_dir} is a {model_type} model without a next-sentence head; next-sentence "
+                         f"probability needs a BERT pretrained with NSP or SOP")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = BertForNextSentencePrediction.from_pretrained(model_dir).eval()
     batch = tokenizer(first, second, truncation=True, max_length=512, padding=True, return_tensors="pt")
