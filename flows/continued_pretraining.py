@@ -113,7 +113,7 @@ def continued_pretraining(
             report = suite_flow(encoder=pretrained["final_dir"], work_dir=str(work), **suite)
             gate = encoder_gate(report, name, suite, str(work))
         registered = register_flow(
-            pretrained_dir=pretrained["final_dir"], preset=preset,
+            pretrained_dir=pretrained["final_dir"],
             pretrained_metrics={**new_metrics, **(gate["metrics"] if gate else {})},
             pretrained_champion_metrics=gate["champion_metrics"] if gate else base_metrics if base_version else None,
             pretrained_champion_version=gate["champion_version"] if gate else base_version,
@@ -123,7 +123,7 @@ def continued_pretraining(
             params={"pretrain": stage.read_json(pretrain_dir / stage.STAGE_RECORD)["config"]},
             pretrain_metrics_file=str(pretrain_dir / "metrics.jsonl"),
             pretrained_artifacts=[str(Path(examples_dir) / "train" / "manifest.json")],
-            pretrained_model_name=name, min_improvement=min_improvement,
+            pretrained_registered_name=name, min_improvement=min_improvement,
             pretrain_run_id=pretrained.get("mlflow_run_id"), parent_run_id=run_id,
         )
     finish_run(run_id, metrics=new_metrics)

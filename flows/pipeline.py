@@ -25,6 +25,7 @@ from bert_core import stage
 from bert_core.catalogue import get_task
 from bert_core.config import SEED
 from bert_core.metrics import eval_metrics
+from bert_core.model import pretrained_model_name
 from bert_core.stage import bertflow_home
 from bert_core.suite import summary_line
 from bert_core.tracking import configure_tracking, lineage_tags, redact, ui_links
@@ -34,7 +35,7 @@ from flows.examples import examples_flow
 from flows.finetune import finetune_flow
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
-from flows.register import register_flow
+from flows.register import encoder_registered_name, register_flow
 from flows.suite import SuiteParameters, encoder_gate, suite_flow
 from tasks.registry import finish_run, log_stage_run, parent_run
 
@@ -93,7 +94,8 @@ def bert_pipeline(
             held-out MLM loss, between encoders of the same tokenizer only.
         data_workers: Processes for ingest and example generation (a local Dask cluster when above 1).
         dask_address: An existing Dask scheduler (tcp://host:8786) to run data stages on instead.
-        registered_model_prefix: MLflow names are `<prefix>-<preset>` and `<prefix>-<task_name>`.
+        registered_model_prefix: MLflow names are `<prefix>-<model>` (bertflow-bert-tiny, bertflow-modernbert-tiny) and
+            `<prefix>-<task_name>`.
         min_improvement: A new model becomes champion only when it beats the champion by more than this.
         seed: Random seed of every stage: ingest's validation split, the examples, pretraining, fine-tuning.
     """
@@ -115,7 +117,7 @@ def bert_pipeline(
         pretrained = pretrain_flow(shards_dir=examples_dir, work_dir=str(work), seed=seed,
                                    mlflow_parent_run_id=run_id, **stages["pretrain"])
         _log_reused(run_id, pretrained)
-        encoder_name = f"{registered_model_prefix}-{pretrained['preset']}"
+        encoder_name = encoder_registered_name(registered_model_prefix, pretrained["final_dir"])
         gate = None
         if suite != "off":
             report = suite_flow(encoder=pretrained["final_dir"], work_dir=str(work), **stages["suite"])
@@ -130,7 +132,7 @@ def bert_pipeline(
             champion_model_uri=f"models:/{registered_model_prefix}-{task_name}@champion")
         figures = _evaluation_figures(run_id, pretrained, evaluation, gate)
         registered = register_flow(
-            pretrained_dir=pretrained["final_dir"], preset=pretrained["preset"],
+            pretrained_dir=pretrained["final_dir"], pretrained_registered_name=encoder_name,
             pretrained_metrics=figures["pretrained"], classifier_dir=finetuned["final_dir"], task_name=task_name,
             pretrained_champion_metrics=gate and gate["champion_metrics"],
             pretrained_champion_version=gate and gate["champion_version"],
@@ -152,8 +154,8 @@ def bert_pipeline(
                "pretrained": figures["pretrained"], "classifier": figures["classifier"],
                "task": {"name": task_name, "kind": task.model_kind, "primary_metric": task.primary_metric},
                "comparison": evaluation["comparison"], "registered": registered,
-               "suite": gate and {k: gate[k] for k in ("report", "champion_version") if k in gate} | (
-                   {"vs_champion": gate["comparison"]} if "comparison" in gate else {}),
+               "suite": gate and {"report": gate["report"], "champion_version": gate["champion_version"],
+                                  "vs_champion": gate.get("comparison")},
                "seconds": round(time.perf_counter() - started, 1)}
     _finish(summary)
     return summary
@@ -171,7 +173,7 @@ def _stage_config(result: dict) -> dict:
 def _log_reused(run_id: str, pretrained: dict) -> None:
     """An encoder up to date from an earlier pipeline run: a stage run that points at the run that trained it."""
     if pretrained.get("reused"):
-        log_stage_run(run_id, f"pretrain-{pretrained['preset']}", str(_run_dir(pretrained)),
+        log_stage_run(run_id, f"pretrain-{pretrained_model_name(pretrained['final_dir'])}", str(_run_dir(pretrained)),
                       metrics=manifest_metrics(pretrained),
                       tags={"bertflow.reused_run_id": pretrained.get("mlflow_run_id") or ""})
 
@@ -301,7 +303,7 @@ def _suite_lines(summary: dict) -> list[str]:
         return ["suite:      off (no pretrained vs random-init comparison was run)"]
     report = suite["report"]
     lines = [summary_line(report) + f"; suite score {report['suite_score']:.4f} vs {report['twin_suite_score']:.4f}"]
-    if "vs_champion" in suite:
+    if suite["vs_champion"]:
         versus = suite["vs_champion"]
         lines.append(f"suite vs champion v{suite['champion_version']}: {versus['suite_score']:.4f} vs "
                      f"{versus['champion_suite_score']:.4f} (paired p {versus['paired_p_value']:.3g})")

@@ -6,14 +6,20 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from bert_core.metrics import scalar_metrics
+from bert_core.model import pretrained_model_name
 from bert_core.registry import RegisterConfig
 from tasks.registry import register_model
+
+
+def encoder_registered_name(prefix: str, pretrained_dir: str) -> str:
+    """The MLflow name of a pipeline's encoder: `<prefix>-<model name>`, e.g. bertflow-bert-tiny,
+    bertflow-modernbert-tiny."""
+    return f"{prefix}-{pretrained_model_name(pretrained_dir)}"
 
 
 @flow(name="register")
 def register_flow(
     pretrained_dir: str | None,
-    preset: str | None = None,
     pretrained_metrics: dict | None = None,
     classifier_dir: str | None = None,
     task_name: str = "sst2",
@@ -35,7 +41,7 @@ def register_flow(
     pretrained_champion_metrics: dict | None = None,
     pretrained_champion_version: str | None = None,
     parent_model_uri: str | None = None,
-    pretrained_model_name: str | None = None,
+    pretrained_registered_name: str | None = None,
     pretrained_gate_evidence: dict | None = None,
 ) -> dict:
     """Returns {"pretrained": version info or None, "classifier": version info or None}.
@@ -53,9 +59,9 @@ def register_flow(
     tags = {**(lineage or {}), "prefect.flow_run_id": str(flow_run.get_parent_flow_run_id() or flow_run.get_id())}
     pretrained = None if pretrained_dir is None else register_model(RegisterConfig(
         model_dir=pretrained_dir,
-        registered_model_name=pretrained_model_name or f"{registered_model_prefix}-{preset}",
+        registered_model_name=pretrained_registered_name or encoder_registered_name(registered_model_prefix, pretrained_dir),
         kind="pretrained",
-        run_name=f"pretrain-{preset}",
+        run_name=f"pretrain-{pretrained_model_name(pretrained_dir)}",
         **(dict(primary_metric="suite_score", greater_is_better=True) if "suite_score" in (pretrained_metrics or {})
            else dict(primary_metric="eval_mlm_loss", greater_is_better=False,
                      comparable_on=("bertflow.tokenizer_sha256",))),
