@@ -32,7 +32,7 @@ from bert_core.config import SEED, ConfigError, check_choice, check_training_fie
 from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.textfiles import read_table_file
 from bert_core.metrics import classification_metrics, eval_metrics
-from bert_core.model import describe_model, resolve_model
+from bert_core.model import describe_model, load_with_task_head, resolve_model
 from bert_core.optim import build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
             raise ValueError(f"{name} labels must lie in [0, {num_labels}) for label_names={config.label_names}")
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForSequenceClassification.from_pretrained(
+    model = load_with_task_head(AutoModelForSequenceClassification, 
         model_path,
         num_labels=num_labels,
         id2label=dict(enumerate(config.label_names)),

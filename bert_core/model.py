@@ -15,6 +15,7 @@ gradients stay synchronised.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from torch import nn
 from transformers import BertConfig, BertForPreTraining, ModernBertConfig, ModernBertForMaskedLM, PretrainedConfig
 
 from bert_core import stage
+
+logger = logging.getLogger(__name__)
 
 PRESETS: dict[str, dict[str, int]] = {
     "bert-tiny": {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2},
@@ -206,3 +209,34 @@ def model_description(directory: str | Path) -> dict:
     """The description `describe_model` wrote, or {} for a model from elsewhere (a package, a Hub download)."""
     path = Path(directory) / DESCRIPTION_FILE
     return stage.read_json(path) if path.is_file() else {}
+
+
+def _no_load_report(record: logging.LogRecord) -> bool:
+    return " LOAD REPORT" not in record.getMessage()
+
+
+def load_with_task_head(auto_class, model_path: str | Path, **kwargs) -> torch.nn.Module:
+    """`auto_class.from_pretrained(model_path, **kwargs)` for fine-tuning: the new task head and the pretraining
+    heads left behind are expected, so transformers' load-report table (a warning on every fine-tune) is said in one
+    log line instead; it stays a warning when encoder weights are missing from the checkpoint."""
+    # A filter, not a higher level: transformers runs an extra tensor-parallel check, and warns from it, when its
+    # modeling_utils logger's level is WARNING or above.
+    transformers_logger = logging.getLogger("transformers.modeling_utils")
+    transformers_logger.addFilter(_no_load_report)
+    try:
+        model, info = auto_class.from_pretrained(model_path, output_loading_info=True, **kwargs)
+    finally:
+        transformers_logger.removeFilter(_no_load_report)
+    missing, unused = sorted(info.get("missing_keys", ())), sorted(info.get("unexpected_keys", ()))
+    encoder_missing = [k for k in missing if k.startswith(f"{model.base_model_prefix}.")]
+    logger.log(logging.WARNING if encoder_missing else logging.INFO,
+               "%s from %s: newly initialised: %s; checkpoint weights not used: %d%s", type(model).__name__,
+               model_path, ", ".join(missing) or "nothing", len(unused), f" ({', '.join(unused[:4])})" if unused else "")
+    return model
+
+
+def pretrained_model_name(directory: str | Path) -> str:
+    """`model_name` of the pretrained model in `directory`, from its description: what its MLflow run and
+    registered model are called after."""
+    description = model_description(directory)
+    return model_name(description["preset"], description.get("architecture", "bert"))

@@ -24,7 +24,7 @@ from bert_core import stage
 from bert_core.catalogue import CONLL2003_TAGS
 from bert_core.config import check_positive
 from bert_core.finetune import TrainingConfig, fit, run_key
-from bert_core.model import resolve_model
+from bert_core.model import load_with_task_head, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def finetune_ner(config: NerConfig) -> dict[str, Any]:
         if unknown:
             raise ValueError(f"{name} file has tags {unknown[:5]} that are not in label_names {list(config.label_names)}")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForTokenClassification.from_pretrained(
+    model = load_with_task_head(AutoModelForTokenClassification, 
         model_path, num_labels=len(config.label_names), id2label=dict(enumerate(config.label_names)),
         label2id=label_ids)
     rows = encode_words(tokenizer, [w for w, _ in train], [[label_ids[t] for t in tags] for _, tags in train],

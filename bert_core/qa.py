@@ -36,6 +36,7 @@ import numpy as np
 from bert_core import stage
 from bert_core.config import ConfigError, check_positive
 from bert_core.finetune import TokenRows, TrainingConfig, fit, run_key
+from bert_core.model import load_with_task_head
 
 logger = logging.getLogger(__name__)
 
@@ -328,7 +329,7 @@ def finetune_qa(config: QaConfig) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{model_path}: extractive QA needs a fast tokenizer (tokenizer.json) for character offsets")
-    model = AutoModelForQuestionAnswering.from_pretrained(model_path)
+    model = load_with_task_head(AutoModelForQuestionAnswering, model_path)
     rows, counts = training_features(tokenizer, train, config)
     if counts["rejected_answer_not_in_context"]:
         logger.warning("qa: %d training questions rejected: the answer text is not in the context",

@@ -1,7 +1,9 @@
+import logging
+
 import pytest
 import torch
 
-from bert_core.model import PRESETS, PretrainingObjective, model_config, build_model
+from bert_core.model import PRESETS, PretrainingObjective, build_model, load_with_task_head, model_config
 
 
 @pytest.mark.parametrize("preset,layers,hidden,heads", [
@@ -45,3 +47,28 @@ def test_models_use_scaled_dot_product_attention():
     from bert_core.model import build_model
 
     assert build_model("bert-tiny", vocab_size=100).config._attn_implementation == "sdpa"
+
+
+def test_a_new_task_head_is_one_log_line_not_a_load_report(tmp_path, caplog, capsys):
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    build_model("bert-tiny", vocab_size=64).save_pretrained(tmp_path / "pretrained")
+    with caplog.at_level(logging.INFO, logger="bert_core.model"):
+        model = load_with_task_head(AutoModelForSequenceClassification, tmp_path / "pretrained", num_labels=3)
+    assert model.classifier.out_features == 3
+    out = capsys.readouterr()
+    assert "LOAD REPORT" not in out.out + out.err + caplog.text
+    [line] = [r for r in caplog.records if r.name == "bert_core.model"]
+    assert line.levelno == logging.INFO
+    assert "newly initialised: classifier.bias, classifier.weight" in line.getMessage()
+    assert "checkpoint weights not used: " in line.getMessage() and "cls." in line.getMessage()
+
+    # Encoder weights missing from the checkpoint are not expected: that stays a warning.
+    pretrained = build_model("bert-tiny", vocab_size=64)
+    state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("bert.encoder.layer.1.")}
+    pretrained.save_pretrained(tmp_path / "partial", state_dict=state)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bert_core.model"):
+        load_with_task_head(AutoModelForTokenClassification, tmp_path / "partial", num_labels=2)
+    [line] = [r for r in caplog.records if r.name == "bert_core.model"]
+    assert line.levelno == logging.WARNING and "bert.encoder.layer.1." in line.getMessage()
