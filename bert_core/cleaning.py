@@ -54,6 +54,7 @@ class CleanDocument:
     source: str
     sentences: tuple[str, ...]
     long_words_removed: int = 0  # runs of word characters over max_word_chars taken out
+    c1_controls_repaired: int = 0  # C1 controls read as their cp1252 characters (`repair_c1_controls`)
 
 
 _GUTENBERG_START = re.compile(r"^\*\*\*\s*START OF (?:THE|THIS) PROJECT GUTENBERG EBOOK[^\n]*\*\*\*\s*$", re.I | re.M)
@@ -62,9 +63,14 @@ _GUTENBERG_END = re.compile(r"^\*\*\*\s*END OF (?:THE|THIS) PROJECT GUTENBERG EB
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
-# Characters that mark bytes as binary rather than text: C0/C1 controls other than tab, newline, vertical tab,
-# form feed and carriage return.
-_BINARY_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+# C1 controls that cp1252 maps to characters (U+0085 "…", U+0096 "–", U+0092 "’", ...): text decoded as Latin-1
+# somewhere upstream and saved as UTF-8 (3% of IMDb's reviews). They are those characters, not controls; the five
+# that cp1252 leaves undefined stay controls.
+_C1 = re.compile(r"[\x80-\x9f]")
+_CP1252_C1 = {b: bytes([b]).decode("cp1252") for b in range(0x80, 0xA0) if b not in (0x81, 0x8D, 0x8F, 0x90, 0x9D)}
+# Characters that mark bytes as binary rather than text: C0 controls other than tab, newline, vertical tab, form
+# feed and carriage return, DEL, and the C1 controls cp1252 does not define.
+_BINARY_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f\x81\x8d\x8f\x90\x9d]")
 # CJK ideographs are words of one character to WordPiece (its normaliser spaces them), so runs of them are no words.
 _IDEOGRAPHS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 
@@ -87,6 +93,16 @@ def strip_gutenberg(text: str) -> str:
     if end:
         text = text[: end.start()]
     return text
+
+
+def repair_c1_controls(text: str) -> tuple[str, int]:
+    """`text` with the C1 controls that cp1252 defines read as cp1252 ("money\\x85 We" -> "money… We"), and how
+    many were repaired."""
+    count = len(_C1.findall(text))
+    if not count:
+        return text, 0
+    repaired = text.translate(_CP1252_C1)
+    return repaired, count - len(_C1.findall(repaired))
 
 
 def normalize_text(text: str) -> str:
@@ -179,6 +195,7 @@ def clean_document(doc, config: CleaningConfig) -> tuple[CleanDocument | None, s
         return None, REJECT_TOO_LONG
     if config.strip_gutenberg:
         text = strip_gutenberg(text)
+    text, c1_repaired = repair_c1_controls(text)
     text = normalize_text(text)
     text, long_words = remove_long_words(text, config.max_word_chars)
     if not text:
@@ -190,4 +207,5 @@ def clean_document(doc, config: CleaningConfig) -> tuple[CleanDocument | None, s
     sentences = split_sentences(text, splitter=config.sentence_splitter, min_sentence_chars=config.min_sentence_chars)
     if len(sentences) < config.min_sentences:
         return None, REJECT_FEW_SENTENCES
-    return CleanDocument(id=doc.id, source=doc.source, sentences=tuple(sentences), long_words_removed=long_words), None
+    return CleanDocument(id=doc.id, source=doc.source, sentences=tuple(sentences), long_words_removed=long_words,
+                         c1_controls_repaired=c1_repaired), None

@@ -2,6 +2,7 @@ import pytest
 
 from bert_core.cleaning import CleaningConfig, clean_document, normalize_text, split_sentences, strip_gutenberg
 from bert_core.corpus import Document
+from bert_core.textfiles import decode_text
 
 
 def test_strip_gutenberg_keeps_only_the_body():
@@ -71,3 +72,20 @@ def test_words_longer_than_wordpiece_takes_are_removed_and_counted():
     clean, why = clean_document(Document(id="z", source="s", text=chinese), CleaningConfig(min_sentences=1))
     assert why is None and clean.long_words_removed == 0 and "".join(clean.sentences) == chinese
     assert clean_document(doc, CleaningConfig(max_word_chars=500_000))[0].long_words_removed == 0
+
+
+def test_cp1252_c1_controls_are_repaired_and_counted_not_dropped():
+    # IMDb train/pos/8863_8 (3% of IMDb's reviews are like it): cp1252 "…" and "—" stored as U+0085 and U+0097.
+    # Dropped as controls, they glued sentences together; counted as binary, they rejected the review.
+    text = ("After a cold sex scene, we know that Andy is a payroll manager who badly needs some extra money\x85 We "
+            "also discover that he has been stealing from his job\x85 He persuades his brother\x97a likable loser\x97"
+            "to join him in a plan to steal from their own parents' small store. The years 1990\x962000 went by.")
+    assert decode_text(text.encode("utf-8")) == (text, "utf-8")  # text, not binary_file
+    clean, reason = clean_document(Document(id="r", source="imdb", text=text), CleaningConfig())
+    assert reason is None and clean.c1_controls_repaired == 5
+    joined = " ".join(clean.sentences)
+    assert "money… We" in joined and "brother—a likable loser—to" in joined and "1990–2000" in joined
+    assert split_sentences(joined)[0].endswith("money…")
+    # Random bytes are still binary, and the C1 controls cp1252 leaves undefined stay controls.
+    assert decode_text(bytes(range(256)) * 8) is None
+    assert normalize_text("a\x81b\x9dc") == "abc"
