@@ -70,9 +70,14 @@ class SuiteConfig:
         if self.size not in SIZES:
             raise ConfigError(f"SuiteConfig.size is {self.size!r}; expected one of {sorted(SIZES)}")
         check_positive(self, "num_train_epochs", "max_train_steps", "max_seq_length", "per_device_train_batch_size")
-        if SIZES[self.size].get("full_files") and not self.data_dir:
+        if self.full_files and not self.data_dir:
             raise ConfigError(f"SuiteConfig.size {self.size!r} fine-tunes on full train sets: give data_dir (a folder "
                               f"laid out like ../shared/data/tasks)")
+
+    @property
+    def full_files(self) -> bool:
+        """Whether this size fine-tunes on the tasks' full train sets (from `data_dir`)."""
+        return bool(SIZES[self.size].get("full_files"))
 
     def protocol(self) -> dict[str, Any]:
         """The settings both arms are fine-tuned with: the size's, overridden by the fields given."""
@@ -85,13 +90,13 @@ class SuiteConfig:
                 values[name] = getattr(self, name)
         values.update(max_seq_length=self.max_seq_length, early_stopping_patience=self.early_stopping_patience,
                       per_device_train_batch_size=self.per_device_train_batch_size,
-                      full_files=bool(SIZES[self.size].get("full_files")))
+                      full_files=self.full_files)
         return values
 
     def task_files(self, task) -> tuple[str, str]:
         """A task's (train, dev) files: from `data_dir` for a `full` size and for tasks without a bundled sample,
         else the bundled sample."""
-        if self.data_dir and (SIZES[self.size].get("full_files") or task.train_file is None):
+        if self.data_dir and (self.full_files or task.train_file is None):
             return task.files(data_dir=self.data_dir)
         return task.files()
 
