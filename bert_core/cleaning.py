@@ -190,21 +190,26 @@ def clean_document(doc, config: CleaningConfig) -> tuple[CleanDocument | None, s
         return None, doc.error  # the reader's reason (corpus.UNREADABLE_FILE, BAD_JSON_RECORD, ...)
     if doc.skip:
         return None, doc.skip
-    text = doc.text
-    if len(text) > config.max_chars:
+    pieces = [doc.text] if doc.sentences is None else doc.sentences  # a task file's rows are sentences already
+    if sum(map(len, pieces)) > config.max_chars:
         return None, REJECT_TOO_LONG
-    if config.strip_gutenberg:
-        text = strip_gutenberg(text)
-    text, c1_repaired = repair_c1_controls(text)
-    text = normalize_text(text)
-    text, long_words = remove_long_words(text, config.max_word_chars)
+    cleaned, c1_repaired, long_words = [], 0, 0
+    for piece in pieces:
+        if config.strip_gutenberg and doc.sentences is None:
+            piece = strip_gutenberg(piece)
+        piece, repaired = repair_c1_controls(piece)
+        piece, removed = remove_long_words(normalize_text(piece), config.max_word_chars)
+        cleaned.append(piece)
+        c1_repaired, long_words = c1_repaired + repaired, long_words + removed
+    text = " ".join(c for c in cleaned if c)
     if not text:
         return None, REJECT_EMPTY
     if len(text) < config.min_chars:
         return None, REJECT_TOO_SHORT
     if _alpha_fraction(text) < config.min_alpha_fraction:
         return None, REJECT_NOT_TEXT
-    sentences = split_sentences(text, splitter=config.sentence_splitter, min_sentence_chars=config.min_sentence_chars)
+    sentences = (split_sentences(text, splitter=config.sentence_splitter, min_sentence_chars=config.min_sentence_chars)
+                 if doc.sentences is None else [c for c in cleaned if len(c) >= config.min_sentence_chars])
     if len(sentences) < config.min_sentences:
         return None, REJECT_FEW_SENTENCES
     return CleanDocument(id=doc.id, source=doc.source, sentences=tuple(sentences), long_words_removed=long_words,

@@ -7,7 +7,11 @@ in the local cache). File formats, by suffix, optionally compressed with gzip, b
 - `.xml` (MediaWiki XML dumps such as `enwiki-*-pages-articles.xml.bz2`): one document per article, wiki markup
   removed with mwparserfromhell; redirects and non-article namespaces are skipped and counted;
 - any other file: plain text, one document per file (books; Project Gutenberg headers are stripped when cleaning)
-  or one per blank-line separated paragraph; WikiExtractor `<doc>` files are recognised by their content.
+  or one per blank-line separated paragraph; WikiExtractor `<doc>` files are recognised by their content;
+- `PATH::COLUMN[,COLUMN]` (the form of `IngestConfig.decontamination_files`): the text columns of a task file
+  (TSV/CSV/JSONL/Parquet, e.g. `sst2/train.tsv::sentence`, `mrpc/train.tsv::#1 String,#2 String`), for
+  pretraining on downstream text (Krishna et al. 2023): each row's column texts are sentences as they stand (SST-2's
+  phrases have no end punctuation to split on), `rows_per_document` rows in file order one document.
 Reading never raises on bad input: a bad record becomes a `Document` with an `error` reason (and a `detail` naming
 the file and line) and the file goes on; a file that cannot be read at all, or whose archive breaks off, becomes one
 such `Document` after the complete records before the problem. The cleaning step counts each under its reason.
@@ -30,8 +34,9 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from bert_core.textfiles import (base_suffix, decode_text, display_path, local_unit, open_binary, portable_unit,
-                                 scrub_surrogates)
-from bert_core.config import check_choice, check_fields
+                                 read_table_file, scrub_surrogates)
+from bert_core.config import check_choice, check_fields, check_positive
+from bert_core.wikitext import wikitext_to_text
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 SAMPLE_SOURCES = (str(SAMPLE_DIR / "corpus" / "wikipedia"), str(SAMPLE_DIR / "corpus" / "books"))
@@ -56,7 +61,6 @@ SURROGATES_REPLACED = "surrogates_replaced"  # lone UTF-16 surrogates (JSON "\\u
 
 
 _WIKI_DOC_OPEN = re.compile(r'<doc id="(?P<id>[^"]*)"[^>]*?title="(?P<title>[^"]*)"[^>]*>')
-_WIKI_DROP_LINKS = re.compile(r"^\s*:?\s*(file|image|category|media):", re.I)
 @dataclass(frozen=True, kw_only=True)
 class Document:
     id: str
@@ -67,6 +71,7 @@ class Document:
     detail: str | None = None  # for an error or a note: what went wrong, where (file and line or record)
     note: str | None = None  # a repair that kept the document (UNCLOSED_DOC, SURROGATES_REPLACED)
     encoding: str | None = None  # how the bytes were decoded ("utf-8", "cp1252", ...)
+    sentences: tuple[str, ...] | None = None  # text already in sentences (a task file's rows): not split again
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,10 +79,18 @@ class ReadConfig:
     text_column: str = "text"
     id_column: str | None = None
     text_document_boundary: str = "file"  # "file": one document per text file; "blank_line": per paragraph
+    rows_per_document: int = 20  # a task file's rows per document (`PATH::COLUMNS` sources)
 
     def __post_init__(self):
         check_fields(self)
         check_choice(self, "text_document_boundary", ("file", "blank_line"))
+        check_positive(self, "rows_per_document")
+
+
+def task_source(source: str) -> tuple[str, tuple[str, ...]]:
+    """(path, text columns) of a `PATH::COLUMNS` source; (source, ()) for any other."""
+    path, separator, columns = ("", "", "") if source.startswith("hf:") else source.partition("::")
+    return (path, tuple(c for c in columns.split(",") if c)) if separator else (source, ())
 
 
 def expand_source(source: str) -> list[Path]:
@@ -99,34 +112,6 @@ def expand_source(source: str) -> list[Path]:
     else:
         raise FileNotFoundError(f"corpus source {source!r} is neither a file, a directory nor a matching glob")
     return sorted(files)
-
-
-def wikitext_to_text(wikitext: str) -> str:
-    """Plain text of a MediaWiki article: templates, refs, tables, files, categories and headings removed, links
-    replaced by their text, one paragraph per block."""
-    import mwparserfromhell
-
-    code = mwparserfromhell.parse(wikitext)
-    for node in list(code.ifilter_tags(recursive=True)):
-        if str(node.tag).lower() in {"table", "ref", "gallery", "math", "timeline", "references"}:
-            _remove(code, node)
-    for node in list(code.ifilter_wikilinks(recursive=True)):
-        if _WIKI_DROP_LINKS.match(str(node.title)):
-            _remove(code, node)
-    for node in list(code.ifilter_headings(recursive=True)):
-        _remove(code, node)
-    text = code.strip_code(normalize=True, collapse=True, keep_template_params=False)
-    lines = [line.strip() for line in text.split("\n")]
-    # List bullets and indentation markers survive strip_code as leading characters.
-    lines = [re.sub(r"^[*#:;]+\s*", "", line) for line in lines]
-    return "\n\n".join(line for line in lines if line)
-
-
-def _remove(code, node) -> None:
-    try:
-        code.remove(node)
-    except ValueError:
-        pass  # already gone with a parent that was removed first
 
 
 def _read_wiki_xml(path: Path, source: str) -> Iterator[Document]:
@@ -306,10 +291,25 @@ class _FileProblem(Exception):
         self.reason = reason
 
 
-def _read_file(path: Path, config: ReadConfig) -> Iterator[Document]:
+def _read_task_rows(path: Path, source: str, columns: tuple[str, ...], config: ReadConfig) -> Iterator[Document]:
+    table = read_table_file(path, string_columns=columns)
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise _FileProblem(MISSING_TEXT_FIELD, f"no column(s) {missing}; its columns are {table.column_names}")
+    rows = list(zip(*(table.column(c).to_pylist() for c in columns)))
+    name, step = display_path(path.name), config.rows_per_document
+    for start in range(0, len(rows), step):
+        sentences = tuple(t.strip() for row in rows[start:start + step] for t in row if isinstance(t, str) and t.strip())
+        yield Document(id=f"{name}:{start}", source=source, text=" ".join(sentences), sentences=sentences,
+                       encoding="utf-8")
+
+
+def _read_file(path: Path, config: ReadConfig, columns: tuple[str, ...] = ()) -> Iterator[Document]:
     fmt, _ = base_suffix(path)
     source = display_path(path)
-    if fmt == ".parquet":
+    if columns:
+        yield from _read_task_rows(path, f"{source}::{','.join(columns)}", columns, config)
+    elif fmt == ".parquet":
         yield from _read_parquet(path, source, config)
     elif fmt in {".jsonl", ".ndjson"}:
         with open_binary(path) as handle:
@@ -349,7 +349,10 @@ def input_units(sources: tuple[str, ...] | list[str]) -> list[str]:
     `portable_unit`, so that units can travel as task parameters whatever their file names."""
     units: list[str] = []
     for source in sources:
-        units.extend([source] if source.startswith("hf:") else [portable_unit(str(p)) for p in expand_source(source)])
+        path, columns = task_source(source)
+        suffix = f"::{','.join(columns)}" if columns else ""
+        units.extend([source] if source.startswith("hf:") else
+                     [portable_unit(str(p)) + suffix for p in expand_source(path)])
     if not units:
         raise ValueError(f"the corpus sources {list(sources)} name no files")
     return units
@@ -360,10 +363,10 @@ def read_unit(unit: str, config: ReadConfig) -> Iterator[Document]:
     document with an `error` reason and the file goes on; a file (or dataset) that cannot be read, or that breaks
     off, ends with one such document, after the complete records read before the problem."""
     count = 0
-    unit = local_unit(unit)
+    unit, columns = task_source(local_unit(unit))
     source = unit if unit.startswith("hf:") else display_path(unit)
     try:
-        for doc in _read_hf(unit, config) if unit.startswith("hf:") else _read_file(Path(unit), config):
+        for doc in _read_hf(unit, config) if unit.startswith("hf:") else _read_file(Path(unit), config, columns):
             count += 1
             yield doc
     except _FileProblem as problem:

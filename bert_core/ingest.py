@@ -37,7 +37,7 @@ from bert_core.cleaning import (
     CleaningConfig,
     clean_document,
 )
-from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, input_units, read_unit
+from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, input_units, read_unit, task_source
 from bert_core.textfiles import display_path, local_unit, portable_unit
 from bert_core.dedup import (
     ContaminationIndex,
@@ -110,7 +110,7 @@ def contamination_index(config: IngestConfig) -> ContaminationIndex | None:
 
 def part_key(unit: str, config: IngestConfig) -> str:
     unit = local_unit(unit)
-    content = unit if unit.startswith("hf:") else stage.hash_file(unit)
+    content = unit if unit.startswith("hf:") else stage.hash_file(task_source(unit)[0])
     return stage.hash_json({"unit": Path(unit).name if not unit.startswith("hf:") else unit, "content": content,
                             "read": config.read, "cleaning": config.cleaning, "dedup": config.dedup,
                             "decontamination": _decontamination_digest(config), "version": PART_SCHEMA_VERSION})
@@ -170,7 +170,8 @@ def process_input(unit: str, config: IngestConfig, parts_dir: str | Path) -> dic
     record = {"unit": portable_unit(unit), "key": key, "part": part_path.name, "read": read, "cleaned": kept,
               "rejected": dict(rejected), "sentences": sentences, "characters": characters,
               "encodings": dict(encodings), "long_words_removed": long_words,
-              "c1_controls_repaired": c1_repaired, "problems": [{"path": display_path(unit), "problem": reason, **p} for reason, p in sorted(problems.items())]}
+              "c1_controls_repaired": c1_repaired,
+              "problems": [{"path": display_path(unit), "problem": reason, **p} for reason, p in sorted(problems.items())]}
     stage.write_json(record_path, record)
     return record
 

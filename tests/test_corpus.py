@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from bert_core.corpus import ReadConfig, input_units, read_documents, wikitext_to_text
+from bert_core.corpus import ReadConfig, input_units, read_documents
+from bert_core.wikitext import wikitext_to_text
 
 PARAGRAPH = "The river runs through the old town. Boats carry goods to the market every morning. "
 

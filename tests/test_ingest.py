@@ -163,3 +163,32 @@ def test_a_small_corpus_gets_two_documents_in_each_split():
     assert not _ensure_both_splits(two, [np.array([0.01, 0.5])]) and list(two[0]) == [2, 1]
     empty = [np.array([1, 1, 1])]
     assert _ensure_both_splits(empty, [np.array([0.3, 0.1, 0.2])]) and list(empty[0]) == [1, 2, 1]
+
+
+def test_a_task_files_text_columns_are_a_source_of_sentences(tmp_path):
+    # Self-pretraining on downstream text: SST-2's phrases (no end punctuation: a sentence splitter would make a
+    # 10-phrase document one sentence) and both sentences of each MRPC pair stay the sentences they are.
+    from bert_core.corpus import SAMPLE_DIR, ReadConfig
+    from bert_core.textfiles import read_table_file
+
+    sst2, mrpc = SAMPLE_DIR / "sst2" / "train.tsv", SAMPLE_DIR / "mrpc" / "train.tsv"
+    sources = (f"{sst2}::sentence", f"{mrpc}::#1 String,#2 String", f"{sst2}::no_such_column")
+    config = IngestConfig(sources=sources, validation_fraction=0.1, seed=1, read=ReadConfig(rows_per_document=10))
+    out = ingest_corpus(config, tmp_path / "out")
+    manifest = json.loads((out / "manifest.json").read_text())
+    phrases = read_table_file(sst2, string_columns=("sentence",)).column("sentence").to_pylist()
+    pairs = read_table_file(mrpc, string_columns=("#1 String",)).num_rows
+    assert manifest["per_source"][sources[0]]["read"] == len(phrases) // 10 == 400
+    assert manifest["per_source"][sources[1]]["read"] == pairs // 10 == 80
+    assert manifest["documents_rejected"]["missing_text_field"] == 1
+    [problem] = [p for p in manifest["problem_files"] if p["problem"] == "missing_text_field"]
+    assert "no_such_column" in problem["example"] and "sentence" in problem["example"]
+    documents = read_ingested(out, "train") + read_ingested(out, "validation")
+    first = [p.strip() for p in phrases[:10] if len(p.strip()) >= 2]
+    assert first in documents  # the first ten rows, each its own sentence
+    mrpc_docs = [d for d in documents if len(d) == 20]  # 10 pairs -> 20 sentences
+    assert len(mrpc_docs) >= 70
+    # The part key follows the file's content: a rerun is skipped.
+    record = (out / "stage.json").stat().st_mtime_ns
+    ingest_corpus(config, tmp_path / "out")
+    assert (out / "stage.json").stat().st_mtime_ns == record
