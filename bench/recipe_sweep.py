@@ -1,0 +1,145 @@
+"""The recipe sweep of issue 15, recorded: `python bench/recipe_sweep.py SWEEP.json` (seconds; the runs are made
+beforehand with `python -m bert_core pretrain` and `python -m bert_core suite`).
+
+SWEEP.json lists the runs: [{"label": "D", "series": "ModernBERT-tiny, MLM", "factor": "architecture",
+"pretrain_dir": ".../screen-D", "suite_dir": ".../suite-D"}, ...]. For each run this reads what the stages wrote
+(the pretraining config and summary, its shards' manifest and masking, the suite's report.json) and
+- logs it as one run of the MLflow experiment `bertflow-recipe-sweep` (params: the pretraining and example configs
+  and the factor; metrics: training tokens and seconds, held-out MLM accuracy and loss, each suite task's pretrained
+  and random-init mean/std, difference and paired p; the suite report as an artifact);
+- writes `docs/recipe-sweep.json` (the table) and `docs/recipe-suite-vs-tokens.png`: SST-2 dev accuracy of each
+  series against training tokens, the random-init twin as a band (mean +- std over its seeds), one-seed screening
+  points hollow, three-seed points with std error bars.
+Nothing is recomputed: a run without a suite report is logged and tabled without suite figures.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bert_core import stage, tracking  # noqa: E402
+
+EXPERIMENT = "bertflow-recipe-sweep"
+
+
+def read_run(spec: dict) -> dict:
+    pretrain_dir = Path(spec["pretrain_dir"])
+    config = stage.read_json(pretrain_dir / stage.STAGE_RECORD)["config"]
+    summary = stage.read_json(pretrain_dir / "summary.json")
+    shards = Path(config["shards_dir"])
+    examples = stage.read_json(shards / stage.STAGE_RECORD)["config"]
+    train = stage.read_json(shards / "train" / "manifest.json")
+    report_file = Path(spec["suite_dir"]) / "report.json" if spec.get("suite_dir") else None
+    report = stage.read_json(report_file) if report_file and report_file.is_file() else None
+    return {
+        "label": spec["label"], "series": spec["series"], "factor": spec.get("factor", ""),
+        "model": f"{config.get('architecture', 'bert')} {config['preset']}",
+        "pair_objective": examples["pair_objective"], "mask_rate": examples["mlm"]["mlm_probability"],
+        "corpus": spec.get("corpus", ""), "corpus_tokens": train["num_tokens"],
+        "batch": config["per_device_train_batch_size"] * config.get("gradient_accumulation_steps", 1),
+        "learning_rate": config["learning_rate"], "warmup_fraction": config.get("warmup_fraction"),
+        "train_tokens": summary["train_tokens"], "train_seconds": round(summary["train_seconds"], 1),
+        "eval_mlm_accuracy": summary["eval_mlm_accuracy"], "eval_mlm_loss": summary["eval_mlm_loss"],
+        "suite": None if report is None else [
+            {k: t[k] for k in ("task", "metric", "pretrained_mean", "pretrained_std", "pretrained_scores", "twin_mean",
+                               "twin_std", "twin_scores", "delta", "paired_p_value", "pretrained_learning_rate")}
+            for t in report["tasks"]],
+        "suite_protocol": None if report is None else report["protocol"],
+        "_config": config, "_examples": examples, "_report_file": str(report_file) if report else None,
+    }
+
+
+def log_to_mlflow(run: dict) -> str:
+    metrics = {k: run[k] for k in ("train_tokens", "train_seconds", "eval_mlm_accuracy", "eval_mlm_loss",
+                                   "corpus_tokens")}
+    for task in run["suite"] or []:
+        for key in ("pretrained_mean", "pretrained_std", "twin_mean", "twin_std", "delta", "paired_p_value"):
+            if task[key] is not None:
+                metrics[f"suite_{task['task']}_{key}"] = task[key]
+    run_id = tracking.start_run(EXPERIMENT, f"{run['label']}: {run['series']}",
+                                {"pretrain": run["_config"], "examples": run["_examples"], "factor": run["factor"],
+                                 "corpus": run["corpus"], "suite_protocol": run["suite_protocol"]},
+                                tags={"bertflow.sweep_label": run["label"], "bertflow.sweep_series": run["series"]})
+    tracking.log_metrics(run_id, metrics)
+    if run["_report_file"]:
+        from mlflow import MlflowClient
+
+        MlflowClient().log_artifact(run_id, run["_report_file"])
+    tracking.finish_run(run_id)
+    return run_id
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    twins = {}
+    for run in runs:
+        sst2 = next((t for t in run["suite"] or [] if t["task"] == "sst2"), None)
+        if sst2 and len(sst2["twin_scores"]) > len(twins.get(run["model"], {}).get("twin_scores", [])):
+            twins[run["model"]] = sst2
+    for (model, twin), color in zip(sorted(twins.items()), ("0.6", "0.8")):
+        low, high = twin["twin_mean"] - twin["twin_std"], twin["twin_mean"] + twin["twin_std"]
+        ax.axhspan(low, high, color=color, alpha=0.5, lw=0,
+                   label=f"random init, {model} ({len(twin['twin_scores'])} seeds, mean +- std)")
+    placed: dict[tuple, int] = {}  # labels already at a point: the next one goes above them
+    for series, marker in zip(dict.fromkeys(r["series"] for r in runs), "osD^vP<>"):
+        points = sorted(((r["train_tokens"], t, r["label"]) for r in runs if r["series"] == series
+                         for t in r["suite"] or [] if t["task"] == "sst2"), key=lambda p: p[0])
+        if not points:
+            continue
+        line, = ax.plot([p[0] for p in points], [p[1]["pretrained_mean"] for p in points], marker=marker, label=series)
+        for tokens, task, label in points:
+            several = len(task["pretrained_scores"]) > 1
+            ax.errorbar(tokens, task["pretrained_mean"], yerr=task["pretrained_std"] if several else None,
+                        marker=marker, color=line.get_color(), mfc=line.get_color() if several else "white",
+                        capsize=3)
+            at = (round(tokens, -5), round(task["pretrained_mean"], 3))
+            placed[at] = placed.get(at, -1) + 1
+            ax.annotate(label, (tokens, task["pretrained_mean"]), textcoords="offset points",
+                        xytext=(5, 4 + 9 * placed[at]), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xticks([t for t in (1e6, 3e6, 1e7, 3e7, 1e8, 3e8) if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]])
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e6:g}M"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("pretraining tokens (non-pad tokens the optimizer saw)")
+    ax.set_ylabel("SST-2 dev accuracy (full train set)")
+    ax.set_title("Pretrained vs random init on SST-2: hollow = 1 seed, filled = 3 seeds (+- std)", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    specs = json.loads(Path(argv[1]).read_text())
+    runs = [read_run(spec) for spec in specs]
+    for run in runs:
+        run["mlflow_run_id"] = log_to_mlflow(run)
+    out = REPO / "docs"
+    out.mkdir(exist_ok=True)
+    table = [{k: v for k, v in run.items() if not k.startswith("_")} for run in runs]
+    stage.write_json(out / "recipe-sweep.json", table)
+    plot(runs, out / "recipe-suite-vs-tokens.png")
+    for run in table:
+        sst2 = next((t for t in run["suite"] or [] if t["task"] == "sst2"), None)
+        print(f"{run['label']:>2} {run['series']:<40} {run['train_tokens'] / 1e6:5.1f}M tokens  MLM acc "
+              f"{run['eval_mlm_accuracy']:.3f}  SST-2 " + (f"{sst2['pretrained_mean']:.4f} vs {sst2['twin_mean']:.4f}"
+                                                           if sst2 else "-"))
+    print(json.dumps({"experiment": EXPERIMENT, "tracking_uri": tracking.redact(tracking.configure_tracking()),
+                      "runs": len(runs)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
