@@ -117,11 +117,15 @@ def random_init_twin(encoder_dir: str | Path, cache_root: str | Path, seed: int 
 
     from bert_core.model import PRETRAINING_CLASSES, architecture_of
 
+    from bert_core.tokenizer import tokenizer_hash
+
     encoder_dir = Path(encoder_dir)
     config = AutoConfig.from_pretrained(encoder_dir)
-    tokenizer_files = sorted(encoder_dir.glob("tokenizer*")) + sorted(encoder_dir.glob("vocab.txt"))
-    key = stage.hash_json({"architecture": config.to_dict(), "tokenizer": stage.hash_files(tokenizer_files),
-                           "seed": seed, "version": 1})
+    # Not the encoder's path (`_name_or_path`: every new encoder would miss the cache) nor its tokenizer files' bytes
+    # (their bookkeeping differs between transformers versions): the architecture and the tokenizer's definition.
+    architecture = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+    tokenizer = tokenizer_hash(AutoTokenizer.from_pretrained(encoder_dir))
+    key = stage.hash_json({"architecture": architecture, "tokenizer": tokenizer, "seed": seed, "version": 2})
     twin = Path(cache_root) / key[:16] / "model"
     if (twin / "config.json").is_file():
         return twin

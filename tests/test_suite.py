@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 import subprocess
 import sys
@@ -23,8 +24,10 @@ def reports(pretrained, tmp_path_factory):
     config = SuiteConfig(encoder=pretrained["final_dir"], output_dir=str(root / "a"), size="tiny", max_seq_length=64,
                          max_train_steps=10, twin_dir=str(root / "twins"))
     first = run_suite(config)
-    # Another run on the same architecture and tokenizer: the twin's runs are all reused.
-    second = run_suite(SuiteConfig(**{**config.__dict__, "output_dir": str(root / "b")}))
+    # Another encoder of the same architecture and tokenizer (next week's, in another directory): the twin's runs
+    # are all reused.
+    another = shutil.copytree(pretrained["final_dir"], root / "next-week" / "final")
+    second = run_suite(SuiteConfig(**{**config.__dict__, "encoder": str(another), "output_dir": str(root / "b")}))
     return first, second
 
 
