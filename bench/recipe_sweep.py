@@ -7,9 +7,9 @@ SWEEP.json lists the runs: [{"label": "D", "series": "ModernBERT-tiny, MLM", "fa
 - logs it as one run of the MLflow experiment `bertflow-recipe-sweep` (params: the pretraining and example configs
   and the factor; metrics: training tokens and seconds, held-out MLM accuracy and loss, each suite task's pretrained
   and random-init mean/std, difference and paired p; the suite report as an artifact);
-- writes `docs/recipe-sweep.json` (the table) and `docs/recipe-suite-vs-tokens.png`: SST-2 dev accuracy of each
-  series against training tokens, the random-init twin as a band (mean +- std over its seeds), one-seed screening
-  points hollow, three-seed points with std error bars.
+- writes `docs/recipe-sweep.json` (the figures), `docs/recipe-sweep.md` (the README's table) and
+  `docs/recipe-suite-vs-tokens.png`: SST-2 dev accuracy of each series against training tokens, each run's
+  random-init twin as a grey cross, one-seed screening points hollow, three-seed points with std error bars.
 Nothing is recomputed: a run without a suite report is logged and tabled without suite figures.
 """
 
@@ -51,6 +51,7 @@ def read_run(spec: dict) -> dict:
             for t in report["tasks"]],
         "suite_protocol": None if report is None else report["protocol"],
         "_config": config, "_examples": examples, "_report_file": str(report_file) if report else None,
+        "_pretrain_dir": str(pretrain_dir),
     }
 
 
@@ -61,15 +62,22 @@ def log_to_mlflow(run: dict) -> str:
         for key in ("pretrained_mean", "pretrained_std", "twin_mean", "twin_std", "delta", "paired_p_value"):
             if task[key] is not None:
                 metrics[f"suite_{task['task']}_{key}"] = task[key]
+    from mlflow import MlflowClient
+
+    tracking.configure_tracking()
+    client = MlflowClient()
+    # A rerun replaces the run's earlier record instead of adding a second one.
+    experiment = tracking.ensure_experiment(EXPERIMENT)
+    for old in client.search_runs([experiment], f"tags.`bertflow.sweep_source` = '{run['_pretrain_dir']}'"):
+        client.delete_run(old.info.run_id)
     run_id = tracking.start_run(EXPERIMENT, f"{run['label']}: {run['series']}",
                                 {"pretrain": run["_config"], "examples": run["_examples"], "factor": run["factor"],
                                  "corpus": run["corpus"], "suite_protocol": run["suite_protocol"]},
-                                tags={"bertflow.sweep_label": run["label"], "bertflow.sweep_series": run["series"]})
+                                tags={"bertflow.sweep_label": run["label"], "bertflow.sweep_series": run["series"],
+                                      "bertflow.sweep_source": run["_pretrain_dir"]})
     tracking.log_metrics(run_id, metrics)
     if run["_report_file"]:
-        from mlflow import MlflowClient
-
-        MlflowClient().log_artifact(run_id, run["_report_file"])
+        client.log_artifact(run_id, run["_report_file"])
     tracking.finish_run(run_id)
     return run_id
 
@@ -82,15 +90,16 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    twins = {}
+    # Each run's twin as measured beside it (same seeds, same threads): fine-tuning the same twin weights under
+    # another thread count moves its score by up to ~1 point, so runs are compared with their own measurement.
+    twin_label = "random-init twin of that run (same seeds)"
     for run in runs:
-        sst2 = next((t for t in run["suite"] or [] if t["task"] == "sst2"), None)
-        if sst2 and len(sst2["twin_scores"]) > len(twins.get(run["model"], {}).get("twin_scores", [])):
-            twins[run["model"]] = sst2
-    for (model, twin), color in zip(sorted(twins.items()), ("0.6", "0.8")):
-        low, high = twin["twin_mean"] - twin["twin_std"], twin["twin_mean"] + twin["twin_std"]
-        ax.axhspan(low, high, color=color, alpha=0.5, lw=0,
-                   label=f"random init, {model} ({len(twin['twin_scores'])} seeds, mean +- std)")
+        for task in run["suite"] or []:
+            if task["task"] == "sst2":
+                ax.errorbar(run["train_tokens"], task["twin_mean"],
+                            yerr=task["twin_std"] if len(task["twin_scores"]) > 1 else None, marker="x", ms=7,
+                            color="0.45", capsize=3, ls="none", label=twin_label)
+                twin_label = None
     placed: dict[tuple, int] = {}  # labels already at a point: the next one goes above them
     for series, marker in zip(dict.fromkeys(r["series"] for r in runs), "osD^vP<>"):
         points = sorted(((r["train_tokens"], t, r["label"]) for r in runs if r["series"] == series
@@ -121,6 +130,24 @@ def plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def markdown_table(table: list[dict]) -> str:
+    """The sweep as the README's table: one row per run, SST-2 of both arms where a suite ran."""
+    lines = ["| run | factor | model | objective | corpus | mask | batch | lr | tokens | MLM accuracy (loss) | "
+             "SST-2 pretrained | random init | difference |", "|" + "---|" * 13]
+    for run in table:
+        sst2 = next((t for t in run["suite"] or [] if t["task"] == "sst2"), None)
+        seeds = len(sst2["pretrained_scores"]) if sst2 else 0
+        arms = ([f"{sst2['pretrained_mean']:.4f}" + (f" +- {sst2['pretrained_std']:.4f}" if seeds > 1 else ""),
+                 f"{sst2['twin_mean']:.4f}" + (f" +- {sst2['twin_std']:.4f}" if seeds > 1 else ""),
+                 f"{100 * sst2['delta']:+.1f} ({seeds} seed{'s' if seeds > 1 else ''})"] if sst2 else ["-", "-", "-"])
+        lines.append(" | ".join([
+            f"| {run['label']}", run["factor"], run["model"].replace("bert-", "").replace(" ", "-"),
+            "MLM + " + run["pair_objective"].upper() if run["pair_objective"] != "none" else "MLM", run["corpus"],
+            f"{run['mask_rate']:.0%}", str(run["batch"]), f"{run['learning_rate']:g}", f"{run['train_tokens'] / 1e6:.1f}M",
+            f"{run['eval_mlm_accuracy']:.1%} ({run['eval_mlm_loss']:.2f})", *arms]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str]) -> int:
     specs = json.loads(Path(argv[1]).read_text())
     runs = [read_run(spec) for spec in specs]
@@ -130,6 +157,7 @@ def main(argv: list[str]) -> int:
     out.mkdir(exist_ok=True)
     table = [{k: v for k, v in run.items() if not k.startswith("_")} for run in runs]
     stage.write_json(out / "recipe-sweep.json", table)
+    (out / "recipe-sweep.md").write_text(markdown_table(table))
     plot(runs, out / "recipe-suite-vs-tokens.png")
     for run in table:
         sst2 = next((t for t in run["suite"] or [] if t["task"] == "sst2"), None)
