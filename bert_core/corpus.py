@@ -61,6 +61,8 @@ SURROGATES_REPLACED = "surrogates_replaced"  # lone UTF-16 surrogates (JSON "\\u
 
 
 _WIKI_DOC_OPEN = re.compile(r'<doc id="(?P<id>[^"]*)"[^>]*?title="(?P<title>[^"]*)"[^>]*>')
+
+
 @dataclass(frozen=True, kw_only=True)
 class Document:
     id: str
