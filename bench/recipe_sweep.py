@@ -2,7 +2,8 @@
 beforehand with `python -m bert_core pretrain` and `python -m bert_core suite`).
 
 SWEEP.json lists the runs: [{"label": "D", "series": "ModernBERT-tiny, MLM", "factor": "architecture",
-"pretrain_dir": ".../screen-D", "suite_dir": ".../suite-D"}, ...]. For each run this reads what the stages wrote
+"pretrain_dir": ".../screen-D", "suite_dir": ".../suite-D"}, ...] ("suite_dirs": a list, for tasks measured
+in several suite runs). For each run this reads what the stages wrote
 (the pretraining config and summary, its shards' manifest and masking, the suite's report.json) and
 - logs it as one run of the MLflow experiment `bertflow-recipe-sweep` (params: the pretraining and example configs
   and the factor; metrics: training tokens and seconds, held-out MLM accuracy and loss, each suite task's pretrained
@@ -34,8 +35,11 @@ def read_run(spec: dict) -> dict:
     shards = Path(config["shards_dir"])
     examples = stage.read_json(shards / stage.STAGE_RECORD)["config"]
     train = stage.read_json(shards / "train" / "manifest.json")
-    report_file = Path(spec["suite_dir"]) / "report.json" if spec.get("suite_dir") else None
-    report = stage.read_json(report_file) if report_file and report_file.is_file() else None
+    # One suite directory, or several (a task measured later: "suite_dirs"); their tasks are put together.
+    report_files = [f for d in spec.get("suite_dirs") or [spec.get("suite_dir")] if d
+                    for f in [Path(d) / "report.json"] if f.is_file()]
+    reports = [stage.read_json(f) for f in report_files]
+    report = {"tasks": [t for r in reports for t in r["tasks"]], "protocol": reports[0]["protocol"]} if reports else None
     return {
         "label": spec["label"], "series": spec["series"], "factor": spec.get("factor", ""),
         "model": f"{config.get('architecture', 'bert')} {config['preset']}",
@@ -50,7 +54,7 @@ def read_run(spec: dict) -> dict:
                                "twin_std", "twin_scores", "delta", "paired_p_value", "pretrained_learning_rate")}
             for t in report["tasks"]],
         "suite_protocol": None if report is None else report["protocol"],
-        "_config": config, "_examples": examples, "_report_file": str(report_file) if report else None,
+        "_config": config, "_examples": examples, "_report_files": [str(f) for f in report_files],
         "_pretrain_dir": str(pretrain_dir),
     }
 
@@ -76,8 +80,8 @@ def log_to_mlflow(run: dict) -> str:
                                 tags={"bertflow.sweep_label": run["label"], "bertflow.sweep_series": run["series"],
                                       "bertflow.sweep_source": run["_pretrain_dir"]})
     tracking.log_metrics(run_id, metrics)
-    if run["_report_file"]:
-        client.log_artifact(run_id, run["_report_file"])
+    for index, path in enumerate(run["_report_files"]):
+        client.log_artifact(run_id, path, artifact_path=f"suite-{index}" if index else None)
     tracking.finish_run(run_id)
     return run_id
 
@@ -133,7 +137,7 @@ def plot(runs: list[dict], path: Path) -> None:
 def markdown_table(table: list[dict]) -> str:
     """The sweep as the README's table: one row per run, SST-2 of both arms where a suite ran."""
     lines = ["| run | factor | model | objective | corpus | mask | batch | lr | tokens | MLM accuracy (loss) | "
-             "SST-2 pretrained | random init | difference |", "|" + "---|" * 13]
+             "SST-2 pretrained | random init | difference | other tasks (difference, paired p) |", "|" + "---|" * 14]
     for run in table:
         sst2 = next((t for t in run["suite"] or [] if t["task"] == "sst2"), None)
         seeds = len(sst2["pretrained_scores"]) if sst2 else 0
@@ -144,7 +148,9 @@ def markdown_table(table: list[dict]) -> str:
             f"| {run['label']}", run["factor"], run["model"].replace("bert-", "").replace(" ", "-"),
             "MLM + " + run["pair_objective"].upper() if run["pair_objective"] != "none" else "MLM", run["corpus"],
             f"{run['mask_rate']:.0%}", str(run["batch"]), f"{run['learning_rate']:g}", f"{run['train_tokens'] / 1e6:.1f}M",
-            f"{run['eval_mlm_accuracy']:.1%} ({run['eval_mlm_loss']:.2f})", *arms]) + " |")
+            f"{run['eval_mlm_accuracy']:.1%} ({run['eval_mlm_loss']:.2f})", *arms,
+            ", ".join(f"{t['task'].upper()} {100 * t['delta']:+.1f} (p {t['paired_p_value']:.2g})"
+                      for t in run["suite"] or [] if t["task"] != "sst2") or "-"]) + " |")
     return "\n".join(lines) + "\n"
 
 
