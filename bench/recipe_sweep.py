@@ -60,13 +60,12 @@ def read_run(spec: dict) -> dict:
 
 
 def log_to_mlflow(run: dict) -> str:
-    metrics = {k: run[k] for k in ("train_tokens", "train_seconds", "eval_mlm_accuracy", "eval_mlm_loss",
-                                   "corpus_tokens")}
-    for task in run["suite"] or []:
-        for key in ("pretrained_mean", "pretrained_std", "twin_mean", "twin_std", "delta", "paired_p_value"):
-            if task[key] is not None:
-                metrics[f"suite_{task['task']}_{key}"] = task[key]
     from mlflow import MlflowClient
+
+    from bert_core.suite import task_metrics
+
+    metrics = {**{k: run[k] for k in ("train_tokens", "train_seconds", "eval_mlm_accuracy", "eval_mlm_loss",
+                                      "corpus_tokens")}, **task_metrics(run["suite"] or [])}
 
     tracking.configure_tracking()
     client = MlflowClient()

@@ -33,8 +33,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from bert_core.textfiles import (base_suffix, decode_text, display_path, local_unit, open_binary, portable_unit,
-                                 read_table_file, scrub_surrogates)
+from bert_core.textfiles import (base_suffix, column_spec, decode_text, display_path, local_unit, open_binary,
+                                 portable_unit, read_table_file, scrub_surrogates)
 from bert_core.config import check_choice, check_fields, check_positive
 from bert_core.wikitext import wikitext_to_text
 
@@ -90,9 +90,8 @@ class ReadConfig:
 
 
 def task_source(source: str) -> tuple[str, tuple[str, ...]]:
-    """(path, text columns) of a `PATH::COLUMNS` source; (source, ()) for any other."""
-    path, separator, columns = ("", "", "") if source.startswith("hf:") else source.partition("::")
-    return (path, tuple(c for c in columns.split(",") if c)) if separator else (source, ())
+    """(path, text columns) of a `PATH::COLUMNS` source; (source, ()) for any other, `hf:` names included."""
+    return (source, ()) if source.startswith("hf:") else column_spec(source)
 
 
 def expand_source(source: str) -> list[Path]:

@@ -161,21 +161,21 @@ def read_eval_texts(spec: str) -> list[str]:
     Without columns, the first of `sentence`, `text`, `question`, `context` that exists is used. A SQuAD-format
     JSON file gives its paragraphs (`context`, the default) and/or its questions (`question`).
     """
-    from bert_core.textfiles import read_table_file
+    from bert_core.textfiles import column_spec, read_table_file
 
-    path, _, columns = spec.partition("::")
+    path, columns = column_spec(spec)
     if path.endswith((".json", ".json.gz")):
         from bert_core.qa import read_squad
 
         questions = read_squad(path)
-        names = [c for c in columns.split(",") if c] or ["context"]
+        names = list(columns) or ["context"]
         unknown = sorted(set(names) - {"context", "question"})
         if unknown:
             raise ValueError(f"{path}: SQuAD files have columns context and question, not {unknown}")
         contexts = list(dict.fromkeys(q.context for q in questions)) if "context" in names else []
         return contexts + ([q.question for q in questions] if "question" in names else [])
-    table = read_table_file(path, string_columns=tuple(c for c in columns.split(",") if c))
-    names = [c for c in columns.split(",") if c] or [
+    table = read_table_file(path, string_columns=columns)
+    names = list(columns) or [
         next((c for c in ("sentence", "text", "question", "context") if c in table.column_names), table.column_names[0])]
     missing = [c for c in names if c not in table.column_names]
     if missing:

@@ -234,7 +234,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
             raise ValueError(f"{name} labels must lie in [0, {num_labels}) for label_names={config.label_names}")
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = load_with_task_head(AutoModelForSequenceClassification, 
+    model = load_with_task_head(
+        AutoModelForSequenceClassification,
         model_path,
         num_labels=num_labels,
         id2label=dict(enumerate(config.label_names)),

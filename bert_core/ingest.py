@@ -38,7 +38,7 @@ from bert_core.cleaning import (
     clean_document,
 )
 from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, input_units, read_unit, task_source
-from bert_core.textfiles import display_path, local_unit, portable_unit
+from bert_core.textfiles import column_spec, display_path, local_unit, portable_unit
 from bert_core.dedup import (
     ContaminationIndex,
     DedupConfig,
@@ -88,7 +88,7 @@ def parts_dir_for(output_dir: str | Path) -> Path:
 
 
 def _decontamination_digest(config: IngestConfig) -> str:
-    files = [spec.split("::", 1)[0] for spec in config.decontamination_files]
+    files = [column_spec(spec)[0] for spec in config.decontamination_files]
     return stage.hash_json([config.decontamination_files, stage.hash_files(files) if files else ""])
 
 

@@ -135,9 +135,8 @@ def finetune_ner(config: NerConfig) -> dict[str, Any]:
         if unknown:
             raise ValueError(f"{name} file has tags {unknown[:5]} that are not in label_names {list(config.label_names)}")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = load_with_task_head(AutoModelForTokenClassification, 
-        model_path, num_labels=len(config.label_names), id2label=dict(enumerate(config.label_names)),
-        label2id=label_ids)
+    model = load_with_task_head(AutoModelForTokenClassification, model_path, num_labels=len(config.label_names),
+                                id2label=dict(enumerate(config.label_names)), label2id=label_ids)
     rows = encode_words(tokenizer, [w for w, _ in train], [[label_ids[t] for t in tags] for _, tags in train],
                         config.max_seq_length)
     loader = torch.utils.data.DataLoader(rows, batch_size=config.per_device_train_batch_size, shuffle=True,

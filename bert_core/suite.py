@@ -116,7 +116,6 @@ def random_init_twin(encoder_dir: str | Path, cache_root: str | Path, seed: int 
     from transformers import AutoConfig, AutoTokenizer
 
     from bert_core.model import PRETRAINING_CLASSES, architecture_of
-
     from bert_core.tokenizer import tokenizer_hash
 
     encoder_dir = Path(encoder_dir)
@@ -124,15 +123,16 @@ def random_init_twin(encoder_dir: str | Path, cache_root: str | Path, seed: int 
     # Not the encoder's path (`_name_or_path`: every new encoder would miss the cache) nor its tokenizer files' bytes
     # (their bookkeeping differs between transformers versions): the architecture and the tokenizer's definition.
     architecture = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
-    tokenizer = tokenizer_hash(AutoTokenizer.from_pretrained(encoder_dir))
-    key = stage.hash_json({"architecture": architecture, "tokenizer": tokenizer, "seed": seed, "version": 2})
+    tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+    key = stage.hash_json({"architecture": architecture, "tokenizer": tokenizer_hash(tokenizer), "seed": seed,
+                           "version": 2})
     twin = Path(cache_root) / key[:16] / "model"
     if (twin / "config.json").is_file():
         return twin
     with stage.atomic_directory(twin) as tmp:
         torch.manual_seed(seed)
         PRETRAINING_CLASSES[architecture_of(config)](config).save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(encoder_dir).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return twin
 
 
@@ -255,12 +255,15 @@ def compare(candidate: dict[str, Any], champion: dict[str, Any]) -> dict[str, fl
 
 def report_metrics(report: dict[str, Any]) -> dict[str, float]:
     """The report as MLflow metrics: suite scores, and per task both arms' mean and std, the delta and p-value."""
-    metrics = {k: float(report[k]) for k in ("suite_score", "twin_suite_score", "suite_delta")}
-    for r in report["tasks"]:
-        for field in ("pretrained_mean", "pretrained_std", "twin_mean", "twin_std", "delta", "paired_p_value"):
-            if not math.isnan(r[field]):
-                metrics[f"suite_{r['task']}_{field}"] = float(r[field])
-    return metrics
+    return {**{k: float(report[k]) for k in ("suite_score", "twin_suite_score", "suite_delta")},
+            **task_metrics(report["tasks"])}
+
+
+def task_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Per task of a report, both arms' mean and std, the delta and the p-value as `suite_<task>_<field>`."""
+    return {f"suite_{r['task']}_{field}": float(r[field]) for r in rows
+            for field in ("pretrained_mean", "pretrained_std", "twin_mean", "twin_std", "delta", "paired_p_value")
+            if not math.isnan(r[field])}
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:

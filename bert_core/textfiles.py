@@ -155,6 +155,13 @@ def scrub_surrogates(text: str) -> tuple[str, bool]:
     return _SURROGATE.sub("\ufffd", text), True
 
 
+def column_spec(spec: str) -> tuple[str, tuple[str, ...]]:
+    """(path, columns) of a "path::column1,column2" spec (decontamination files, task-text corpus sources); no
+    columns for a plain path."""
+    path, _, columns = spec.partition("::")
+    return path, tuple(c for c in columns.split(",") if c)
+
+
 def read_table_file(path: str | Path, *, string_columns: tuple[str, ...] = ()) -> pa.Table:
     """A whole TSV/CSV/JSONL/Parquet file (optionally gzip/bz2) as an Arrow table: task and evaluation files.
 

@@ -94,8 +94,8 @@ def bert_pipeline(
             held-out MLM loss, between encoders of the same tokenizer only.
         data_workers: Processes for ingest and example generation (a local Dask cluster when above 1).
         dask_address: An existing Dask scheduler (tcp://host:8786) to run data stages on instead.
-        registered_model_prefix: MLflow names are `<prefix>-<model>` (bertflow-bert-tiny, bertflow-modernbert-tiny) and
-            `<prefix>-<task_name>`.
+        registered_model_prefix: MLflow names are `<prefix>-<model>` (bertflow-bert-tiny, bertflow-modernbert-tiny)
+            and `<prefix>-<task_name>`.
         min_improvement: A new model becomes champion only when it beats the champion by more than this.
         seed: Random seed of every stage: ingest's validation split, the examples, pretraining, fine-tuning.
     """
@@ -173,7 +173,8 @@ def _stage_config(result: dict) -> dict:
 def _log_reused(run_id: str, pretrained: dict) -> None:
     """An encoder up to date from an earlier pipeline run: a stage run that points at the run that trained it."""
     if pretrained.get("reused"):
-        log_stage_run(run_id, f"pretrain-{pretrained_model_name(pretrained['final_dir'])}", str(_run_dir(pretrained)),
+        name = pretrained_model_name(pretrained["final_dir"])
+        log_stage_run(run_id, f"pretrain-{name}", str(_run_dir(pretrained)),
                       metrics=manifest_metrics(pretrained),
                       tags={"bertflow.reused_run_id": pretrained.get("mlflow_run_id") or ""})
 

@@ -59,7 +59,8 @@ def register_flow(
     tags = {**(lineage or {}), "prefect.flow_run_id": str(flow_run.get_parent_flow_run_id() or flow_run.get_id())}
     pretrained = None if pretrained_dir is None else register_model(RegisterConfig(
         model_dir=pretrained_dir,
-        registered_model_name=pretrained_registered_name or encoder_registered_name(registered_model_prefix, pretrained_dir),
+        registered_model_name=(pretrained_registered_name
+                               or encoder_registered_name(registered_model_prefix, pretrained_dir)),
         kind="pretrained",
         run_name=f"pretrain-{pretrained_model_name(pretrained_dir)}",
         **(dict(primary_metric="suite_score", greater_is_better=True) if "suite_score" in (pretrained_metrics or {})
