@@ -21,8 +21,10 @@ def peak_mb():
 
 
 def run_child(code: str, *args, env: dict[str, str] | None = None) -> dict:
-    """Run `code` (which may call peak_mb()) with `args` in a fresh interpreter; return its last stdout line as JSON."""
+    """Run `code` (which may call peak_mb()) with `args` in a fresh interpreter; return its last stdout line as JSON.
+    `env` adds variables to this process's environment (a value None removes one)."""
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", **(env or {})}
+    env = {k: v for k, v in env.items() if v is not None}
     out = subprocess.run([sys.executable, "-c", PEAK_MB + code, *map(str, args)], capture_output=True, text=True,
                          cwd=REPO, env=env)
     if out.returncode != 0:
@@ -31,7 +33,14 @@ def run_child(code: str, *args, env: dict[str, str] | None = None) -> dict:
 
 
 def report(name: str, result: dict) -> None:
-    """Write bench/results/<name>.json (everything) and print the scalar figures as one JSON line, last."""
+    """Write bench/results/<name>.json (everything) and print the scalar figures as one JSON line, last; both
+    carry the machine the figures came from (CPU model, torch's CPU capability, bf16 units, cores, GPU), since
+    the same code runs 14x apart between CPUs with and without bf16 units."""
+    sys.path.insert(0, str(REPO))
+    from bert_core.hardware import machine_description
+
+    result = {**machine_description(), **result}
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in machine_description().items()))
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))

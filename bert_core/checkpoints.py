@@ -1,4 +1,5 @@
-"""Pretraining checkpoints: written under a temporary name and renamed, the newest kept, found again to resume.
+"""Pretraining checkpoints: written under a temporary name and renamed, the newest kept, found again to resume; and the
+figures of a logging window (`window_metrics`).
 
 A checkpoint is Accelerate's model/optimizer/RNG state of every rank plus `trainer_state.json` (step, epoch,
 batch_in_epoch and the stage key of the run that wrote it); a run resumes only from its own key's checkpoints.
@@ -95,3 +96,28 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, kee
         for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+# What the training loop sums over a logging window (on every rank, then reduced): the inputs of `window_metrics`.
+WINDOW = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count", "tokens", "specials",
+          "positions", "micro", "loader_seconds", "collate_seconds")
+
+
+def window_metrics(totals: dict[str, float], elapsed: float, world: int) -> dict[str, float]:
+    """The logged figures of one pretraining logging window from its `WINDOW` sums over all ranks."""
+    micro, elapsed = max(1.0, totals["micro"]), max(elapsed, 1e-9)
+    return {
+        "loss": totals["loss"] / micro,
+        "mlm_loss": totals["mlm_loss"] / micro,
+        "nsp_loss": totals["nsp_loss"] / micro,
+        "mlm_accuracy": totals["mlm_correct"] / max(1.0, totals["mlm_count"]),
+        "nsp_accuracy": totals["nsp_correct"] / max(1.0, totals["nsp_count"]),
+        "tokens_per_second": totals["tokens"] / elapsed,
+        "padding_share": 1 - totals["tokens"] / max(1.0, totals["positions"]),
+        # What the batches trained on: ~mlm_probability under static and dynamic masking alike.
+        "masked_share": totals["mlm_count"] / max(1.0, totals["tokens"] - totals["specials"]),
+        # Time the step waited for its batch, and the time collating took in the loader thread (overlapped with
+        # compute, but it still takes a share of the cores).
+        "loader_share": totals["loader_seconds"] / world / elapsed,
+        "collate_share": totals["collate_seconds"] / world / elapsed,
+    }

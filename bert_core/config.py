@@ -134,7 +134,8 @@ def check_choice(config: Any, name: str, choices: typing.Iterable[Any]) -> None:
         raise ConfigError(f"{type(config).__name__}.{name} is {value!r}; expected one of {', '.join(map(repr, choices))}")
 
 
-MIXED_PRECISION = ("no", "bf16", "fp16")
+# "auto": bf16 where the device runs it natively, else fp32 (bert_core.hardware.resolve_mixed_precision).
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 
 
 def check_training_fields(config: Any) -> None:
@@ -143,7 +144,7 @@ def check_training_fields(config: Any) -> None:
     check_fields(config)
     check_range(config, "max_seq_length", low=8)
     check_positive(config, "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                   "num_train_epochs", "max_train_steps", "eval_steps")
+                   "num_train_epochs", "max_train_steps", "eval_steps", "num_threads")
     check_non_negative(config, "learning_rate", "weight_decay", "max_grad_norm", "early_stopping_patience")
     check_fraction(config, "warmup_ratio")
     check_choice(config, "mixed_precision", MIXED_PRECISION)

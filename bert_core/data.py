@@ -1,4 +1,5 @@
-"""Pretraining data: a memory-mapped dataset over Arrow shards, deterministic batch order, and batch collation.
+"""Training data: a memory-mapped dataset over Arrow shards, deterministic batch order, and batch collation for
+pretraining; `TokenRows`, the flat in-memory rows of the fine-tuning stages.
 
 The dataset keeps each shard's flat token buffer and offsets as zero-copy NumPy views of the memory-mapped file, so
 an example is a slice, not a parse. Batch order is a pure function of (seed, epoch): each rank takes every
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -149,3 +151,42 @@ class PretrainingCollator:
         if "next_sentence_label" in items[0]:  # absent for pair_objective="none" (MLM only)
             batch["next_sentence_label"] = torch.tensor([int(it["next_sentence_label"]) for it in items], dtype=torch.long)
         return batch
+
+
+class TokenRows(torch.utils.data.Dataset):
+    """Rows of token ids kept in flat arrays (4 bytes a token instead of a Python int in a list per row), plus one
+    integer per row for each extra field (labels, answer positions). Rows come out as dicts of lists, ready for
+    `DataCollatorWithPadding`. `types` is None for models without token types (ModernBERT's tokenizer gives none)."""
+
+    def __init__(self, ids: np.ndarray, types: np.ndarray | None, lengths: np.ndarray, extra: dict[str, np.ndarray]):
+        self.ids, self.types, self.lengths, self.extra = ids, types, lengths, extra
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+
+    @classmethod
+    def from_chunks(cls, chunks) -> "TokenRows":
+        """From (input_ids rows, token_type_ids rows, {field: values}) chunks, e.g. one per tokenizer call."""
+        ids, types, lengths, extra = [], [], [], {}
+        for input_ids, token_type_ids, fields in chunks:
+            lengths.append(np.fromiter(map(len, input_ids), dtype=np.int64, count=len(input_ids)))
+            ids.append(np.fromiter((t for row in input_ids for t in row), dtype=np.int32))
+            if token_type_ids is not None:
+                types.append(np.fromiter((t for row in token_type_ids for t in row), dtype=np.int8))
+            for name, values in fields.items():
+                extra.setdefault(name, []).append(np.asarray(values, dtype=np.int64))
+        join = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
+        return cls(join(ids, np.int32), join(types, np.int8) if types or not ids else None, join(lengths, np.int64),
+                   {name: np.concatenate(parts) for name, parts in extra.items()})
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+        row = {"input_ids": self.ids[lo:hi].tolist(), "attention_mask": [1] * (hi - lo)}
+        if self.types is not None:
+            row["token_type_ids"] = self.types[lo:hi].tolist()
+        row.update({name: int(values[i]) for name, values in self.extra.items()})
+        return row

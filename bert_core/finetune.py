@@ -29,6 +29,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 
 from bert_core import stage
 from bert_core.config import SEED, ConfigError, check_choice, check_training_fields
+from bert_core.data import TokenRows
+from bert_core.hardware import ThreadShare, effective_precision, resolve_mixed_precision
 from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.textfiles import read_table_file
 from bert_core.metrics import classification_metrics, eval_metrics
@@ -60,7 +62,8 @@ class TrainingConfig:
     eval_steps: int | None = None  # evaluate every N steps as well as after each epoch
     early_stopping_patience: int = 0  # stop after this many evaluations without a better dev metric (0: never)
     metric_for_best_model: str = "accuracy"  # the dev metric that picks the saved model ("accuracy", "f1", ...)
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"  # "auto" (bf16 where the hardware has it, else fp32), "no", "bf16", "fp16"
+    num_threads: int | None = None  # torch threads; None: OMP_NUM_THREADS, else a share of the cores (hardware)
     seed: int = SEED
 
     def __post_init__(self):
@@ -135,45 +138,6 @@ def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, *, max_se
     return encoded
 
 
-class TokenRows(torch.utils.data.Dataset):
-    """Rows of token ids kept in flat arrays (4 bytes a token instead of a Python int in a list per row), plus one
-    integer per row for each extra field (labels, answer positions). Rows come out as dicts of lists, ready for
-    `DataCollatorWithPadding`. `types` is None for models without token types (ModernBERT's tokenizer gives none)."""
-
-    def __init__(self, ids: np.ndarray, types: np.ndarray | None, lengths: np.ndarray, extra: dict[str, np.ndarray]):
-        self.ids, self.types, self.lengths, self.extra = ids, types, lengths, extra
-        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
-
-    @classmethod
-    def from_chunks(cls, chunks) -> "TokenRows":
-        """From (input_ids rows, token_type_ids rows, {field: values}) chunks, e.g. one per tokenizer call."""
-        ids, types, lengths, extra = [], [], [], {}
-        for input_ids, token_type_ids, fields in chunks:
-            lengths.append(np.fromiter(map(len, input_ids), dtype=np.int64, count=len(input_ids)))
-            ids.append(np.fromiter((t for row in input_ids for t in row), dtype=np.int32))
-            if token_type_ids is not None:
-                types.append(np.fromiter((t for row in token_type_ids for t in row), dtype=np.int8))
-            for name, values in fields.items():
-                extra.setdefault(name, []).append(np.asarray(values, dtype=np.int64))
-        join = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
-        return cls(join(ids, np.int32), join(types, np.int8) if types or not ids else None, join(lengths, np.int64),
-                   {name: np.concatenate(parts) for name, parts in extra.items()})
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
-        row = {"input_ids": self.ids[lo:hi].tolist(), "attention_mask": [1] * (hi - lo)}
-        if self.types is not None:
-            row["token_type_ids"] = self.types[lo:hi].tolist()
-        row.update({name: int(values[i]) for name, values in self.extra.items()})
-        return row
-
-
 def encode_dataset(tokenizer, texts: list[str], pairs: list[str] | None = None, labels: np.ndarray | None = None,
                    *, max_seq_length: int, truncation: str = "head", chunk_size: int = 2048) -> TokenRows:
     """`encode_texts` over chunks of texts into `TokenRows`: the tokenizer's per-token objects of a whole file
@@ -222,8 +186,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         logger.info("finetune: %s is up to date, skipping", output_dir)
         return stage.read_json(output_dir / "summary.json")
 
-    accelerator = Accelerator(mixed_precision=config.mixed_precision,
-                              gradient_accumulation_steps=config.gradient_accumulation_steps)
+    accelerator = training_accelerator(config)
     set_seed(config.seed)
     read = dict(text_pair_column=config.text_pair_column, label_names=config.label_names)
     train_texts, train_pairs, train_labels = read_task_file(config.train_file, config.text_column, config.label_column, **read)
@@ -278,9 +241,16 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
                             "truncation": config.truncation})
 
 
+def training_accelerator(config: TrainingConfig) -> Accelerator:
+    """The Accelerator of a fine-tuning run: its precision ("auto" resolved for this machine) and accumulation."""
+    return Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision),
+                       gradient_accumulation_steps=config.gradient_accumulation_steps)
+
+
 def run_key(config, model_path: str, *, version: int) -> str:
     """The stage key of a fine-tuning run: its config (output_dir aside), data files and starting model."""
-    fields = {k: v for k, v in stage.to_jsonable(config).items() if k != "output_dir"}
+    fields = {k: v for k, v in stage.to_jsonable(config).items() if k not in ("output_dir", "num_threads")}
+    fields["mixed_precision"] = effective_precision(config.mixed_precision)  # what runs: "auto" differs per machine
     return stage.hash_json({"config": fields, "data": stage.hash_files([config.train_file, config.validation_file]),
                             "model": stage.hash_path(model_path), "version": version})
 
@@ -310,6 +280,7 @@ def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metr
     progress = tqdm(total=max_steps, desc="finetune", unit="step", disable=_no_progress_bar(accelerator))
     best: dict[str, Any] = {"value": -math.inf, "metrics": None, "state": None, "step": 0}
     tally = {"step": 0, "waited": 0, "loss": 0.0, "count": 0}
+    threads = ThreadShare(config.num_threads).start()
 
     def evaluate(epoch: float) -> bool:
         """Evaluate on the dev set; keep the best weights; True when patience has run out."""
@@ -351,6 +322,8 @@ def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metr
                 optimizer.zero_grad()
             tally["step"] += 1
             progress.update(1)
+            if tally["step"] % 20 == 0:
+                threads.rebalance()  # another training run may have started or ended on this machine
             if tally["step"] >= max_steps:
                 break
             if config.eval_steps and tally["step"] % config.eval_steps == 0 and evaluate(tally["step"] / steps_per_epoch):
@@ -360,6 +333,7 @@ def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metr
         if stop or evaluate(min(epoch + 1.0, tally["step"] / steps_per_epoch)) or tally["step"] >= max_steps:
             break
     progress.close()
+    threads.stop()
 
     if accelerator.is_main_process:
         final_model = accelerator.unwrap_model(model)
@@ -370,7 +344,7 @@ def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metr
             describe_model(tmp, **description, max_seq_length=config.max_seq_length, base_model=config.model_name_or_path,
                            train_file=config.train_file, validation_file=config.validation_file, stage_key=key)
         summary = {"final_dir": str(output_dir / "final"), "steps": tally["step"], "best_step": best["step"],
-                   **summary, **eval_metrics(best["metrics"], numbers_only=False)}
+                   "mixed_precision": accelerator.mixed_precision, **summary, **eval_metrics(best["metrics"], numbers_only=False)}
         stage.write_json(output_dir / "summary.json", summary)
         stage.write_stage_record(output_dir, key=key, stage=stage_name, config=config, outputs=summary)
     accelerator.wait_for_everyone()

@@ -28,6 +28,8 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object
 
+from bert_core.hardware import effective_precision
+
 logger = logging.getLogger(__name__)
 
 # Seconds a rank may spend shutting its process group down after its outputs are saved.
@@ -54,7 +56,7 @@ def launch_command(config_path: str | Path, config: Any) -> list[str]:
         elif not torch.cuda.is_available():
             cmd += ["--cpu"]
         cmd += ["--num_processes", str(config.num_processes), "--num_machines", "1",
-                "--mixed_precision", config.mixed_precision]
+                "--mixed_precision", effective_precision(config.mixed_precision)]
     cmd += ["--dynamo_backend", "no", "-m", "bert_core", "pretrain", "--config", str(config_path)]
     return cmd
 
@@ -62,7 +64,9 @@ def launch_command(config_path: str | Path, config: Any) -> list[str]:
 def launch_env(config: Any) -> dict[str, str]:
     env = dict(os.environ)
     if not torch.cuda.is_available():
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.num_processes)))
+        if config.num_threads:
+            env["OMP_NUM_THREADS"] = str(config.num_threads)
+        # Without num_threads (or OMP_NUM_THREADS), each rank takes its share of the cores (hardware.ThreadShare).
         # Without it, `--multi_gpu` on a machine with no GPU starts N independent single-process runs
         # (DistributedType.NO, each rank 0 of 1); with it they form one gloo group (MULTI_CPU).
         env["ACCELERATE_USE_CPU"] = "true"

@@ -16,14 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
 
 from bert_core import stage
 from bert_core.catalogue import CONLL2003_TAGS
 from bert_core.config import check_positive
-from bert_core.finetune import TrainingConfig, fit, run_key
+from bert_core.finetune import TrainingConfig, fit, run_key, training_accelerator
 from bert_core.model import load_with_task_head, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -124,8 +123,7 @@ def finetune_ner(config: NerConfig) -> dict[str, Any]:
     key = run_key(config, model_path, version=1)
     if stage.completed_stage(output_dir, key):
         return stage.read_json(output_dir / "summary.json")
-    accelerator = Accelerator(mixed_precision=config.mixed_precision,
-                              gradient_accumulation_steps=config.gradient_accumulation_steps)
+    accelerator = training_accelerator(config)
     set_seed(config.seed)
     label_ids = {name: i for i, name in enumerate(config.label_names)}
     train = read_conll(config.train_file)[: config.max_train_sentences]

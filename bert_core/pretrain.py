@@ -32,12 +32,13 @@ from bert_core.config import (MIXED_PRECISION, SEED, check_choice, check_fields,
 from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.data import PretrainingCollator, ShardDataset, epoch_batches
 from bert_core.evaluate import evaluate_objective
+from bert_core.hardware import ThreadShare, effective_precision, resolve_mixed_precision
 from bert_core.masking import MaskingConfig
 from bert_core.metrics import eval_metrics
 from bert_core.model import (ARCHITECTURES, MODEL_INPUTS, PretrainingObjective, architecture_of, build_model,
-                              describe_model, load_pretraining_model)
+                              describe_model, load_pretraining_model, resolve_model)
 from bert_core.optim import build_optimizer
-from bert_core.checkpoints import MetricsLog, find_resume, save_checkpoint
+from bert_core.checkpoints import WINDOW as _WINDOW, MetricsLog, find_resume, save_checkpoint, window_metrics
 from bert_core.launch import broadcast_flag, check_ranks, end_training, fresh_accelerator_state
 from bert_core.tokenizer import continuation_mask, load_tokenizer
 
@@ -45,7 +46,8 @@ logger = logging.getLogger(__name__)
 
 # Fields that change how a run is watched or launched but not what it computes: left out of the stage key.
 _NOT_IN_KEY = {"output_dir", "resume_from_checkpoint", "logging_steps", "eval_steps", "checkpointing_steps",
-               "checkpoints_total_limit", "main_process_port", "mlflow_run_id", "accelerate_config_file", "machine_rank"}
+               "checkpoints_total_limit", "main_process_port", "mlflow_run_id", "accelerate_config_file", "machine_rank",
+               "num_threads"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +75,8 @@ class PretrainConfig:
     # Budgets (bert_core.budget): the schedule is laid out so the run ends at the budget with the decay finished.
     max_train_tokens: int | None = None  # non-pad tokens the optimizer has seen, all ranks
     max_train_seconds: float | None = None  # wall-clock seconds of training, measured on the first steps
-    mixed_precision: str = "no"  # "no", "bf16", "fp16" (bf16 autocast also runs on CPUs with bf16 units)
+    mixed_precision: str = "auto"  # "auto" (bf16 where the hardware has it, else fp32), "no", "bf16", "fp16"
+    num_threads: int | None = None  # torch threads; None: OMP_NUM_THREADS, else a share of the cores (hardware)
     length_binning: bool = True  # batches of similar-length examples: little of each batch is padding
     init_from: str | None = None  # a pretrained directory to start from, e.g. phase 1's final/ for a phase 2 at 512
     seed: int = SEED
@@ -99,7 +102,7 @@ class PretrainConfig:
         check_positive(self, "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                        "max_train_steps", "logging_steps", "eval_steps", "checkpointing_steps",
                        "checkpoints_total_limit", "num_processes", "polynomial_power", "adam_epsilon",
-                       "max_train_tokens", "max_train_seconds")
+                       "max_train_tokens", "max_train_seconds", "num_threads")
         check_range(self, "warmup_fraction", low=0, high=1, high_open=True)
         check_non_negative(self, "learning_rate", "weight_decay", "num_warmup_steps", "max_grad_norm")
         check_range(self, "adam_beta1", low=0, high=1, high_open=True)
@@ -139,6 +142,7 @@ def stage_key(config: PretrainConfig) -> str:
     config = with_shard_settings(config)
     train_manifest = Path(config.shards_dir) / "train" / "manifest.json"
     fields = {k: v for k, v in stage.to_jsonable(config).items() if k not in _NOT_IN_KEY}
+    fields["mixed_precision"] = effective_precision(config.mixed_precision)  # what runs: "auto" differs per machine
     return stage.hash_json({"config": fields, "train": stage.hash_file(train_manifest), "version": 1})
 
 
@@ -160,10 +164,12 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     if done:
         logger.info("pretrain: %s is up to date, skipping", output_dir)
         return stage.read_json(output_dir / "summary.json")
-
+    # A directory, models:/ URI or package (the shards bring the tokenizer); a missing one is one clear error, before
+    # anything is set up.
+    init_path = resolve_model(config.init_from, need_tokenizer=False) if config.init_from else None
     fresh_accelerator_state()
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                              mixed_precision=config.mixed_precision)
+                              mixed_precision=resolve_mixed_precision(config.mixed_precision))
     set_seed(config.seed)
     train_set = ShardDataset(shards_dir / "train")
     eval_set = ShardDataset(shards_dir / "validation")
@@ -175,11 +181,8 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                                    pad_token_id=tokenizer.pad_token_id, masking=config.mlm,
                                    is_continuation=continuation_mask(tokenizer) if config.mlm.whole_word_mask else None)
 
-    if config.init_from:
-        from bert_core.model import resolve_model
-
-        # A directory, models:/ URI or package (the shards bring the tokenizer); a missing one is one clear error.
-        model = load_pretraining_model(resolve_model(config.init_from, need_tokenizer=False))
+    if init_path:
+        model = load_pretraining_model(init_path)
         if architecture_of(model.config) != config.architecture:
             raise ValueError(f"init_from {config.init_from} is a {model.config.model_type} model; this run's "
                              f"architecture is {config.architecture!r}")
@@ -193,6 +196,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                             special_ids={"pad_token_id": tokenizer.pad_token_id, "cls_token_id": tokenizer.cls_token_id,
                                          "sep_token_id": tokenizer.sep_token_id})
     objective = PretrainingObjective(model)
+    threads = ThreadShare(config.num_threads).start()
     optimizer = build_optimizer(objective, name=config.optimizer, lr=config.learning_rate,
                                 weight_decay=config.weight_decay, betas=(config.adam_beta1, config.adam_beta2),
                                 eps=config.adam_epsilon)
@@ -298,31 +302,14 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                     progress.total = plan["planned_steps"]
                     progress.refresh()
                 if step % config.logging_steps == 0 or step == total_steps():
-                    elapsed = time.perf_counter() - window_start
                     totals = dict(zip(_WINDOW, accelerator.reduce(torch.tensor(
                         [window[k] for k in _WINDOW], dtype=torch.float64, device=accelerator.device),
                         reduction="sum").tolist()))
-                    micro = max(1.0, totals["micro"])
-                    record = {
-                        "step": step,
-                        "loss": totals["loss"] / micro,
-                        "mlm_loss": totals["mlm_loss"] / micro,
-                        "nsp_loss": totals["nsp_loss"] / micro,
-                        "mlm_accuracy": totals["mlm_correct"] / max(1.0, totals["mlm_count"]),
-                        "nsp_accuracy": totals["nsp_correct"] / max(1.0, totals["nsp_count"]),
-                        "learning_rate": scheduler.get_last_lr()[0],
-                        "grad_norm": float(grad_norm),
-                        "tokens_per_second": totals["tokens"] / max(elapsed, 1e-9),
-                        "padding_share": 1 - totals["tokens"] / max(1.0, totals["positions"]),
-                        # What the batches trained on: ~mlm_probability under static and dynamic masking alike.
-                        "masked_share": totals["mlm_count"] / max(1.0, totals["tokens"] - totals["specials"]),
-                        # Time the step waited for its batch, and the time collating took in the loader thread
-                        # (overlapped with compute, but it still takes a share of the cores).
-                        "loader_share": totals["loader_seconds"] / world / max(elapsed, 1e-9),
-                        "collate_share": totals["collate_seconds"] / world / max(elapsed, 1e-9),
-                        **length.progress(state),
-                    }
+                    record = {"step": step, **window_metrics(totals, time.perf_counter() - window_start, world),
+                              "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                              **length.progress(state)}
                     log(record)
+                    threads.rebalance()  # another training run may have started or ended on this machine
                     if accelerator.is_main_process:
                         logger.info("step %d/%d loss %.4f mlm_loss %.4f nsp_loss %.4f mlm_accuracy %.3f lr %.2e "
                                     "%.0f tokens/s", step, total_steps(), record["loss"], record["mlm_loss"],
@@ -354,6 +341,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
             if pending is not None:
                 pending.cancel()
     progress.close()
+    threads.stop()
     state["train_seconds"] = length.seconds(state)
     if previous_handler is not None:
         signal.signal(signal.SIGTERM, previous_handler)
@@ -373,7 +361,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
             describe_model(tmp, kind="pretrained", preset=config.preset, architecture=config.architecture,
                            max_seq_length=config.max_seq_length,
                            tokenizer_sha256=manifest["tokenizer_hash"], pair_objective=manifest["pair_objective"],
-                           shards_dir=config.shards_dir, stage_key=key)
+                           shards_dir=config.shards_dir, stage_key=key, mixed_precision=accelerator.mixed_precision)
         history = log.history()
         initial = next(r for r in history if r["step"] == 0 and "eval_mlm_loss" in r)
         summary = {
@@ -382,6 +370,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
             "train_tokens": length.tokens(state["step"]),
             "train_seconds": state["train_seconds"],
             "preset": config.preset,
+            "mixed_precision": accelerator.mixed_precision,
             "initial_eval_mlm_loss": initial["eval_mlm_loss"],
             **final_metrics,
             "train_loss": next(r["loss"] for r in reversed(history) if "loss" in r),
@@ -392,6 +381,3 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     end_training(accelerator)
     return summary
 
-
-_WINDOW = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct", "nsp_count", "tokens", "specials",
-           "positions", "micro", "loader_seconds", "collate_seconds")

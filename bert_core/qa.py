@@ -35,7 +35,8 @@ import numpy as np
 
 from bert_core import stage
 from bert_core.config import ConfigError, check_positive
-from bert_core.finetune import TokenRows, TrainingConfig, fit, run_key
+from bert_core.data import TokenRows
+from bert_core.finetune import TrainingConfig, fit, run_key, training_accelerator
 from bert_core.model import load_with_task_head
 
 logger = logging.getLogger(__name__)
@@ -310,7 +311,6 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 def finetune_qa(config: QaConfig) -> dict[str, Any]:
     """Fine-tune an extractive QA model; score EM/F1 on the validation file; skip when done with the same inputs."""
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding
 
@@ -321,8 +321,7 @@ def finetune_qa(config: QaConfig) -> dict[str, Any]:
     key = run_key(config, model_path, version=1)
     if stage.completed_stage(output_dir, key):
         return stage.read_json(output_dir / "summary.json")
-    accelerator = Accelerator(mixed_precision=config.mixed_precision,
-                              gradient_accumulation_steps=config.gradient_accumulation_steps)
+    accelerator = training_accelerator(config)
     set_seed(config.seed)
     train = read_squad(config.train_file)[: config.max_train_questions]
     dev = read_squad(config.validation_file)

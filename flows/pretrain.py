@@ -31,6 +31,7 @@ def pretrain_flow(
     max_train_tokens: PositiveInt | None = PretrainConfig.max_train_tokens,
     max_train_seconds: float | None = PretrainConfig.max_train_seconds,
     mixed_precision: MixedPrecision = PretrainConfig.mixed_precision,
+    num_threads: PositiveInt | None = PretrainConfig.num_threads,
     eval_steps: PositiveInt = PretrainConfig.eval_steps,
     checkpointing_steps: PositiveInt = PretrainConfig.checkpointing_steps,
     resume_from_checkpoint: str | None = PretrainConfig.resume_from_checkpoint,
@@ -47,7 +48,9 @@ def pretrain_flow(
     `max_seq_length`: empty, the shards' (given, it must be theirs); masking is the shards' (set in examples).
     `max_train_tokens` / `max_train_seconds`: a budget; the schedule (warm-up, then decay to zero) is laid out over
     it and the run ends on it (`max_train_steps` is then only a cap). `warmup_fraction`: warm-up as a share of the
-    run, in place of `num_warmup_steps`.
+    run, in place of `num_warmup_steps`. `mixed_precision` "auto": bf16 where the device has bf16 units (CUDA, or a
+    CPU with AMX / AVX512-BF16), else fp32. `num_threads`: torch threads per process; empty: OMP_NUM_THREADS, else
+    an even share of the cores among the bertflow training processes running on the machine.
     """
     config = PretrainConfig(
         shards_dir=shards_dir,
@@ -66,6 +69,7 @@ def pretrain_flow(
         max_train_tokens=max_train_tokens,
         max_train_seconds=max_train_seconds,
         mixed_precision=mixed_precision,
+        num_threads=num_threads,
         eval_steps=eval_steps,
         checkpointing_steps=checkpointing_steps,
         resume_from_checkpoint=resume_from_checkpoint,

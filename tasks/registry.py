@@ -47,9 +47,13 @@ def start_run(run_name: str, params: dict[str, Any], tags: dict[str, str]) -> st
 def log_stage_run(parent_run_id: str, stage_name: str, stage_dir: str | None = None,
                   metrics: dict[str, float] | None = None, artifacts: list[str] | None = None,
                   tags: dict[str, str] | None = None) -> str:
-    """A nested run for one stage: the config its stage record holds as params, `metrics`, `artifacts`."""
+    """A nested run for one stage: the config its stage record holds as params, `metrics`, `artifacts`, and the
+    precision a training stage ran in (`mixed_precision="auto"` resolves per machine) as a tag."""
     record = Path(stage_dir) / stage.STAGE_RECORD if stage_dir else None
-    params = stage.read_json(record)["config"] if record and record.is_file() else None
+    content = stage.read_json(record) if record and record.is_file() else {}
+    params = content.get("config")
+    ran_in = (content.get("outputs") or {}).get("mixed_precision")
+    tags = {**({"bertflow.mixed_precision": ran_in} if ran_in else {}), **(tags or {})}
     return tracking.log_stage_run(parent_run_id, stage_name, params=params, metrics=metrics,
                                   artifacts=artifacts or (), tags=tags)
 

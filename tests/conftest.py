@@ -17,6 +17,10 @@ os.environ.update({
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "BERTFLOW_HOME": str(_STATE / "bertflow"),
+    # mixed_precision="auto" runs fp32 in every test process, whatever bf16 units the CI machine's CPU has, so that
+    # the tests' numerics do not depend on it; and training processes share threads only among the tests' own.
+    "BERTFLOW_MIXED_PRECISION": "no",
+    "BERTFLOW_TRAINING_REGISTRY": str(_STATE / "training"),
     "TOKENIZERS_PARALLELISM": "false",
     "TQDM_DISABLE": "1",
 })

@@ -34,7 +34,7 @@ BAD = [
     (PretrainConfig, {**PRETRAIN, "per_device_train_batch_size": 3.5}, "per_device_train_batch_size is 3.5 (float)"),
     (PretrainConfig, {**PRETRAIN, "per_device_train_batch_size": 0}, "per_device_train_batch_size is 0; expected a value > 0"),
     (PretrainConfig, {**PRETRAIN, "max_train_steps": -5}, "PretrainConfig.max_train_steps is -5; expected a value > 0"),
-    (PretrainConfig, {**PRETRAIN, "mixed_precision": "fp8"}, "mixed_precision is 'fp8'; expected one of 'no', 'bf16', 'fp16'"),
+    (PretrainConfig, {**PRETRAIN, "mixed_precision": "fp8"}, "mixed_precision is 'fp8'; expected one of 'auto', 'no', 'bf16', 'fp16'"),
     (PretrainConfig, {**PRETRAIN, "optimizer": "sgd"}, "PretrainConfig.optimizer is 'sgd'; expected one of 'adamw', 'lamb'"),
     (PretrainConfig, {**PRETRAIN, "init_from": 3}, "PretrainConfig.init_from is 3 (int); expected a string or null"),
     (PretrainConfig, {**PRETRAIN, "adam_beta2": 1.0}, "adam_beta2 is 1.0; expected a value >= 0 and < 1"),

@@ -1,0 +1,130 @@
+"""mixed_precision="auto" and the threads of training processes sharing a machine (bert_core.hardware)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bert_core import hardware
+from bert_core.finetune import FinetuneConfig, run_key
+
+AMX_EPYC = {"model": "Intel(R) Xeon(R) Platinum 8480+", "flags": frozenset({"avx2", "avx512f", "amx_bf16", "amx_tile"})}
+BF16_EPYC = {"model": "AMD EPYC 9R14", "flags": frozenset({"avx2", "avx512f", "avx512_bf16"})}
+AVX2_EPYC = {"model": "AMD EPYC 7R13", "flags": frozenset({"avx2", "fma"})}
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    """Pretend to run on a given CPU without CUDA, with no BERTFLOW_MIXED_PRECISION override."""
+    monkeypatch.delenv(hardware.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def use(info):
+        monkeypatch.setattr(hardware, "cpu_info", lambda: info)
+    return use
+
+
+def test_this_machines_cpu_is_read_from_proc_cpuinfo():
+    info = hardware.cpu_info()
+    assert info["model"] and info["model"] != "unknown CPU"
+    if platform.machine() == "x86_64":
+        assert {"fpu", "sse2"} <= info["flags"]  # every x86-64 CPU reports them
+    described = hardware.machine_description()
+    assert described["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert described["cpu_bf16"] == (hardware.cpu_bf16_unit() or "none (bf16 emulated)")
+
+
+@pytest.mark.parametrize("info, expected, unit", [(AMX_EPYC, "bf16", "amx_bf16"), (BF16_EPYC, "bf16", "avx512_bf16"),
+                                                  (AVX2_EPYC, "no", None)])
+def test_auto_picks_bf16_only_on_cpus_with_bf16_units(cpu, caplog, info, expected, unit):
+    cpu(info)
+    assert hardware.cpu_bf16_unit() == unit
+    with caplog.at_level(logging.INFO, logger="bert_core.hardware"):
+        assert hardware.resolve_mixed_precision("auto") == expected
+    assert f"mixed_precision auto -> {expected}" in caplog.text and info["model"] in caplog.text
+    assert hardware.resolve_mixed_precision("no") == "no"  # explicit values are kept
+
+
+def test_explicit_bf16_on_a_cpu_without_bf16_units_warns_and_runs_as_asked(cpu):
+    cpu(AVX2_EPYC)
+    with pytest.warns(UserWarning, match="AMD EPYC 7R13, which has no bf16 units"):
+        assert hardware.resolve_mixed_precision("bf16") == "bf16"
+    cpu(BF16_EPYC)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert hardware.resolve_mixed_precision("bf16") == "bf16"
+
+
+def test_the_environment_overrides_what_auto_means(cpu, monkeypatch):
+    cpu(AMX_EPYC)
+    monkeypatch.setenv(hardware.PRECISION_ENV, "no")
+    assert hardware.auto_precision() == ("no", f"{hardware.PRECISION_ENV}=no")
+    monkeypatch.setenv(hardware.PRECISION_ENV, "fp8")
+    with pytest.raises(ValueError, match="BERTFLOW_MIXED_PRECISION is 'fp8'; expected 'no', 'bf16' or 'fp16'"):
+        hardware.auto_precision()
+
+
+def test_a_stage_key_hashes_the_precision_that_runs_not_auto(cpu, tmp_path):
+    for name in ("train.tsv", "dev.tsv"):
+        (tmp_path / name).write_text("sentence\tlabel\ngood\t1\n")
+    config = dict(model_name_or_path="m", train_file=str(tmp_path / "train.tsv"),
+                  validation_file=str(tmp_path / "dev.tsv"), output_dir=str(tmp_path / "out"))
+    (tmp_path / "m").mkdir()
+    keys = {}
+    for info in (BF16_EPYC, AVX2_EPYC):
+        cpu(info)
+        keys[info["model"]] = {p: run_key(FinetuneConfig(**config, mixed_precision=p), str(tmp_path / "m"), version=1)
+                               for p in ("auto", "no", "bf16")}
+    bf16_machine, fp32_machine = keys[BF16_EPYC["model"]], keys[AVX2_EPYC["model"]]
+    assert bf16_machine["auto"] == bf16_machine["bf16"] != fp32_machine["auto"] == fp32_machine["no"]
+    threads = run_key(FinetuneConfig(**config, num_threads=1), str(tmp_path / "m"), version=1)
+    assert threads == fp32_machine["auto"]  # how many threads computed it is not part of what was computed
+
+
+@pytest.fixture
+def threads_restored():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_training_processes_share_the_cores(tmp_path, monkeypatch, threads_restored):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(hardware, "available_cores", lambda: 8)
+    registry = tmp_path / "registry"
+    with hardware.ThreadShare(registry=registry) as share:
+        assert (registry / str(os.getpid())).is_file()
+        assert share.threads == torch.get_num_threads() == 8
+        others = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(3)]
+        try:
+            for other in others:
+                (registry / str(other.pid)).touch()
+            assert share.rebalance() == torch.get_num_threads() == 2  # 8 cores, 4 training processes
+            others[0].kill()
+            others[0].wait()
+            assert share.rebalance() == 2  # 8 // 3
+            assert not (registry / str(others[0].pid)).exists()  # a dead process's file is cleaned up
+        finally:
+            for other in others:
+                other.kill()
+                other.wait()
+        assert share.rebalance() == 8
+    assert not (registry / str(os.getpid())).exists()
+    assert hardware.registered_processes(registry) == []
+
+
+def test_given_threads_are_kept_and_not_registered(tmp_path, monkeypatch, threads_restored):
+    registry = tmp_path / "registry"
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with hardware.ThreadShare(num_threads=1, registry=registry) as share:
+        assert share.threads == torch.get_num_threads() == 1 and not registry.exists()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with hardware.ThreadShare(registry=registry) as share:  # the user's OMP_NUM_THREADS is a given count too
+        assert share.fixed == 1 and not registry.exists()
