@@ -17,6 +17,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from bert_core import stage
+from bert_core.launch import fault_point
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +80,23 @@ class MetricsLog:
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int) -> None:
+    """Every rank's state into a temporary directory, then the main process stamps it (trainer_state.json) and
+    renames it into place: a checkpoint a process died writing is never found by `find_resume`."""
     root = output_dir / "checkpoints"
     final = root / f"step-{state['step']:07d}"
     tmp = root / f".step-{state['step']:07d}.tmp"
+    point, rank = f"checkpoint-{state['step']}", accelerator.process_index
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)  # before any rank writes its RNG state into it
     accelerator.wait_for_everyone()
+    fault_point(f"{point}-created", rank)
     accelerator.save_state(str(tmp))
+    fault_point(f"{point}-saved", rank)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         stage.write_json(tmp / "trainer_state.json", state)
+        fault_point(f"{point}-stamped", rank)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

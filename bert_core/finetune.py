@@ -342,9 +342,11 @@ def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metr
             final_model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             describe_model(tmp, **description, max_seq_length=config.max_seq_length, base_model=config.model_name_or_path,
-                           train_file=config.train_file, validation_file=config.validation_file, stage_key=key)
+                           train_file=config.train_file, validation_file=config.validation_file, stage_key=key,
+                           mixed_precision=accelerator.mixed_precision)
         summary = {"final_dir": str(output_dir / "final"), "steps": tally["step"], "best_step": best["step"],
-                   "mixed_precision": accelerator.mixed_precision, **summary, **eval_metrics(best["metrics"], numbers_only=False)}
+                   "mixed_precision": accelerator.mixed_precision, **summary,
+                   **eval_metrics(best["metrics"], numbers_only=False)}
         stage.write_json(output_dir / "summary.json", summary)
         stage.write_stage_record(output_dir, key=key, stage=stage_name, config=config, outputs=summary)
     accelerator.wait_for_everyone()

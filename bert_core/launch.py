@@ -17,8 +17,10 @@ import faulthandler
 import hashlib
 import logging
 import os
+import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,23 @@ TEARDOWN_SECONDS = 60.0
 def launched_rank() -> bool:
     """Whether this process is one rank of several started by a launcher (accelerate launch, torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+FAULT_ENV = "BERTFLOW_FAULT_KILL"
+
+
+def fault_point(point: str, rank: int) -> None:
+    """A deterministic lost process, for the fault-tolerance tests: with BERTFLOW_FAULT_KILL="<rank>:<point>:<marker
+    file>" the process of that rank kills itself (SIGKILL: nothing of it runs after) at `point`, once: it writes the
+    marker file (the time) first, and does not fire again while it exists. Points: "step-N" (after optimizer step
+    N), "checkpoint-N-created" / "-saved" / "-stamped" (inside the step-N checkpoint's write, `save_checkpoint`)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    fault_rank, fault_point_name, marker = spec.split(":", 2)
+    if int(fault_rank) == rank and fault_point_name == point and not os.path.exists(marker):
+        Path(marker).write_text(repr(time.time()))
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def launch_command(config_path: str | Path, config: Any) -> list[str]:

@@ -39,7 +39,7 @@ from bert_core.model import (ARCHITECTURES, MODEL_INPUTS, PretrainingObjective, 
                               describe_model, load_pretraining_model, resolve_model)
 from bert_core.optim import build_optimizer
 from bert_core.checkpoints import WINDOW as _WINDOW, MetricsLog, find_resume, save_checkpoint, window_metrics
-from bert_core.launch import broadcast_flag, check_ranks, end_training, fresh_accelerator_state
+from bert_core.launch import broadcast_flag, check_ranks, end_training, fault_point, fresh_accelerator_state
 from bert_core.tokenizer import continuation_mask, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -296,6 +296,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                 state["batch_in_epoch"] = batch_index + 1
                 progress.update(1)
                 step = state["step"]
+                fault_point(f"step-{step}", rank)
                 plan = length.stepped(state, accelerator)
                 if plan is not None:
                     log(plan)

@@ -294,9 +294,10 @@ def with_model_description(config: RegisterConfig) -> RegisterConfig:
     if config.kind and described.get("kind") and config.kind != described["kind"]:
         raise ValueError(f"{config.model_dir} is a {described['kind']} model; RegisterConfig.kind says {config.kind}")
     text_pair = config.text_pair if config.text_pair is not None else bool(described.get("text_pair_column"))
-    # The tokenizer an encoder was trained with (the pipeline's lineage tags say the same): the MLM-loss gate's test.
-    tags = {**({"bertflow.tokenizer_sha256": described["tokenizer_sha256"]} if described.get("tokenizer_sha256")
-               else {}), **config.tags}
+    # The tokenizer an encoder was trained with (the pipeline's lineage tags say the same): the MLM-loss gate's test;
+    # and the precision its training ran in ("auto" resolves per machine).
+    tags = {**{f"bertflow.{k}": described[k] for k in ("tokenizer_sha256", "mixed_precision") if described.get(k)},
+            **config.tags}
     return replace(config, kind=config.kind or described.get("kind", "classifier"), text_pair=text_pair,
                    max_seq_length=config.max_seq_length or described.get("max_seq_length"), tags=tags)
 

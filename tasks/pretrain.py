@@ -60,7 +60,23 @@ class _Progress:
         return f"Pretraining: step {max(self.step, 0)} of {self.total}{eta}"
 
 
-@task(name="pretrain", cache_policy=NO_CACHE, tags=[TRAINING_TAG])
+class TrainingProcessFailed(RuntimeError):
+    """A launched training process exited with an error: a lost rank or machine, a killed process. The task retries
+    once; the rerun resumes from the last complete checkpoint (a torn one is never resumed from)."""
+
+
+def _lost_process(task, task_run, state) -> bool:  # noqa: ARG001 (Prefect's retry_condition_fn signature)
+    """Retry a failed launch, not a run that never started (bad config or shards: the same error again)."""
+    try:
+        state.result()
+    except TrainingProcessFailed:
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+@task(name="pretrain", cache_policy=NO_CACHE, tags=[TRAINING_TAG], retries=1, retry_condition_fn=_lost_process)
 def pretrain(config: pretrain_lib.PretrainConfig, mlflow_parent_run_id: str | None = None) -> dict:
     """Run (or resume, or skip when up to date) pretraining; its MLflow run nests under `mlflow_parent_run_id`."""
     logger = get_run_logger()
@@ -106,7 +122,7 @@ def pretrain(config: pretrain_lib.PretrainConfig, mlflow_parent_run_id: str | No
                 update_progress_artifact(progress_id, progress=percent, description=progress.description())
         returncode = process.wait()
     if returncode != 0:
-        raise RuntimeError(f"pretraining exited with code {returncode}; last lines:\n" + "\n".join(tail))
+        raise TrainingProcessFailed(f"pretraining exited with code {returncode}; last lines:\n" + "\n".join(tail))
     summary_path = output_dir / "summary.json"
     if not summary_path.is_file():
         raise RuntimeError(f"pretraining stopped before the end (interrupted?); no {summary_path}")

@@ -7,6 +7,7 @@ from transformers import AutoModelForSequenceClassification
 
 from bert_core.corpus import SAMPLE_DIR
 from bert_core.finetune import FinetuneConfig, finetune, read_labelled_texts
+from bert_core.model import model_description
 
 SST2_TRAIN, SST2_DEV = SAMPLE_DIR / "sst2" / "train.tsv", SAMPLE_DIR / "sst2" / "dev.tsv"
 
@@ -37,6 +38,8 @@ def test_finetune_produces_a_loadable_classifier(pretrained, tmp_path):
                                       validation_file=str(SST2_DEV), output_dir=str(tmp_path / "ft"),
                                       max_seq_length=64, max_train_steps=20, learning_rate=5e-4))
     assert summary["steps"] == 20 and summary["eval_num_examples"] == 872
+    # "auto", pinned to fp32 in the tests (conftest), recorded as what ran
+    assert summary["mixed_precision"] == "no" == model_description(summary["final_dir"])["mixed_precision"]
     assert sum(map(sum, summary["eval_confusion_matrix"])) == 872
     model = AutoModelForSequenceClassification.from_pretrained(summary["final_dir"])
     assert model.config.id2label == {0: "negative", 1: "positive"}

@@ -20,6 +20,7 @@ from tests.conftest import REPO, kill_after_checkpoint, run_pretrain_cli, tiny_p
 
 def test_loss_goes_down_and_final_loads_with_vanilla_transformers(pretrained):
     assert pretrained["eval_mlm_loss"] < pretrained["initial_eval_mlm_loss"] - 0.5
+    assert pretrained["mixed_precision"] == "no"  # "auto" (the default), pinned to fp32 in the tests
     model = AutoModelForPreTraining.from_pretrained(pretrained["final_dir"])
     assert type(model).__name__ == "BertForPreTraining"
     history = [json.loads(l) for l in (Path(pretrained["final_dir"]).parent / "metrics.jsonl").read_text().splitlines()]

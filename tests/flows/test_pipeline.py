@@ -66,6 +66,8 @@ def test_one_parent_run_with_a_nested_run_per_stage(run):
     by_name = {r.info.run_name: r for r in children}
     assert {"ingest", "examples", "pretrain-bert-tiny", "evaluate", "finetune-sst2"} <= set(by_name), sorted(by_name)
     assert all(r.info.status == "FINISHED" for r in children)
+    for stage_run in ("pretrain-bert-tiny", "finetune-sst2"):  # the precision "auto" ran in (pinned: conftest)
+        assert by_name[stage_run].data.tags["bertflow.mixed_precision"] == "no", stage_run
     ingest = by_name["ingest"]
     assert ingest.data.metrics["documents_read"] == summary["corpus"]["documents_read"]
     assert ingest.data.params["validation_fraction"] == "0.05"

@@ -1,0 +1,36 @@
+"""The Prefect pretrain task survives a lost rank: the launch fails, the task's retry resumes from the last complete
+checkpoint, and the run ends with the weights of one that was never interrupted."""
+
+from pathlib import Path
+
+import torch
+from prefect import flow
+from safetensors.torch import load_file
+
+from bert_core.launch import FAULT_ENV
+from tasks.pretrain import pretrain as pretrain_task
+from tests.conftest import tiny_pretrain_config
+
+COMMON = dict(max_train_steps=12, logging_steps=3, eval_steps=100, checkpointing_steps=6, learning_rate=5e-4,
+              per_device_train_batch_size=8, mixed_precision="no", num_processes=2)
+
+
+@flow
+def pretrain_once(config) -> dict:
+    return pretrain_task(config)
+
+
+def test_the_pretrain_task_retries_a_lost_rank_from_its_last_checkpoint(examples_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    straight = pretrain_once(tiny_pretrain_config(examples_dir, tmp_path / "straight", main_process_port=29551,
+                                                  **COMMON))
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(FAULT_ENV, f"1:step-9:{marker}")  # rank 1 dies after step 9, once (checkpoints at 6 and 12)
+    lost = pretrain_once(tiny_pretrain_config(examples_dir, tmp_path / "lost", main_process_port=29553, **COMMON))
+    assert marker.is_file() and not lost["reused"] and lost["steps"] == straight["steps"] == 12
+    a = load_file(str(Path(straight["final_dir"]) / "model.safetensors"))
+    b = load_file(str(Path(lost["final_dir"]) / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    # Resumed, not started over: step 6's checkpoint is the one written before the rank was lost.
+    kept = Path(lost["final_dir"]).parent / "checkpoints" / "step-0000006"
+    assert kept.stat().st_mtime < float(marker.read_text())
