@@ -7,8 +7,15 @@ progress artifact.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import queue
+import signal
 import subprocess
+import threading
+import time
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +30,11 @@ from bert_core import launch
 from bert_core import pretrain as pretrain_lib
 from bert_core import stage, tracking
 from bert_core.model import model_name
+
+logger = logging.getLogger(__name__)
+# How long a launch may take to exit once its run is saved: ranks end their own teardown after
+# launch.TEARDOWN_SECONDS; this covers the launcher around them.
+TEARDOWN_GRACE_SECONDS = 2 * launch.TEARDOWN_SECONDS + 30
 
 
 
@@ -58,6 +70,62 @@ class _Progress:
     def description(self) -> str:
         eta = "" if self.eta is None else f", about {self.eta / 60:.1f} min left"
         return f"Pretraining: step {max(self.step, 0)} of {self.total}{eta}"
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid`, deepest first (Linux /proc; elsewhere none)."""
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            for child in map(int, children.read_text().split()):
+                found += _descendants(child) + [child]
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def run_launch(command: list[str], env: dict, on_line, saved, grace_seconds: float = TEARDOWN_GRACE_SECONDS,
+               log: logging.Logger | logging.LoggerAdapter = logger) -> int:
+    """Run a training launch, handing each output line to `on_line`; its exit code. A launch whose run is saved
+    (`saved()` true) but that has not exited `grace_seconds` later, a hang in the distributed runtime's teardown,
+    is killed with its processes and counts as finished (0): it must not hold the worker (or a test) for good."""
+    lines: queue.Queue[str | None] = queue.Queue()
+    # Not a `with` block: closing the pipe would wait for a reader blocked on a leftover process that holds it.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               bufsize=1)
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, name="launch-output", daemon=True).start()
+    saved_at = exited_at = None
+    while True:
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
+            line = ""
+        if line is None:
+            break
+        if line.strip():
+            on_line(line.rstrip())
+        now = time.monotonic()
+        if process.poll() is not None:
+            exited_at = exited_at or now
+            if now - exited_at > 5 and lines.empty():  # a leftover process holds the pipe: stop reading
+                break
+        elif saved_at is None and saved():
+            saved_at = now
+        elif saved_at is not None and now - saved_at > grace_seconds:
+            log.warning("the run is saved but its launch has not exited %.0f s later (a teardown hang); ending "
+                        "its processes", grace_seconds)
+            for pid in _descendants(process.pid) + [process.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            process.wait()
+            return 0
+    return process.wait()
 
 
 class TrainingProcessFailed(RuntimeError):
@@ -108,19 +176,15 @@ def pretrain(config: pretrain_lib.PretrainConfig, mlflow_parent_run_id: str | No
     progress_id = create_progress_artifact(progress=0.0, key="pretrain-progress", description="Pretraining steps")
     progress = _Progress(output_dir / "metrics.jsonl", config.max_train_steps)  # a budget's plan: from the records
     tail: deque[str] = deque(maxlen=40)
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                          bufsize=1) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip()
-            if not line:
-                continue
-            tail.append(line)
-            logger.info(line)
-            percent = progress.percent()
-            if percent is not None:
-                update_progress_artifact(progress_id, progress=percent, description=progress.description())
-        returncode = process.wait()
+
+    def on_line(line: str) -> None:
+        tail.append(line)
+        logger.info(line)
+        percent = progress.percent()
+        if percent is not None:
+            update_progress_artifact(progress_id, progress=percent, description=progress.description())
+
+    returncode = run_launch(command, env, on_line, saved=lambda: stage.completed_stage(output_dir, key), log=logger)
     if returncode != 0:
         raise TrainingProcessFailed(f"pretraining exited with code {returncode}; last lines:\n" + "\n".join(tail))
     summary_path = output_dir / "summary.json"

@@ -34,3 +34,34 @@ def test_the_pretrain_task_retries_a_lost_rank_from_its_last_checkpoint(examples
     # Resumed, not started over: step 6's checkpoint is the one written before the rank was lost.
     kept = Path(lost["final_dir"]).parent / "checkpoints" / "step-0000006"
     assert kept.stat().st_mtime < float(marker.read_text())
+
+
+def test_a_launch_that_hangs_after_its_run_is_saved_is_ended(tmp_path):
+    """A launcher (and its rank) stuck in teardown after the run is saved is killed after the grace time and counts
+    as finished; a leftover process that keeps the output pipe open does not hold the task either."""
+    import os
+    import sys
+    import time
+
+    from tasks.pretrain import run_launch
+
+    saved, child_pid = tmp_path / "saved", tmp_path / "child.pid"
+    hang = ("import subprocess, sys, time, pathlib\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+            f"pathlib.Path({str(child_pid)!r}).write_text(str(child.pid))\n"
+            f"print('step 12 done', flush=True); pathlib.Path({str(saved)!r}).touch(); time.sleep(600)\n")
+    lines: list[str] = []
+    started = time.monotonic()
+    assert run_launch([sys.executable, "-c", hang], dict(os.environ), lines.append, saved.is_file,
+                      grace_seconds=2) == 0
+    assert time.monotonic() - started < 60 and lines == ["step 12 done"]
+    time.sleep(0.5)
+    assert not os.path.exists(f"/proc/{child_pid.read_text()}") or \
+        open(f"/proc/{child_pid.read_text()}/stat").read().split()[2] == "Z"  # its rank is gone too
+
+    leftover = ("import subprocess, sys\n"
+                "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+                "print('done', flush=True)\n")
+    started = time.monotonic()
+    assert run_launch([sys.executable, "-c", leftover], dict(os.environ), lines.append, lambda: False) == 0
+    assert time.monotonic() - started < 30
