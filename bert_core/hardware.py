@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from bert_core.stage import pid_alive
+
 logger = logging.getLogger(__name__)
 
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # the /proc/cpuinfo flags of native bf16 matrix units, best first
@@ -120,23 +122,13 @@ def training_registry() -> Path:
                 Path(tempfile.gettempdir()) / f"bertflow-training-{os.getuid() if hasattr(os, 'getuid') else 0}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def registered_processes(registry: Path | None = None) -> list[int]:
     """The live registered training processes; files of dead ones are removed."""
     registry = registry or training_registry()
     live = []
     for entry in registry.glob("*") if registry.is_dir() else ():
         pid = int(entry.name) if entry.name.isdigit() else None
-        if pid is not None and _alive(pid):
+        if pid is not None and pid_alive(pid):
             live.append(pid)
         else:
             entry.unlink(missing_ok=True)
