@@ -1,5 +1,5 @@
 """Benchmark of the hardware choices bertflow makes for a training run. Run with no arguments:
-`python bench/hardware.py` (about 6-9 minutes on 2 cores; BENCH_REPEATS, default 3, sets the repeats).
+`python bench/hardware.py` (about 12 minutes on 2 cores; BENCH_REPEATS, default 3, sets the repeats).
 
 Every figure is a real `pretrain()` on the bundled sample's shards (8k WordPiece vocabulary, seq 128, batch 16,
 MLM only), each run in a fresh process; tokens/s are non-pad tokens per second over the logging windows after the
