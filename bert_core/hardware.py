@@ -4,9 +4,9 @@ threads a training process takes when several share the machine.
 Precision. bf16 autocast pays only where the hardware multiplies bf16 natively: a CUDA device with bf16, or a CPU
 with AMX (`amx_bf16`) or AVX512-BF16 (`avx512_bf16`) units. Elsewhere torch emulates it: on an AVX2-only AMD EPYC a
 bert-mini step ran 14x slower in bf16 than in fp32 (issue 16), while on an AVX512-BF16 EPYC bf16 pretraining ran
-1.86x (bert-mini) and 1.26x (ModernBERT-tiny) as fast as fp32 (`python bench/hardware.py`). torch 2.13 exposes no bf16 query for
-the CPU (`get_cpu_capability()` says "AVX512" on both kinds of AVX512 machine), so the CPU flags come from
-/proc/cpuinfo. `BERTFLOW_MIXED_PRECISION` overrides what "auto" resolves to for every run of a process tree (the
+1.86x (bert-mini) and 1.26x (ModernBERT-tiny) as fast as fp32 (`python bench/hardware.py`). torch 2.13 exposes
+no bf16 query for the CPU (`get_cpu_capability()` says "AVX512" on both kinds of AVX512 machine), so the CPU flags
+come from /proc/cpuinfo. `BERTFLOW_MIXED_PRECISION` overrides what "auto" resolves to for every run of a process tree (the
 tests set it to "no" so that their numerics do not depend on the CI machine's CPU); an explicit value is kept.
 
 Threads. Each torch process runs as many OpenMP threads as the machine has cores; two such training processes on
