@@ -6,8 +6,9 @@ with AMX (`amx_bf16`) or AVX512-BF16 (`avx512_bf16`) units. Elsewhere torch emul
 bert-mini step ran 14x slower in bf16 than in fp32 (issue 16), while on an AVX512-BF16 EPYC bf16 pretraining ran
 1.86x (bert-mini) and 1.26x (ModernBERT-tiny) as fast as fp32 (`python bench/hardware.py`). torch 2.13 exposes
 no bf16 query for the CPU (`get_cpu_capability()` says "AVX512" on both kinds of AVX512 machine), so the CPU flags
-come from /proc/cpuinfo. `BERTFLOW_MIXED_PRECISION` overrides what "auto" resolves to for every run of a process tree (the
-tests set it to "no" so that their numerics do not depend on the CI machine's CPU); an explicit value is kept.
+come from /proc/cpuinfo. `BERTFLOW_MIXED_PRECISION` overrides what "auto" resolves to for every run of a process
+tree (the tests set it to "no" so that their numerics do not depend on the CI machine's CPU); an explicit value is
+kept.
 
 Threads. Each torch process runs as many OpenMP threads as the machine has cores; two such training processes on
 2 cores slow each other ~10x, not 2x. A training process with `num_threads=None` registers itself (a file named by
