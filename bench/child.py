@@ -20,13 +20,17 @@ def peak_mb():
 """
 
 
+def child_env(env: dict[str, str | None] | None = None) -> dict[str, str]:
+    """A benchmark subject's environment: this process's, offline, no progress bars, plus `env` (None removes)."""
+    merged = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", **(env or {})}
+    return {k: v for k, v in merged.items() if v is not None}
+
+
 def run_child(code: str, *args, env: dict[str, str] | None = None) -> dict:
     """Run `code` (which may call peak_mb()) with `args` in a fresh interpreter; return its last stdout line as JSON.
     `env` adds variables to this process's environment (a value None removes one)."""
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", **(env or {})}
-    env = {k: v for k, v in env.items() if v is not None}
     out = subprocess.run([sys.executable, "-c", PEAK_MB + code, *map(str, args)], capture_output=True, text=True,
-                         cwd=REPO, env=env)
+                         cwd=REPO, env=child_env(env))
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -39,8 +43,9 @@ def report(name: str, result: dict) -> None:
     sys.path.insert(0, str(REPO))
     from bert_core.hardware import machine_description
 
-    result = {**machine_description(), **result}
-    print("machine: " + ", ".join(f"{k} {v}" for k, v in machine_description().items()))
+    machine = machine_description()
+    result = {**machine, **result}
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))

@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from child import report, run_child  # noqa: E402
+from child import child_env, report, run_child  # noqa: E402
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 STEPS, LOGGING = 48, 8
@@ -74,8 +74,7 @@ def solo(shards: Path, work: Path, preset: str, architecture: str, precision: st
 
 def pair(shards: Path, work: Path, threads: int, steps: int) -> list[dict]:
     """Two runs started together (bert-mini, fp32); `threads` 0: the default share."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1", **_env(work)}
-    env = {k: v for k, v in env.items() if v is not None}
+    env = child_env(_env(work))
     procs = []
     for i in range(2):
         out = work / f"pair-{i}"
