@@ -10,8 +10,10 @@ of its own, since Chinese and Japanese text has no spaces:
   estimated Jaccard similarity reaches `near_dedup_threshold`; the first document in corpus order is kept;
 - contamination: any word n-gram (13 by default, as in GPT-3's decontamination) shared with a downstream evaluation
   text; evaluation texts shorter than n words (but at least `min_eval_words`) are matched whole.
-Signatures are computed per document (in parallel, per input file); the index that compares them across the whole
-corpus holds one 128 x 64-bit signature per kept document.
+Signatures are computed per document (in parallel, per input file). `reject_documents` decides across the whole
+corpus: contamination, then exact duplicates (first in corpus order kept), then near duplicates among the rest with
+`bert_core.near_dedup` (bands sorted on disk, memory independent of the corpus size). `NearDuplicateIndex`, the
+in-memory greedy index (one signature per kept document), stays as the reference the tests and benchmark compare with.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -103,7 +106,8 @@ def minhash_signature(hashes: np.ndarray, config: DedupConfig) -> np.ndarray:
 
 
 class NearDuplicateIndex:
-    """MinHash LSH over the documents kept so far; `seen_before` answers and then remembers."""
+    """MinHash LSH over the documents kept so far; `seen_before` answers and then remembers. In memory (1 KB per
+    kept document): the reference `bert_core.near_dedup` is measured against, not what the ingest stage runs."""
 
     def __init__(self, config: DedupConfig):
         from datasketch import MinHashLSH
@@ -122,6 +126,50 @@ class NearDuplicateIndex:
         self._lsh.insert(key, minhash)
         self._signatures[key] = signature
         return False
+
+
+KEPT, CONTAMINATED, DUPLICATE, NEAR_DUPLICATE = 0, 1, 2, 3  # reason codes of `reject_documents`
+
+
+def reject_documents(part_files: list[Path], config: DedupConfig, work_dir: str | Path,
+                     executor=None) -> list[np.ndarray]:
+    """Per part (ingest part files in corpus order), each document's code: KEPT, CONTAMINATED, DUPLICATE or
+    NEAR_DUPLICATE, the first that applies. Exact duplicates keep the first copy in corpus order; near duplicates
+    are found among the documents left (`near_dedup.near_duplicates`, its units on `executor`). Memory: one part
+    at a time, the content hashes seen, and one byte per document for the codes."""
+    import pyarrow.parquet as pq
+
+    from bert_core.near_dedup import near_duplicates
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    codes, near_parts, seen = [], [], set()
+    for index, path in enumerate(part_files):
+        table = pq.read_table(path, columns=["content_hash", "signature", "contamination"])
+        code = np.zeros(table.num_rows, dtype=np.int8)
+        code[np.asarray(table.column("contamination")) > 0] = CONTAMINATED
+        if config.exact:
+            for i, content in enumerate(table.column("content_hash").to_pylist()):
+                if code[i] == KEPT and content in seen:
+                    code[i] = DUPLICATE
+                elif code[i] == KEPT:
+                    seen.add(content)
+        codes.append(code)
+        if config.near:
+            files = {"signatures_file": work_dir / f"signatures-{index:06d}.npy",
+                     "eligible_file": work_dir / f"eligible-{index:06d}.npy"}
+            signatures = b"".join(table.column("signature").to_pylist())
+            np.save(files["signatures_file"], np.frombuffer(signatures, dtype=np.uint64).reshape(-1, config.num_perm))
+            np.save(files["eligible_file"], code == KEPT)
+            near_parts.append({k: str(v) for k, v in files.items()})
+    if config.near and near_parts:
+        duplicates = near_duplicates(near_parts, threshold=config.near_dedup_threshold, num_perm=config.num_perm,
+                                     work_dir=work_dir / "bands", executor=executor)
+        offsets = np.cumsum([0] + [c.size for c in codes])
+        for index, code in enumerate(codes):
+            rows = duplicates[(duplicates >= offsets[index]) & (duplicates < offsets[index + 1])] - offsets[index]
+            code[rows.astype(np.int64)] = NEAR_DUPLICATE
+    return codes
 
 
 class ContaminationIndex:

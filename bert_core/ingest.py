@@ -6,10 +6,10 @@ what changed:
    split sentences, and compute each document's exact-content hash, MinHash signature and evaluation-set overlap.
    The result is a part file under `<output_dir>-parts/`, keyed by the input's content and the config; an
    existing part with the same key is reused.
-2. `merge_parts` (one process, corpus order): drop contaminated documents, then exact and near duplicates across
-   the whole corpus, split train/validation deterministically by document id, and write
-   `documents-{train,validation}-NNNNN.parquet` plus `manifest.json`. Memory holds one part at a time plus the
-   dedup index (one signature per kept document).
+2. `merge_parts` (corpus order): drop contaminated documents, then exact and near duplicates across the whole
+   corpus (`bert_core.dedup.reject_documents`; near dedup on disk, its units on any workers), split
+   train/validation deterministically by document id, and write `documents-{train,validation}-NNNNN.parquet` plus
+   `manifest.json`. Memory holds one part at a time, the exact-duplicate hashes seen and a byte per document.
 Every document read is accounted for: read = kept + rejected, by reason, per source.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import logging
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +41,16 @@ from bert_core.cleaning import (
 from bert_core.corpus import SAMPLE_SOURCES, ReadConfig, input_units, read_unit, task_source
 from bert_core.textfiles import column_spec, display_path, local_unit, portable_unit
 from bert_core.dedup import (
+    CONTAMINATED,
+    DUPLICATE,
+    KEPT,
+    NEAR_DUPLICATE,
     ContaminationIndex,
     DedupConfig,
-    NearDuplicateIndex,
     content_hash,
     minhash_signature,
     normalized_words,
+    reject_documents,
     word_hashes,
 )
 
@@ -212,7 +217,7 @@ class _ShardWriter:
 
 
 def merge_parts(records: list[dict[str, Any]], config: IngestConfig, parts_dir: str | Path,
-                output_dir: str | Path, *, key: str) -> Path:
+                output_dir: str | Path, *, key: str, executor=None) -> Path:
     """Corpus-wide decontamination, dedup and split over finished parts; write the document shards + manifest."""
     parts_dir, output_dir = Path(parts_dir), Path(output_dir)
     rejected: Counter = Counter()
@@ -220,9 +225,10 @@ def merge_parts(records: list[dict[str, Any]], config: IngestConfig, parts_dir: 
     per_source: dict[str, Counter] = {}
     decisions: list[np.ndarray] = []  # per part: 0 reject, 1 train, 2 validation
     points: list[np.ndarray] = []
-    near = NearDuplicateIndex(config.dedup) if config.dedup.near else None
-    seen: set[str] = set()
-    for record in records:
+    near_dir = parts_dir / f"dedup-{key[:16]}"
+    codes = reject_documents([parts_dir / r["part"] for r in records], config.dedup, near_dir, executor)
+    reasons = {CONTAMINATED: REJECT_CONTAMINATED, DUPLICATE: REJECT_DUPLICATE, NEAR_DUPLICATE: REJECT_NEAR_DUPLICATE}
+    for record, code in zip(records, codes):
         source = display_path(_source_of(local_unit(record["unit"]), config.sources))
         counts = per_source.setdefault(source, Counter())
         counts["read"] += record["read"]
@@ -230,31 +236,17 @@ def merge_parts(records: list[dict[str, Any]], config: IngestConfig, parts_dir: 
         for reason, n in record["rejected"].items():
             rejected[reason] += n
             counts[f"rejected_{reason}"] += n
-        table = pq.read_table(parts_dir / record["part"], columns=["doc_id", "content_hash", "signature", "contamination"])
-        decision = np.zeros(table.num_rows, dtype=np.int8)
-        point = np.zeros(table.num_rows)
-        ids = table.column("doc_id").to_pylist()
-        hashes = table.column("content_hash").to_pylist()
-        signatures = table.column("signature").to_pylist()
-        contamination = table.column("contamination").to_numpy()
-        for i, doc_id in enumerate(ids):
-            reason = None
-            if contamination[i] > 0:
-                reason = REJECT_CONTAMINATED
-            elif config.dedup.exact and hashes[i] in seen:
-                reason = REJECT_DUPLICATE
-            elif near is not None and near.seen_before(f"{record['key']}:{i}", np.frombuffer(signatures[i], dtype=np.uint64)):
-                reason = REJECT_NEAR_DUPLICATE
-            if reason:
-                rejected[reason] += 1
-                counts[f"rejected_{reason}"] += 1
-                continue
-            seen.add(hashes[i])
-            point[i] = _split_point(doc_id, config.seed)
-            decision[i] = 2 if point[i] < config.validation_fraction else 1
-            counts["kept"] += 1
+        for value, reason in reasons.items():
+            if n := int((code == value).sum()):
+                rejected[reason] += n
+                counts[f"rejected_{reason}"] += n
+        ids = pq.read_table(parts_dir / record["part"], columns=["doc_id"]).column("doc_id").to_pylist()
+        point = np.array([_split_point(doc_id, config.seed) if c == KEPT else 0.0 for doc_id, c in zip(ids, code)])
+        decision = np.where(code == KEPT, np.where(point < config.validation_fraction, 2, 1), 0).astype(np.int8)
+        counts["kept"] += int((code == KEPT).sum())
         decisions.append(decision)
         points.append(point)
+    shutil.rmtree(near_dir, ignore_errors=True)
 
     read = sum(r["read"] for r in records)
     kept = int(sum((d > 0).sum() for d in decisions))
@@ -372,10 +364,11 @@ def plan_ingest(config: IngestConfig, output_dir: str | Path) -> dict[str, Any]:
             "up_to_date": stage.completed_stage(output_dir, key) is not None}
 
 
-def finish_ingest(plan: dict[str, Any], records: list[dict[str, Any]]) -> Path:
-    """The corpus-wide step of a planned run, once every unit has its part (`records` in plan order)."""
+def finish_ingest(plan: dict[str, Any], records: list[dict[str, Any]], executor=None) -> Path:
+    """The corpus-wide step of a planned run, once every unit has its part (`records` in plan order); the near
+    dedup's units run on `executor` when given (a Dask client's `get_executor()`)."""
     config = stage.config_from_dict(IngestConfig, plan["config"])
-    return merge_parts(records, config, plan["parts_dir"], plan["output_dir"], key=plan["key"])
+    return merge_parts(records, config, plan["parts_dir"], plan["output_dir"], key=plan["key"], executor=executor)
 
 
 def ingest_corpus(config: IngestConfig, output_dir: str | Path) -> Path:

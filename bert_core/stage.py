@@ -260,3 +260,46 @@ def end_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
+def map_units(function: typing.Callable[[dict[str, Any]], T], specs: list[dict[str, Any]], executor=None, *,
+              cost: typing.Callable[[dict[str, Any]], float] = lambda spec: 0.0) -> list[T]:
+    """`function` over a stage's unit specs (plain data), in this process or on a `concurrent.futures` executor
+    (a process pool, a Dask client's `get_executor()`); results in spec order whatever the order of completion.
+
+    The costliest units are submitted first, so that a long one does not start last and leave the others idle.
+    """
+    if executor is None or len(specs) <= 1:
+        return [function(spec) for spec in specs]
+    order = sorted(range(len(specs)), key=lambda i: -cost(specs[i]))
+    results = dict(zip(order, executor.map(function, [specs[i] for i in order])))
+    return [results[i] for i in range(len(specs))]
+
+
+# The environment of a data worker that owns one core (a pool or Dask cluster of one process per core): the
+# tokenizer's Rust threads and any OpenMP pool keep to it instead of each worker spreading over every core.
+SINGLE_THREADED = {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+def _single_threaded_worker(parent_pid: int) -> None:
+    """Pool-worker initializer: one thread for the tokenizer and OpenMP (the pool has one process per core), and
+    exit with the stage that started the pool."""
+    os.environ.update(SINGLE_THREADED)
+    end_with_parent(parent_pid)
+
+
+@contextmanager
+def worker_pool(workers: int, *, preload: list[str]) -> Iterator[typing.Any]:
+    """A pool of `workers` single-threaded processes (forkserver, `preload` modules imported once), for
+    `map_units`; None for one worker: the stage runs in this process."""
+    if workers <= 1:
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(preload)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_single_threaded_worker,
+                             initargs=(os.getpid(),)) as pool:
+        yield pool
