@@ -7,6 +7,10 @@ On the same ~15 MB of Wikipedia sentences (the team's WikiExtractor files, inges
   gates, shuffle, equal-size Arrow shards with checksums), cold (no token store yet), in one process and with
   workers=2; its peak RSS (process and workers together) on the 15 MB slice over that on a 1.5 MB slice is
   `rss_growth_10x`;
+- bertflow on a Dask LocalCluster of 1 and of 2 single-threaded workers (started before the clock, as a long-lived
+  cluster is): `speedup_2_workers` is 2 over 1, tokenizing and generating units on the workers; the shards must be
+  the same bytes for both (`identical_shards_any_workers`). Beside it `machine_speedup_2_processes`, the tokenizer
+  alone in 1 and 2 single-threaded processes: what this machine gives two processes at all;
 - google-research/bert: `create_training_instances` from create_pretraining_data.py as published on PyPI in
   bert-tensorflow 1.0.4 (downloaded into a temporary directory; TensorFlow, used there only for file reading, flags
   and logging, is stood in for by the standard library; TFRecord writing is replaced by the same id conversion);
@@ -77,6 +81,61 @@ manifests = [json.load(open(f"{out}/{s}/manifest.json")) for s in ("train", "val
 print(json.dumps({"seconds": seconds, "examples": sum(m["num_examples"] for m in manifests),
                   "tokens": sum(m["num_tokens"] for m in manifests),
                   "peak_rss_mb": max(peak[0] / 2**20, peak_mb())}))
+"""
+
+DASK = r"""
+import json, sys, threading, time
+import psutil
+from distributed import Client, LocalCluster
+from bert_core.examples import ExamplesConfig, generate_examples
+from bert_core.stage import SINGLE_THREADED
+from bert_core.shards import read_manifest
+from bert_core.tokenizer import TokenizerConfig
+peak = [0]
+def sample():  # resident memory of this process, the scheduler, nannies and workers together
+    me = psutil.Process()
+    while True:
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        peak[0] = max(peak[0], total)
+        time.sleep(0.1)
+if __name__ == "__main__":
+    config = ExamplesConfig(max_seq_length=128, dupe_factor=1, tokenizer=TokenizerConfig(tokenizer_path=sys.argv[1]))
+    with LocalCluster(n_workers=int(sys.argv[4]), threads_per_worker=1, processes=True, dashboard_address=None,
+                      env=SINGLE_THREADED) as cluster, Client(cluster) as client:
+        client.run(lambda: __import__("bert_core.examples"))  # a long-lived cluster's workers have imported it
+        threading.Thread(target=sample, daemon=True).start()
+        start = time.perf_counter()
+        out = generate_examples(config, sys.argv[2], sys.argv[3], executor=client.get_executor())
+        seconds = time.perf_counter() - start
+    manifests = [read_manifest(f"{out}/{s}") for s in ("train", "validation")]
+    print(json.dumps({"seconds": seconds, "examples": sum(m["num_examples"] for m in manifests),
+                      "tokens": sum(m["num_tokens"] for m in manifests), "peak_rss_mb": peak[0] / 2**20,
+                      "shards_sha256": [s["sha256"] for m in manifests for s in m["shards"]]}))
+"""
+
+# The machine's own ceiling for two processes: the tokenizer alone, one thread per process, on halves of the text.
+FLOOR_PROCESSES = r"""
+import json, sys, time
+from concurrent.futures import ProcessPoolExecutor
+def encode(args):
+    import os
+    os.environ.update({"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+    from bert_core.tokenizer import load_tokenizer
+    path, text, part, parts = args
+    sentences = [l for l in open(text, encoding="utf-8").read().splitlines() if l.strip()][part::parts]
+    load_tokenizer(path).backend_tokenizer.encode_batch_fast(sentences, add_special_tokens=False)
+if __name__ == "__main__":
+    n = int(sys.argv[3])
+    with ProcessPoolExecutor(n) as pool:
+        list(pool.map(encode, [(sys.argv[1], sys.argv[2], 0, 1)] * n))  # start and warm the workers
+        start = time.perf_counter()
+        list(pool.map(encode, [(sys.argv[1], sys.argv[2], i, n) for i in range(n)]))
+    print(json.dumps({"seconds": time.perf_counter() - start, "tokens": 0, "peak_rss_mb": 0}))
 """
 
 GOOGLE = r"""
@@ -201,6 +260,11 @@ def main() -> None:
                 shutil.rmtree(work / "out-10x", ignore_errors=True)  # a cold run: tokenization included
                 runs.setdefault(f"bertflow_{workers}", []).append(
                     run(BERTFLOW, work / "tokenizer", documents, work / "out-10x" / "examples", workers))
+                shutil.rmtree(work / "out-10x", ignore_errors=True)
+                runs.setdefault(f"dask_{workers}", []).append(
+                    run(DASK, work / "tokenizer", documents, work / "out-10x" / "examples", workers))
+                runs.setdefault(f"floor_processes_{workers}", []).append(
+                    run(FLOOR_PROCESSES, work / "tokenizer", text, workers))
             shutil.rmtree(work / "out-1x", ignore_errors=True)
             runs.setdefault("bertflow_1x", []).append(
                 run(BERTFLOW, work / "tokenizer", small_docs, work / "out-1x" / "examples", 1))
@@ -214,9 +278,12 @@ def main() -> None:
 
     med = {name: median_run(r) for name, r in runs.items()}
     floor, ours, ours_small, hf, google = med["floor"], med["bertflow_1"], med["bertflow_1x"], med["hf"], med.get("google")
-    best = min((med["bertflow_1"], med["bertflow_2"]), key=lambda r: r["seconds"])
+    best = min((med["bertflow_1"], med["bertflow_2"], med["dask_2"]), key=lambda r: r["seconds"])
+    shard_sets = {tuple(r["shards_sha256"]) for name in ("dask_1", "dask_2") for r in runs[name]}
     rows = {"tokenizer floor (encode_batch)": floor, "bertflow generate_examples, 1 process": ours,
             "bertflow generate_examples, workers=2": med["bertflow_2"],
+            "bertflow on Dask, 1 single-threaded worker": med["dask_1"],
+            "bertflow on Dask, 2 single-threaded workers": med["dask_2"],
             f"bertflow 1 process on {small_mb:.1f} MB (for RSS growth)": ours_small,
             "HF run_mlm way (map + group_texts)": hf}
     if google:
@@ -237,8 +304,14 @@ def main() -> None:
         # Both read the same 16 MB of sentences: the share of the tokenizer's own speed the whole stage keeps.
         "fraction_of_tokenizer_floor": floor["seconds"] / best["seconds"],
         "rss_growth_10x": ours["peak_rss_mb"] / ours_small["peak_rss_mb"],
-        "speedup_2_workers": med["bertflow_1"]["seconds"] / med["bertflow_2"]["seconds"],
-        "bertflow": ours, "bertflow_2_workers": med["bertflow_2"], "bertflow_1x": {**ours_small, "sentences_mb": small_mb},
+        # 2 single-threaded Dask workers over 1, the stage tokenizing included; beside it the same ratio for the
+        # tokenizer alone in 1 and 2 processes: the most two processes get on this machine.
+        "speedup_2_workers": med["dask_1"]["seconds"] / med["dask_2"]["seconds"],
+        "machine_speedup_2_processes": med["floor_processes_1"]["seconds"] / med["floor_processes_2"]["seconds"],
+        "dask_2_workers_over_1_process": ours["seconds"] / med["dask_2"]["seconds"],
+        "speedup_2_process_pool": ours["seconds"] / med["bertflow_2"]["seconds"],
+        "identical_shards_any_workers": len(shard_sets) == 1,
+        "bertflow": ours, "bertflow_2_workers": med["bertflow_2"], "dask_1": med["dask_1"], "dask_2": med["dask_2"], "bertflow_1x": {**ours_small, "sentences_mb": small_mb},
         "google": google, "hf": hf, "floor": floor,
         "lddl": "not run: lddl 0.1.0 pins transformers==4.16.2, dask==2021.7.1, mpi4py==3.1.3",
     }

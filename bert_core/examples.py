@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import shutil
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -231,14 +231,29 @@ def examples_key(config: ExamplesConfig, documents_dir: str | Path) -> str:
     return stage.hash_json({"config": config, "tokens": tokens_key(config.tokenizer, documents_dir), "version": 3})
 
 
+def examples_up_to_date(config: ExamplesConfig, documents_dir: str | Path, output_dir: str | Path) -> bool:
+    """Whether `output_dir` holds this config's finished, intact shards (then the stage, tokenizing included, is
+    skipped)."""
+    if not stage.completed_stage(output_dir, examples_key(config, documents_dir)):
+        return False
+    try:
+        for split in ("train", "validation"):
+            verify_shards(Path(output_dir) / split)
+        return True
+    except (OSError, ValueError) as error:  # a shard was removed or altered since: build the output again
+        logger.warning("examples: %s is not intact (%s); generating it again", output_dir, error)
+        return False
+
+
 def parts_dir_for(output_dir: Path, key: str) -> Path:
     return output_dir.with_name(output_dir.name + "-parts") / key[:16]
 
 
 @with_system_memory_pool
 def plan_examples(config: ExamplesConfig, documents_dir: str | Path, output_dir: str | Path,
-                  tokens_dir: str | Path | None = None) -> dict[str, Any]:
-    """Tokenize (once, reused) and cut every split into units; returns the plan the other steps take.
+                  tokens_dir: str | Path | None = None, executor: Executor | None = None) -> dict[str, Any]:
+    """Tokenize (once, reused; its units on `executor` when given) and cut every split into units; returns the
+    plan the other steps take.
 
     The plan is plain data: `key`, `tokens_dir`, `parts_dir`, `splits` (name -> documents, static) and `units`
     (the specs `generate_unit` runs). An up-to-date output gives `up_to_date: True` and no units.
@@ -252,14 +267,9 @@ def plan_examples(config: ExamplesConfig, documents_dir: str | Path, output_dir:
     key = examples_key(config, documents_dir)
     plan: dict[str, Any] = {"key": key, "output_dir": str(output_dir), "tokens_dir": str(tokens_dir),
                             "config": stage.to_jsonable(config), "units": [], "splits": {}}
-    if stage.completed_stage(output_dir, key):
-        try:
-            for split in ("train", "validation"):
-                verify_shards(output_dir / split)
-            return {**plan, "up_to_date": True}
-        except (OSError, ValueError) as error:  # a shard was removed or altered since: build the output again
-            logger.warning("examples: %s is not intact (%s); generating it again", output_dir, error)
-    tokenize_corpus(config.tokenizer, documents_dir, tokens_dir)
+    if examples_up_to_date(config, documents_dir, output_dir):
+        return {**plan, "up_to_date": True}
+    tokenize_corpus(config.tokenizer, documents_dir, tokens_dir, executor)
     tokenizer = load_backend(tokens_dir / "tokenizer")
     parts = parts_dir_for(output_dir, key)
     parts.mkdir(parents=True, exist_ok=True)
@@ -347,39 +357,26 @@ def finish_examples(plan: dict[str, Any], stats: list[dict[str, Any]]) -> Path:
     return output_dir
 
 
-def run_units(specs: list[dict[str, Any]], workers: int = 1) -> list[dict[str, Any]]:
-    """`generate_unit` over specs, in this process or a pool of `workers` processes; statistics in spec order."""
-    if workers <= 1 or len(specs) <= 1:
-        return [generate_unit(spec) for spec in specs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["bert_core.examples"])
-    with ProcessPoolExecutor(max_workers=min(workers, len(specs)), mp_context=context,
-                             initializer=stage.end_with_parent, initargs=(os.getpid(),)) as pool:
-        # Largest units first so that a long one does not start last; results are put back in spec order.
-        order = sorted(range(len(specs)), key=lambda i: -specs[i]["tokens"])
-        results = dict(zip(order, pool.map(generate_unit, [specs[i] for i in order])))
-    return [results[i] for i in range(len(specs))]
-
-
 def generate_examples(config: ExamplesConfig, documents_dir: str | Path, output_dir: str | Path,
-                      *, tokens_dir: str | Path | None = None, workers: int = 1) -> Path:
+                      *, tokens_dir: str | Path | None = None, workers: int = 1,
+                      executor: Executor | None = None) -> Path:
     """Run the stage: `output_dir/{tokenizer,train,validation}` with shards and manifests. Skips if up to date.
 
     The tokenized corpus goes to `tokens_dir` (default: a `tokens` directory beside `output_dir`) and is reused by
-    every run on the same documents and tokenizer settings, e.g. a second phase at max_seq_length 512. `workers`
-    processes generate units in parallel; the shards are the same bytes for any number of workers.
+    every run on the same documents and tokenizer settings, e.g. a second phase at max_seq_length 512. Tokenizing
+    and generation units run on `executor` (any `concurrent.futures` executor: a Dask client's `get_executor()`),
+    else on a pool of `workers` single-threaded processes, else here; the shards are the same bytes either way.
     """
     started = time.perf_counter()
-    plan = plan_examples(config, documents_dir, output_dir, tokens_dir)
-    if plan["up_to_date"]:
-        logger.info("examples: %s is up to date, skipping", output_dir)
-        return Path(output_dir)
-    planned = time.perf_counter()
-    stats = run_units(plan["units"], workers)
-    generated = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        executor = executor or stack.enter_context(stage.worker_pool(workers, preload=["bert_core.examples"]))
+        plan = plan_examples(config, documents_dir, output_dir, tokens_dir, executor)
+        if plan["up_to_date"]:
+            logger.info("examples: %s is up to date, skipping", output_dir)
+            return Path(output_dir)
+        planned = time.perf_counter()
+        stats = stage.map_units(generate_unit, plan["units"], executor, cost=lambda unit: unit["tokens"])
+        generated = time.perf_counter()
     path = finish_examples(plan, stats)
     logger.info("examples: tokenize + plan %.1f s, %d units on %d worker(s) %.1f s, merge %.1f s",
                 planned - started, len(plan["units"]), workers, generated - planned, time.perf_counter() - generated)

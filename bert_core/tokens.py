@@ -9,18 +9,25 @@ held in Python lists. The tokenizer is trained (or loaded) here and saved next t
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterator
+import math
+import os
+import shutil
+import time
+from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bert_core import stage
-from bert_core.shards import MappedTable, arrow_array, id_type, list_array, numpy_dtype
+from bert_core.shards import MappedTable, arrow_array, id_type, list_array, numpy_dtype, numpy_view
 from bert_core.tokenizer import TokenizerConfig, load_backend, save_tokenizer, tokenizer_hash, train_backend
 
 logger = logging.getLogger(__name__)
@@ -28,6 +35,7 @@ logger = logging.getLogger(__name__)
 _BATCH_DOCUMENTS = 16
 _ENCODE_CHARACTERS = 1 << 18  # text per encode_batch call: enough for all threads, little memory for Encodings
 _CHUNK_TOKENS = 1 << 20  # tokens per record batch of the store (one contiguous buffer each)
+_UNIT_BYTES = 1 << 19  # text per unit of tokenizing work: ~0.3 s on one core, so that workers finish together
 
 
 def _encode_slices(tokenizer, sentences: list[str]) -> list:
@@ -50,16 +58,21 @@ def _to_arrays(slices: list, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     return lengths, np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
 
 
-def encoded_batches(tokenizer, documents_dir: str | Path, split: str,
+def encoded_batches(tokenizer, batches: Iterable[list[list[str]]],
                     dtype: np.dtype) -> Iterator[tuple[list[list[str]], np.ndarray, np.ndarray]]:
-    """(documents, token count per sentence, flat ids) per batch of documents, in corpus order.
+    """(documents, token count per sentence, flat ids) per batch of documents, in order.
 
-    A helper thread encodes batch k+1 (the tokenizer releases the GIL and uses every core) while this thread
-    reads the next batch and turns batch k's encodings into arrays, so the cores do not wait on Python.
+    A helper thread encodes batch k+1 (the tokenizer releases the GIL and uses every core it is allowed) while this
+    thread reads the next batch and turns batch k's encodings into arrays, so the cores do not wait on Python. A
+    single-threaded worker (`RAYON_NUM_THREADS=1`, one per core) encodes inline: it keeps to its one core.
     """
+    if os.environ.get("RAYON_NUM_THREADS") == "1":
+        for batch in batches:
+            yield batch, *_to_arrays(_encode_slices(tokenizer, [s for doc in batch for s in doc]), dtype)
+        return
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
-        for batch in iter_ingested(documents_dir, split):
+        for batch in batches:
             future = pool.submit(_encode_slices, tokenizer, [s for doc in batch for s in doc])
             if pending is not None:
                 yield pending[0], *_to_arrays(pending[1].result(), dtype)
@@ -108,53 +121,165 @@ def tokens_key(config: TokenizerConfig, documents_dir: str | Path) -> str:
     inputs = stage.hash_files(sorted(Path(documents_dir).glob("documents-*.parquet")))
     if config.tokenizer_path:
         inputs = stage.hash_json([inputs, stage.hash_path(config.tokenizer_path)])
-    return stage.hash_json({"tokenizer": config, "inputs": inputs, "version": 1})
+    # version 2: the store is the concatenation of per-unit parts (record batches end at unit boundaries)
+    return stage.hash_json({"tokenizer": config, "inputs": inputs, "version": 2})
 
 
-def tokenize_corpus(config: TokenizerConfig, documents_dir: str | Path, output_dir: str | Path) -> Path:
-    """Train or load the tokenizer and write the token store of every split; skip if up to date."""
+def plan_token_units(documents_dir: str | Path, split: str) -> list[dict[str, Any]]:
+    """Row ranges of about `_UNIT_BYTES` of text, in corpus order, never across ingest files: the units of work.
+
+    A function of the ingest output only (its Parquet metadata), so the store is the same for any number of workers.
+    """
+    shards = sorted(Path(documents_dir).glob(f"documents-{split}-*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"no documents-{split}-*.parquet in {documents_dir}: run the ingest stage first")
+    units: list[dict[str, Any]] = []
+    for shard in shards:
+        metadata = pq.ParquetFile(shard).metadata
+        rows = metadata.num_rows
+        if not rows:
+            continue
+        text_bytes = sum(metadata.row_group(g).total_byte_size for g in range(metadata.num_row_groups))
+        per_unit = max(1, math.ceil(rows * _UNIT_BYTES / max(1, text_bytes)))
+        for start in range(0, rows, per_unit):
+            stop = min(rows, start + per_unit)
+            units.append({"split": split, "index": len(units), "file": str(shard), "start": start, "stop": stop,
+                          "bytes": text_bytes * (stop - start) // rows})
+    return units
+
+
+def _unit_documents(spec: dict[str, Any]) -> Iterator[list[list[str]]]:
+    """Batches of the documents (lists of sentences) in rows [start, stop) of one ingest file."""
+    parquet = pq.ParquetFile(spec["file"])
+    first = 0
+    for group in range(parquet.metadata.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        lo, hi = max(spec["start"], first), min(spec["stop"], first + rows)
+        if lo < hi:
+            column = parquet.read_row_group(group, columns=["sentences"]).column("sentences").slice(lo - first, hi - lo)
+            for offset in range(0, hi - lo, _BATCH_DOCUMENTS):
+                yield column.slice(offset, _BATCH_DOCUMENTS).to_pylist()
+        first += rows
+
+
+@functools.lru_cache(maxsize=4)
+def _unit_tokenizer(path: str):
+    """A worker loads the run's tokenizer once, not once per unit (a parts directory's tokenizer never changes)."""
+    return load_backend(path)
+
+
+def tokenize_unit(spec: dict[str, Any]) -> dict[str, int]:
+    """Tokenize one unit into its part file (skipped when already there); return its counts.
+
+    `spec` is plain data (see `plan_tokens`), so any process or machine that sees the ingest output and the parts
+    directory can run it: a process pool, a Prefect task, a Dask worker. The tokenizer uses the threads it is
+    allowed (`RAYON_NUM_THREADS`; a single-threaded worker sets 1).
+    """
+    parts = Path(spec["parts_dir"])
+    name = f"tokens-{spec['split']}-{spec['index']:06d}"
+    done = parts / f"{name}.json"
+    if done.is_file():
+        return stage.read_json(done)
+    tokenizer = _unit_tokenizer(str(parts / "tokenizer"))
+    value_type = id_type(tokenizer.get_vocab_size())
+    counts = {"documents": 0, "sentences": 0, "tokens": 0}
+    schema = pa.schema([("sentences", pa.list_(pa.list_(value_type)))])
+    with stage.atomic_file(parts / f"{name}.arrow") as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            chunk: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+            chunk_tokens = 0
+            for batch, lengths, values in encoded_batches(tokenizer, _unit_documents(spec), numpy_dtype(value_type)):
+                # An empty sentence (all characters dropped) carries nothing; a document of only those is dropped.
+                document_of = np.repeat(np.arange(len(batch)), [len(d) for d in batch])
+                per_doc = np.bincount(document_of[lengths > 0], minlength=len(batch))
+                chunk.append((per_doc[per_doc > 0], lengths[lengths > 0], values))
+                chunk_tokens += values.size
+                counts["documents"] += int((per_doc > 0).sum())
+                counts["sentences"] += int((lengths > 0).sum())
+                counts["tokens"] += values.size
+                if chunk_tokens >= _CHUNK_TOKENS:
+                    _write_chunk(writer, chunk, value_type)
+                    chunk, chunk_tokens = [], 0
+            if chunk:
+                _write_chunk(writer, chunk, value_type)
+    stage.write_json(done, counts)
+    return counts
+
+
+def plan_tokens(config: TokenizerConfig, documents_dir: str | Path, output_dir: str | Path) -> dict[str, Any]:
+    """Train (one process, every core: the vocabulary does not depend on the worker count) or load the tokenizer,
+    and cut each split into units; returns the plan `tokenize_unit` and `finish_tokens` take (plain data).
+    An up-to-date store gives `up_to_date: True` and no units."""
     output_dir = Path(output_dir)
     stage.remove_stale_temporaries(output_dir)  # a killed run's half-written store, whether or not this run writes
     key = tokens_key(config, documents_dir)
-    if stage.completed_stage(output_dir, key):
+    plan: dict[str, Any] = {"key": key, "output_dir": str(output_dir), "config": stage.to_jsonable(config),
+                            "units": [], "up_to_date": bool(stage.completed_stage(output_dir, key))}
+    if plan["up_to_date"]:
+        return plan
+    parts = output_dir.with_name(output_dir.name + "-parts") / key[:16]
+    if not (parts / "tokenizer" / "tokenizer.json").is_file():  # a resumed run keeps the tokenizer its parts used
+        if config.tokenizer_path:
+            tokenizer = load_backend(config.tokenizer_path, lowercase=config.lowercase)
+        else:
+            tokenizer = train_backend(_Sentences(documents_dir, "train"), config)
+        with stage.atomic_directory(parts / "tokenizer") as tmp:
+            save_tokenizer(tokenizer, tmp)
+    plan["parts_dir"] = str(parts)
+    for split in ("train", "validation"):
+        plan["units"] += [{**unit, "parts_dir": str(parts)} for unit in plan_token_units(documents_dir, split)]
+    return plan
+
+
+def finish_tokens(plan: dict[str, Any], stats: list[dict[str, int]]) -> Path:
+    """Concatenate each split's parts, in unit order, into `tokens-{split}.arrow`; write the manifest and stage
+    record; remove the parts. The store is the same bytes for any number of workers."""
+    output_dir = Path(plan["output_dir"])
+    if plan["up_to_date"]:
         logger.info("tokens: %s is up to date, skipping", output_dir)
         return output_dir
-    if config.tokenizer_path:
-        tokenizer = load_backend(config.tokenizer_path, lowercase=config.lowercase)
-    else:
-        tokenizer = train_backend(_Sentences(documents_dir, "train"), config)
-    value_type = id_type(tokenizer.get_vocab_size())
-    dtype = numpy_dtype(value_type)
-    schema = pa.schema([("sentences", pa.list_(pa.list_(value_type)))])
+    config = stage.config_from_dict(TokenizerConfig, plan["config"])
+    parts = Path(plan["parts_dir"])
+    tokenizer = load_backend(parts / "tokenizer")
+    schema = pa.schema([("sentences", pa.list_(pa.list_(id_type(tokenizer.get_vocab_size()))))])
     counts = {}
     with stage.atomic_directory(output_dir) as tmp:
         save_tokenizer(tokenizer, tmp / "tokenizer")
         for split in ("train", "validation"):
-            documents = sentences = tokens = 0
+            units = [(u, s) for u, s in zip(plan["units"], stats) if u["split"] == split]
             with pa.OSFile(str(tmp / f"tokens-{split}.arrow"), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-                chunk: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-                chunk_tokens = 0
-                for batch, lengths, values in encoded_batches(tokenizer, documents_dir, split, dtype):
-                    # An empty sentence (all characters dropped) carries nothing; a document of only those is dropped.
-                    document_of = np.repeat(np.arange(len(batch)), [len(d) for d in batch])
-                    per_doc = np.bincount(document_of[lengths > 0], minlength=len(batch))
-                    chunk.append((per_doc[per_doc > 0], lengths[lengths > 0], values))
-                    chunk_tokens += values.size
-                    documents += int((per_doc > 0).sum())
-                    sentences += int((lengths > 0).sum())
-                    tokens += values.size
-                    if chunk_tokens >= _CHUNK_TOKENS:
-                        _write_chunk(writer, chunk, value_type)
-                        chunk, chunk_tokens = [], 0
-                if chunk:
-                    _write_chunk(writer, chunk, value_type)
-            counts[split] = {"documents": documents, "sentences": sentences, "tokens": tokens}
-        manifest = {"tokenizer_hash": tokenizer_hash(tokenizer), "vocab_size": tokenizer.get_vocab_size(), "splits": counts,
-                    "config": config}
+                for unit, _ in units:
+                    part = MappedTable(parts / f"tokens-{split}-{unit['index']:06d}.arrow")
+                    for batch in part.table.to_batches():
+                        writer.write_batch(batch)
+                    part.release()
+            counts[split] = {k: sum(s[k] for _, s in units) for k in ("documents", "sentences", "tokens")}
+        manifest = {"tokenizer_hash": tokenizer_hash(tokenizer), "vocab_size": tokenizer.get_vocab_size(),
+                    "splits": counts, "config": config, "units": len(plan["units"])}
         stage.write_json(tmp / "manifest.json", manifest)
-        stage.write_stage_record(tmp, key=key, stage="tokens", config=config, outputs=counts)
+        stage.write_stage_record(tmp, key=plan["key"], stage="tokens", config=config, outputs=counts)
+    shutil.rmtree(parts, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        parts.parent.rmdir()  # only when no other run's parts are there
     logger.info("tokens: %s -> %s", counts, output_dir)
     return output_dir
+
+
+def tokenize_corpus(config: TokenizerConfig, documents_dir: str | Path, output_dir: str | Path,
+                    executor: Executor | None = None) -> Path:
+    """Train or load the tokenizer and write the token store of every split; skip if up to date. Units run in
+    this process, or on `executor` (a process pool, a Dask client's `get_executor()`)."""
+    started = time.perf_counter()
+    plan = plan_tokens(config, documents_dir, output_dir)
+    planned = time.perf_counter()
+    stats = stage.map_units(tokenize_unit, plan["units"], executor, cost=lambda unit: unit["bytes"])
+    tokenized = time.perf_counter()
+    path = finish_tokens(plan, stats)
+    if not plan["up_to_date"]:
+        logger.info("tokens: plan %.1f s, %d units on %s %.1f s, concatenate %.1f s", planned - started,
+                    len(plan["units"]), type(executor).__name__ if executor else "this process", tokenized - planned,
+                    time.perf_counter() - tokenized)
+    return path
 
 
 class TokenStore:
@@ -176,9 +301,9 @@ class TokenStore:
             for chunk in table.column("sentences").chunks:
                 inner = chunk.values
                 # Zero-copy NumPy views of the memory-mapped buffers (offsets made absolute within the chunk).
-                doc_offsets = chunk.offsets.to_numpy()
-                sent_offsets = inner.offsets.to_numpy()
-                _arrays.append((doc_offsets, sent_offsets, inner.values.to_numpy()))
+                doc_offsets = numpy_view(chunk.offsets)
+                sent_offsets = numpy_view(inner.offsets)
+                _arrays.append((doc_offsets, sent_offsets, numpy_view(inner.values)))
         self._chunks = _arrays
         self._starts = np.cumsum([0] + [len(d) - 1 for d, _, _ in self._chunks])
 

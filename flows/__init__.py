@@ -1,8 +1,10 @@
 """Thin Prefect flows: the order of the stages and nothing else. One flow per stage, plus `pipeline.bert_pipeline`."""
 
+import contextlib
 import inspect
 import os
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -89,18 +91,51 @@ def default_work_dir(work_dir: str | None) -> Path:
     return Path(work_dir) if work_dir else stage.bertflow_home() / "work"
 
 
-def dask_task_runner(n_workers: int, dask_address: str | None):
-    """A DaskTaskRunner on an existing scheduler, or on a local cluster of `n_workers` single-threaded processes."""
+def _prefect_api_url() -> str:
+    """This run's Prefect API (a temporary server's when none is configured): the one its Dask workers report to."""
     from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.api_url).rstrip("/")
+
+
+def _report_to(api_url: str) -> None:
+    """Run on every worker of a cluster started elsewhere: its Prefect tasks report to this run's API. Without it a
+    worker started with no PREFECT_API_URL starts a temporary server of its own, and the run never sees its tasks."""
+    os.environ["PREFECT_API_URL"] = api_url
+
+
+@contextlib.contextmanager
+def data_cluster(n_workers: int, dask_address: str | None) -> Iterator[tuple[str | None, int]]:
+    """(scheduler address, worker threads) that a data stage's units run on, for the length of the block.
+
+    `dask_address`: a cluster started elsewhere (`dask scheduler` + `dask worker --nthreads 1 ...`), whose workers
+    are pointed at this run's Prefect API. Else, for `n_workers > 1`, one LocalCluster of that many single-threaded
+    processes, shared by every stage inside the block (the pipeline's ingest and examples start it once). Else
+    (None, 1): the flow's own thread runner. A stage cuts its units into about four batches per worker thread.
+    """
+    if dask_address:
+        from distributed import Client
+
+        with Client(dask_address, timeout=30) as client:
+            client.run(_report_to, _prefect_api_url())
+            threads = sum(client.nthreads().values())
+        yield dask_address, max(1, threads)
+    elif n_workers > 1:
+        from distributed import LocalCluster
+
+        with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                          env={**stage.SINGLE_THREADED, "PREFECT_API_URL": _prefect_api_url()}) as cluster:
+            yield cluster.scheduler_address, n_workers
+    else:
+        yield None, 1
+
+
+def dask_task_runner(address: str):
+    """A DaskTaskRunner on the scheduler at `address` (see `data_cluster`)."""
     from prefect_dask import DaskTaskRunner
 
-    if dask_address:
-        return DaskTaskRunner(address=dask_address)
-    # Workers must report to this run's Prefect API; without it each would start a temporary server of its own.
-    with get_client(sync_client=True) as client:
-        api_url = str(client.api_url).rstrip("/")
-    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None, "env": {"PREFECT_API_URL": api_url}})
+    return DaskTaskRunner(address=address)
 
 
 def balanced_batches(items: list, sizes: list[float], num_batches: int) -> list[list]:

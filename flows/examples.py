@@ -1,7 +1,8 @@
 """Flow: train a WordPiece tokenizer and write pretraining examples (NSP/SOP pairs or full sentences) into shards.
 
-Units of work run in parallel on the flow's task runner: threads by default, a local Dask cluster of `n_workers`
-processes, or an existing Dask scheduler at `dask_address`. The shards are the same bytes however they run.
+Units of work (tokenizing, then generating) run in parallel on the flow's task runner: threads by default, one local
+Dask cluster of `n_workers` single-threaded processes, or an existing Dask scheduler at `dask_address`. The token
+store and the shards are the same bytes however they run.
 """
 
 from __future__ import annotations
@@ -12,20 +13,23 @@ from typing import Literal
 from prefect import flow
 
 from bert_core import stage
-from bert_core.examples import ExamplesConfig
+from bert_core.examples import ExamplesConfig, examples_up_to_date
 from bert_core.masking import MaskingConfig
 from bert_core.tokenizer import TokenizerConfig
-from flows import PairObjective, PositiveInt, SeqLength, balanced_batches, dask_task_runner, default_work_dir
-from tasks.examples import finish_examples, generate_units, plan_examples, report_examples
+from flows import (PairObjective, PositiveInt, SeqLength, balanced_batches, dask_task_runner, data_cluster,
+                   default_work_dir)
+from tasks.examples import (finish_examples, finish_tokens, generate_units, plan_examples, plan_tokens, report_examples,
+                            tokenize_units)
 
 
-@flow(name="generate-example-units")
-def units_flow(units: list[dict], num_batches: int = 8) -> list[dict]:
+@flow(name="run-data-units")
+def units_flow(units: list[dict], kind: Literal["tokens", "examples"], num_batches: int = 8) -> list[dict]:
     """Every unit's statistics, in plan order; batches of units run in parallel on the flow's task runner."""
-    batches = balanced_batches(units, [u["tokens"] for u in units], num_batches)
-    futures = generate_units.map(batches)
-    by_unit = {(s["split"], s["unit"]): s for future in futures for s in future.result()}
-    return [by_unit[(u["split"], u["index"])] for u in units]
+    run_batch, cost = (tokenize_units, "bytes") if kind == "tokens" else (generate_units, "tokens")
+    positions = balanced_batches(list(range(len(units))), [u[cost] for u in units], num_batches)
+    futures = run_batch.map([[units[i] for i in batch] for batch in positions])
+    by_position = {i: stat for batch, future in zip(positions, futures) for i, stat in zip(batch, future.result())}
+    return [by_position[i] for i in range(len(units))]
 
 
 @flow(name="generate-examples")
@@ -69,14 +73,18 @@ def examples_flow(
         mlm=MaskingConfig(mlm_probability=mlm_probability, max_predictions_per_seq=max_predictions_per_seq,
                           whole_word_mask=whole_word_mask),
     )
-    plan = plan_examples(stage.to_jsonable(config), documents_dir, str(default_work_dir(work_dir) / "examples"))
-    if plan["up_to_date"]:
-        report_examples(plan["output_dir"])
-        return plan["output_dir"]
-    run_units = units_flow
-    if n_workers > 1 or dask_address:
-        run_units = units_flow.with_options(task_runner=dask_task_runner(n_workers, dask_address))
-    stats = run_units(plan["units"], num_batches=4 * max(1, n_workers))
+    output_dir = default_work_dir(work_dir) / "examples"
+    if examples_up_to_date(config, documents_dir, output_dir):
+        report_examples(output_dir)
+        return str(output_dir)
+    with data_cluster(n_workers, dask_address) as (address, threads):
+        run_units = units_flow.with_options(task_runner=dask_task_runner(address)) if address else units_flow
+        batches = 4 * threads
+        tokens = plan_tokens(stage.to_jsonable(config.tokenizer), documents_dir, str(output_dir.with_name("tokens")))
+        if not tokens["up_to_date"]:  # the corpus is tokenized on the workers too, then concatenated here
+            finish_tokens(tokens, run_units(tokens["units"], "tokens", num_batches=batches))
+        plan = plan_examples(stage.to_jsonable(config), documents_dir, str(output_dir))
+        stats = run_units(plan["units"], "examples", num_batches=batches)
     return finish_examples(plan, stats)
 
 

@@ -17,7 +17,7 @@ from bert_core.corpus import SAMPLE_SOURCES, ReadConfig
 from bert_core.textfiles import local_unit
 from bert_core.dedup import DedupConfig
 from bert_core.ingest import IngestConfig
-from flows import Fraction, NonNegativeInt, PositiveInt, balanced_batches, dask_task_runner, default_work_dir
+from flows import Fraction, NonNegativeInt, PositiveInt, balanced_batches, dask_task_runner, data_cluster, default_work_dir
 from tasks.ingest import finish_ingest, plan_ingest, process_inputs, report_ingest
 
 
@@ -65,11 +65,10 @@ def ingest_flow(
     if plan["up_to_date"]:
         report_ingest(plan["output_dir"])
         return plan["output_dir"]
-    inputs_flow = process_inputs_flow
-    if n_workers > 1 or dask_address:
-        inputs_flow = process_inputs_flow.with_options(task_runner=dask_task_runner(n_workers, dask_address))
-    records = inputs_flow(plan["units"], plan["config"], plan["parts_dir"], num_batches=4 * max(1, n_workers))
-    return finish_ingest(plan, records)
+    with data_cluster(n_workers, dask_address) as (address, threads):
+        inputs_flow = process_inputs_flow.with_options(task_runner=dask_task_runner(address)) if address else process_inputs_flow
+        records = inputs_flow(plan["units"], plan["config"], plan["parts_dir"], num_batches=4 * threads)
+        return finish_ingest(plan, records, dask_address=address)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from bert_core.model import pretrained_model_name
 from bert_core.stage import bertflow_home
 from bert_core.suite import summary_line
 from bert_core.tracking import configure_tracking, lineage_tags, redact, ui_links
-from flows import PositiveInt, default_work_dir, log_manifests, manifest_metrics, stage_overrides, stage_parameters
+from flows import PositiveInt, data_cluster, default_work_dir, log_manifests, manifest_metrics, stage_overrides, stage_parameters
 from flows.evaluate import evaluate_flow
 from flows.examples import examples_flow
 from flows.finetune import finetune_flow
@@ -92,8 +92,10 @@ def bert_pipeline(
             "../shared/data/tasks"}: the encoder and its random-init twin fine-tuned alike; its suite score is the
             encoder's promotion gate (against the champion's on the same suite). "off": no suite; the gate is then
             held-out MLM loss, between encoders of the same tokenizer only.
-        data_workers: Processes for ingest and example generation (a local Dask cluster when above 1).
-        dask_address: An existing Dask scheduler (tcp://host:8786) to run data stages on instead.
+        data_workers: Processes for ingest and example generation: above 1, one local Dask cluster of that many
+            single-threaded workers, started once for both stages.
+        dask_address: An existing Dask scheduler (tcp://host:8786) to run the data stages on instead; its workers
+            report their Prefect tasks to this run's API (start them with `--nthreads 1` and RAYON_NUM_THREADS=1).
         registered_model_prefix: MLflow names are `<prefix>-<model>` (bertflow-bert-tiny, bertflow-modernbert-tiny)
             and `<prefix>-<task_name>`.
         min_improvement: A new model becomes champion only when it beats the champion by more than this.
@@ -105,15 +107,16 @@ def bert_pipeline(
     stages = {name: stage_overrides(name, given) for name, given in
               (("ingest", ingest), ("examples", examples), ("pretrain", pretrain), ("finetune", finetune),
                ("suite", None if suite == "off" else suite))}
-    data = dict(work_dir=str(work), seed=seed, n_workers=data_workers, dask_address=dask_address)
     with parent_run("bert-pipeline", "pipeline") as run_id:  # every stage's MLflow run nests under this one
         # The task's dev texts are always kept out of the pretraining corpus.
         keep_out = [*task.decontamination_specs(validation_file, stages["finetune"].get("text_column")),
                     *(stages["ingest"].pop("decontamination_files", None) or [])]
-        documents_dir = ingest_flow(sources=sources, decontamination_files=keep_out, **data, **stages["ingest"])
-        corpus = log_manifests(run_id, "ingest", documents_dir)
-        examples_dir = examples_flow(documents_dir=documents_dir, **data, **stages["examples"])
-        manifests = log_manifests(run_id, "examples", examples_dir)
+        with data_cluster(data_workers, dask_address) as (address, _):  # one Dask cluster for both data stages
+            data = dict(work_dir=str(work), seed=seed, n_workers=data_workers, dask_address=address)
+            documents_dir = ingest_flow(sources=sources, decontamination_files=keep_out, **data, **stages["ingest"])
+            corpus = log_manifests(run_id, "ingest", documents_dir)
+            examples_dir = examples_flow(documents_dir=documents_dir, **data, **stages["examples"])
+            manifests = log_manifests(run_id, "examples", examples_dir)
         pretrained = pretrain_flow(shards_dir=examples_dir, work_dir=str(work), seed=seed,
                                    mlflow_parent_run_id=run_id, **stages["pretrain"])
         _log_reused(run_id, pretrained)

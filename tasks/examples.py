@@ -8,7 +8,29 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bert_core import examples, shards, stage
+from bert_core import examples, shards, stage, tokens
+from bert_core.tokenizer import TokenizerConfig
+
+
+@task(name="plan_tokens", cache_policy=NO_CACHE)
+def plan_tokens(config: dict, documents_dir: str, output_dir: str) -> dict:
+    """Train (or load) the tokenizer and cut the corpus into tokenizing units."""
+    plan = tokens.plan_tokens(stage.config_from_dict(TokenizerConfig, config), documents_dir, output_dir)
+    get_run_logger().info("tokens: %s", "up to date" if plan["up_to_date"] else f"{len(plan['units'])} units")
+    return plan
+
+
+@task(name="tokenize_units", cache_policy=NO_CACHE, retries=1)
+def tokenize_units(specs: list[dict]) -> list[dict]:
+    """`bert_core.tokens.tokenize_unit` over a batch of units (a finished unit is not tokenized again)."""
+    stats = [tokens.tokenize_unit(spec) for spec in specs]
+    get_run_logger().info("%d unit(s): %d tokens", len(stats), sum(s["tokens"] for s in stats))
+    return stats
+
+
+@task(name="finish_tokens", cache_policy=NO_CACHE)
+def finish_tokens(plan: dict, stats: list[dict]) -> str:
+    return str(tokens.finish_tokens(plan, stats))
 
 
 @task(name="plan_examples", cache_policy=NO_CACHE)

@@ -29,9 +29,16 @@ def plan_ingest(config: dict, output_dir: str) -> dict:
 
 
 @task(name="finish_ingest", cache_policy=NO_CACHE)
-def finish_ingest(plan: dict, records: list[dict]) -> str:
-    """`bert_core.ingest.finish_ingest`: the corpus-wide merge, dedup and split of the units' parts."""
-    path = ingest.finish_ingest(plan, records)
+def finish_ingest(plan: dict, records: list[dict], dask_address: str | None = None) -> str:
+    """`bert_core.ingest.finish_ingest`: the corpus-wide merge, dedup and split of the units' parts; the near
+    dedup's units (per part, then per band) on the Dask cluster at `dask_address` when given."""
+    if dask_address:
+        from distributed import Client
+
+        with Client(dask_address, timeout=30) as client:
+            path = ingest.finish_ingest(plan, records, executor=client.get_executor())
+    else:
+        path = ingest.finish_ingest(plan, records)
     report_ingest(path)
     return str(path)
 

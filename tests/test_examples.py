@@ -248,6 +248,46 @@ def test_worker_count_does_not_change_the_shards(multi_unit, documents_dir, tmp_
     assert not (tmp_path / "two-workers-parts").exists()  # parts are removed once the shards are written
 
 
+def test_tokenizing_on_two_workers_writes_the_same_store(documents_dir, tmp_path, monkeypatch):
+    """The corpus is tokenized in units on the pool too (not in one process beside it), into the same bytes."""
+    from dataclasses import replace
+
+    from bert_core import stage, tokens
+    from bert_core.examples import generate_examples
+    from tests.conftest import TINY_EXAMPLES
+
+    monkeypatch.setattr(tokens, "_UNIT_BYTES", 20_000)  # the sample in several tokenizing units
+    config = replace(TINY_EXAMPLES, unit_tokens=40_000)
+    one = generate_examples(config, documents_dir, tmp_path / "one" / "examples")
+    two = generate_examples(config, documents_dir, tmp_path / "two" / "examples", workers=2)
+    assert stage.read_json(tmp_path / "two" / "tokens" / "manifest.json")["units"] >= 4
+    for split in ("train", "validation"):
+        assert (stage.hash_file(tmp_path / "one" / "tokens" / f"tokens-{split}.arrow")
+                == stage.hash_file(tmp_path / "two" / "tokens" / f"tokens-{split}.arrow"))
+    assert _checksums(two) == _checksums(one)
+    assert not list(tmp_path.glob("*/tokens-parts"))  # removed once the store is written
+
+
+def test_a_crashed_tokenizing_run_keeps_its_finished_units(documents_dir, tmp_path, monkeypatch):
+    from bert_core import stage, tokens
+    from bert_core.tokenizer import TokenizerConfig
+
+    monkeypatch.setattr(tokens, "_UNIT_BYTES", 20_000)
+    config = TokenizerConfig(vocab_size=2000)
+    reference = tokens.tokenize_corpus(config, documents_dir, tmp_path / "reference")
+    plan = tokens.plan_tokens(config, documents_dir, tmp_path / "tokens")
+    first = tokens.tokenize_unit(plan["units"][0])  # then the run dies
+    done = Path(plan["parts_dir"]) / "tokens-train-000000.json"
+    before = done.stat().st_mtime_ns
+    again = tokens.plan_tokens(config, documents_dir, tmp_path / "tokens")
+    assert again["units"] == plan["units"] and tokens.tokenize_unit(again["units"][0]) == first
+    assert done.stat().st_mtime_ns == before  # the finished unit was not tokenized again
+    out = tokens.finish_tokens(again, [tokens.tokenize_unit(u) for u in again["units"]])
+    for split in ("train", "validation"):
+        assert stage.hash_file(out / f"tokens-{split}.arrow") == stage.hash_file(reference / f"tokens-{split}.arrow")
+    assert stage.read_json(out / "manifest.json")["splits"] == stage.read_json(reference / "manifest.json")["splits"]
+
+
 def test_a_crashed_run_resumes_from_its_finished_units(multi_unit, documents_dir, tmp_path):
     from bert_core.examples import generate_examples, generate_unit, plan_examples
 
