@@ -303,37 +303,40 @@ def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metr
         tally["waited"] += 1
         return bool(config.early_stopping_patience) and tally["waited"] >= config.early_stopping_patience
 
-    model.train()
-    for epoch in range(math.ceil(max_steps / steps_per_epoch)):
-        stop = False
-        for batch in loader:
-            # accumulate(): gradients of the micro-batches add up (each loss scaled by 1/N in backward) and are
-            # synchronised across processes only at the last one; the epoch's last micro-batch always completes a step.
-            with accelerator.accumulate(model):
-                loss = loss_of(model, batch)
-                accelerator.backward(loss)
-                tally["loss"] += float(loss.detach())
-                tally["count"] += 1
-                if not accelerator.sync_gradients:
-                    continue
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            tally["step"] += 1
-            progress.update(1)
-            if tally["step"] % 20 == 0:
-                threads.rebalance()  # another training run may have started or ended on this machine
-            if tally["step"] >= max_steps:
+    try:  # a failed fine-tune in a long-lived process (a worker, the suite) must not keep its thread share
+        model.train()
+        for epoch in range(math.ceil(max_steps / steps_per_epoch)):
+            stop = False
+            for batch in loader:
+                # accumulate(): gradients of the micro-batches add up (each loss scaled by 1/N in backward) and
+                # are synchronised across processes only at the last one; the epoch's last micro-batch always
+                # completes a step.
+                with accelerator.accumulate(model):
+                    loss = loss_of(model, batch)
+                    accelerator.backward(loss)
+                    tally["loss"] += float(loss.detach())
+                    tally["count"] += 1
+                    if not accelerator.sync_gradients:
+                        continue
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                tally["step"] += 1
+                progress.update(1)
+                if tally["step"] % 20 == 0:
+                    threads.rebalance()  # another training run may have started or ended on this machine
+                if tally["step"] >= max_steps:
+                    break
+                if config.eval_steps and tally["step"] % config.eval_steps == 0 and evaluate(tally["step"] / steps_per_epoch):
+                    stop = True
+                    break
+            # After each epoch (or at max_steps, part-way through one).
+            if stop or evaluate(min(epoch + 1.0, tally["step"] / steps_per_epoch)) or tally["step"] >= max_steps:
                 break
-            if config.eval_steps and tally["step"] % config.eval_steps == 0 and evaluate(tally["step"] / steps_per_epoch):
-                stop = True
-                break
-        # After each epoch (or at max_steps, part-way through one).
-        if stop or evaluate(min(epoch + 1.0, tally["step"] / steps_per_epoch)) or tally["step"] >= max_steps:
-            break
-    progress.close()
-    threads.stop()
+    finally:
+        progress.close()
+        threads.stop()
 
     if accelerator.is_main_process:
         final_model = accelerator.unwrap_model(model)

@@ -37,7 +37,7 @@ from bert_core.model_card import model_card
 from bert_core.model import model_description
 from bert_core.pyfunc_model import KINDS  # the serving wrapper (self-contained) is the home of the model kinds
 from bert_core.stage import bertflow_home
-from bert_core.tracking import configure_tracking, ensure_experiment, flatten_params, redact
+from bert_core.tracking import PRECISION_TAG, configure_tracking, ensure_experiment, flatten_params, redact
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +296,8 @@ def with_model_description(config: RegisterConfig) -> RegisterConfig:
     text_pair = config.text_pair if config.text_pair is not None else bool(described.get("text_pair_column"))
     # The tokenizer an encoder was trained with (the pipeline's lineage tags say the same): the MLM-loss gate's test;
     # and the precision its training ran in ("auto" resolves per machine).
-    tags = {**{f"bertflow.{k}": described[k] for k in ("tokenizer_sha256", "mixed_precision") if described.get(k)},
+    tags = {**({"bertflow.tokenizer_sha256": described["tokenizer_sha256"]} if described.get("tokenizer_sha256") else {}),
+            **({PRECISION_TAG: described["mixed_precision"]} if described.get("mixed_precision") else {}),
             **config.tags}
     return replace(config, kind=config.kind or described.get("kind", "classifier"), text_pair=text_pair,
                    max_seq_length=config.max_seq_length or described.get("max_seq_length"), tags=tags)

@@ -126,6 +126,9 @@ def log_metrics(run_id: str, metrics: dict[str, float], home: str | Path | None 
         MlflowClient().log_batch(run_id, metrics=values[chunk : chunk + 500])
 
 
+# The precision a training run ran in ("auto" resolves per machine): a tag of its MLflow run and registered version.
+PRECISION_TAG = "bertflow.mixed_precision"
+
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s:]+(?::[^/@\s]*)?)@")
 _SECRET_QUERY = re.compile(r"(?i)([?&](?:token|access_token|api_key|apikey|key|password|secret|sig|signature)=)[^&\s]+")
 

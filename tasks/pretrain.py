@@ -192,5 +192,5 @@ def pretrain(config: pretrain_lib.PretrainConfig, mlflow_parent_run_id: str | No
         raise RuntimeError(f"pretraining stopped before the end (interrupted?); no {summary_path}")
     update_progress_artifact(progress_id, progress=100.0)
     summary = stage.read_json(summary_path)
-    tracking.tag_run(run_id, {"bertflow.mixed_precision": summary["mixed_precision"]})  # what "auto" ran in here
+    tracking.tag_run(run_id, {tracking.PRECISION_TAG: summary["mixed_precision"]})  # what "auto" ran in here
     return {**summary, "mlflow_run_id": run_id, "reused": False}

@@ -53,7 +53,7 @@ def log_stage_run(parent_run_id: str, stage_name: str, stage_dir: str | None = N
     content = stage.read_json(record) if record and record.is_file() else {}
     params = content.get("config")
     ran_in = (content.get("outputs") or {}).get("mixed_precision")
-    tags = {**({"bertflow.mixed_precision": ran_in} if ran_in else {}), **(tags or {})}
+    tags = {**({tracking.PRECISION_TAG: ran_in} if ran_in else {}), **(tags or {})}
     return tracking.log_stage_run(parent_run_id, stage_name, params=params, metrics=metrics,
                                   artifacts=artifacts or (), tags=tags)
 

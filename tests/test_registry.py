@@ -179,10 +179,23 @@ _PROMOTER = textwrap.dedent("""
 
     def slow_read(self, name, alias):  # widen the window between reading the champion and moving the alias
         result = read(self, name, alias)
+        Path(home, f"read-{version}").touch()
         time.sleep(delay)
         return result
 
+    set_alias = MlflowClient.set_registered_model_alias
+
+    def alias_once_both_have_read(self, name, alias, target):
+        # Unlocked, the race needs both reads before either write; on a slow machine the later starter's first
+        # read can otherwise come after the other's write (seen once), and there is no race to show.
+        deadline = time.monotonic() + 60
+        while (not locked and alias == registry.CHAMPION and time.monotonic() < deadline
+               and not all(Path(home, f"read-{v}").exists() for v in ("2", "3"))):
+            time.sleep(0.01)
+        return set_alias(self, name, alias, target)
+
     MlflowClient.get_model_version_by_alias = slow_read
+    MlflowClient.set_registered_model_alias = alias_once_both_have_read
     if not locked:
         registry.promotion_lock = lambda *a, **k: contextlib.nullcontext()
     Path(home, f"ready-{version}").touch()
