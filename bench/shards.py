@@ -54,13 +54,13 @@ print(json.dumps({"seconds": seconds, "tokens": sum(len(e.ids) for e in encoding
                   "peak_rss_mb": peak_mb()}))
 """
 
-BERTFLOW = r"""
-import json, resource, sys, threading, time
+# In a subject: peak[0], the largest resident memory of the process and all its descendants (worker processes,
+# a Dask scheduler's nannies and workers) seen by sample() every 0.1 s.
+TREE_PEAK = r"""
+import time
 import psutil
-from bert_core.examples import ExamplesConfig, generate_examples
-from bert_core.tokenizer import TokenizerConfig
 peak = [0]
-def sample():  # resident memory of this process and its worker processes together
+def sample():  # this process and its descendants
     me = psutil.Process()
     while True:
         total = 0
@@ -71,6 +71,12 @@ def sample():  # resident memory of this process and its worker processes togeth
                 pass
         peak[0] = max(peak[0], total)
         time.sleep(0.1)
+"""
+
+BERTFLOW = TREE_PEAK + r"""
+import json, resource, sys, threading, time
+from bert_core.examples import ExamplesConfig, generate_examples
+from bert_core.tokenizer import TokenizerConfig
 if int(sys.argv[4]) > 1:  # worker processes: sample their memory (one process: its own VmHWM says it all)
     threading.Thread(target=sample, daemon=True).start()
 config = ExamplesConfig(max_seq_length=128, dupe_factor=1, tokenizer=TokenizerConfig(tokenizer_path=sys.argv[1]))
@@ -83,26 +89,13 @@ print(json.dumps({"seconds": seconds, "examples": sum(m["num_examples"] for m in
                   "peak_rss_mb": max(peak[0] / 2**20, peak_mb())}))
 """
 
-DASK = r"""
+DASK = TREE_PEAK + r"""
 import json, sys, threading, time
-import psutil
 from distributed import Client, LocalCluster
 from bert_core.examples import ExamplesConfig, generate_examples
 from bert_core.stage import SINGLE_THREADED
 from bert_core.shards import read_manifest
 from bert_core.tokenizer import TokenizerConfig
-peak = [0]
-def sample():  # resident memory of this process, the scheduler, nannies and workers together
-    me = psutil.Process()
-    while True:
-        total = 0
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        peak[0] = max(peak[0], total)
-        time.sleep(0.1)
 if __name__ == "__main__":
     config = ExamplesConfig(max_seq_length=128, dupe_factor=1, tokenizer=TokenizerConfig(tokenizer_path=sys.argv[1]))
     with LocalCluster(n_workers=int(sys.argv[4]), threads_per_worker=1, processes=True, dashboard_address=None,
