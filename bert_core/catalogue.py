@@ -53,6 +53,8 @@ class Task:
     # (train, validation) names inside a data directory laid out like GLUE's and ../shared/data/tasks
     # (`sst2/train.tsv`, `conll2003/valid.txt`); default: the sample's names.
     data_files: tuple[str, ...] | None = None
+    # The dataset on the Hugging Face Hub, "NAME[:CONFIG]" as in an `hf:` corpus source: the model card's metadata.
+    hub_dataset: str | None = None
 
     def __post_init__(self):
         check_fields(self)
@@ -118,19 +120,22 @@ class Task:
 
 
 BUILTIN: dict[str, Task] = {task.name: task for task in (
-    Task(name="sst2", kind="sentence", train_file="sst2/train.tsv", validation_file="sst2/dev.tsv"),
+    Task(name="sst2", kind="sentence", train_file="sst2/train.tsv", validation_file="sst2/dev.tsv",
+         hub_dataset="stanfordnlp/sst2"),
     Task(name="imdb", kind="sentence", text_column="text", truncation="head_tail",
-         data_files=("imdb/train.jsonl.gz", "imdb/test.jsonl.gz")),
+         data_files=("imdb/train.jsonl.gz", "imdb/test.jsonl.gz"), hub_dataset="stanfordnlp/imdb"),
     Task(name="mrpc", kind="pair", text_column="#1 String", text_pair_column="#2 String", label_column="Quality",
          label_names=("not_paraphrase", "paraphrase"), metric_for_best_model="f1",
-         train_file="mrpc/train.tsv", validation_file="mrpc/dev.tsv"),
+         train_file="mrpc/train.tsv", validation_file="mrpc/dev.tsv", hub_dataset="nyu-mll/glue:mrpc"),
     Task(name="rte", kind="pair", text_column="sentence1", text_pair_column="sentence2",
-         label_names=("entailment", "not_entailment"), data_files=("rte/train.tsv", "rte/dev.tsv")),
+         label_names=("entailment", "not_entailment"), data_files=("rte/train.tsv", "rte/dev.tsv"),
+         hub_dataset="nyu-mll/glue:rte"),
     # Reuters text: not redistributable, so no bundled sample.
-    Task(name="conll2003", kind="token", data_files=("conll2003/train.txt", "conll2003/valid.txt")),
+    Task(name="conll2003", kind="token", data_files=("conll2003/train.txt", "conll2003/valid.txt"),
+         hub_dataset="eriktks/conll2003"),
     Task(name="ner", kind="token"),
     Task(name="squad", kind="span-qa", max_seq_length=384,
-         train_file="squad/train.json.gz", validation_file="squad/dev.json.gz"),
+         train_file="squad/train.json.gz", validation_file="squad/dev.json.gz", hub_dataset="rajpurkar/squad"),
 )}
 
 

@@ -34,7 +34,7 @@ from bert_core.hardware import ThreadShare, effective_precision, resolve_mixed_p
 from bert_core.stage import no_progress_bar as _no_progress_bar
 from bert_core.textfiles import read_table_file
 from bert_core.metrics import classification_metrics, eval_metrics
-from bert_core.model import describe_model, load_with_task_head, resolve_model
+from bert_core.model import describe_model, load_with_task_head, model_hash, resolve_model
 from bert_core.optim import build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ def run_key(config, model_path: str, *, version: int) -> str:
     fields = {k: v for k, v in stage.to_jsonable(config).items() if k not in ("output_dir", "num_threads")}
     fields["mixed_precision"] = effective_precision(config.mixed_precision)  # what runs: "auto" differs per machine
     return stage.hash_json({"config": fields, "data": stage.hash_files([config.train_file, config.validation_file]),
-                            "model": stage.hash_path(model_path), "version": version})
+                            "model": model_hash(model_path), "version": version})
 
 
 def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metrics, config, output_dir: Path,

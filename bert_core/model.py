@@ -196,6 +196,16 @@ def _locate_model(name_or_path: str) -> str:
 # What a model directory says about itself, beside its save_pretrained files: later stages (evaluation,
 # registration, serving) read how the model reads its input from here instead of being told again.
 DESCRIPTION_FILE = "bertflow_model.json"
+HUB_CARD = "README.md"  # the Hub's model card, written at registration (`model_card.hub_card`)
+
+
+def model_hash(directory: str | Path) -> str:
+    """The identity of a model directory's files (weights, config, tokenizer, description): its model card aside,
+    which registration writes into it, so a registered model keeps the hash it had before."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return stage.hash_path(directory)
+    return stage.hash_files(p for p in directory.iterdir() if p.is_file() and p.name != HUB_CARD)
 
 
 def describe_model(directory: str | Path, **fields) -> None:

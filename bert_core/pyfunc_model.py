@@ -10,19 +10,36 @@ selects the behaviour:
 - "question-answering": a DataFrame with `question` and `context`; one row per question with `answer`, its
   character `start` in the context and `score` (start + end logit). Long contexts are read in windows of
   `max_seq_length` tokens with `doc_stride` overlap.
-- "pretrained": `params={"task": ...}` picks what the pretraining heads and encoder give:
-  "fill-mask" (default): one row per text with the `top_k` predictions for its first [MASK] token;
-  "nsp": a DataFrame with `text` and `text_pair`; `is_next_probability` from the next-sentence head;
+- "pretrained": input a DataFrame, a list of records or a dict of lists with `text` and, for "nsp", `text_pair`;
+  `params={"task": ...}` picks what the pretraining heads and encoder give:
+  "fill-mask" (default): one row per text with the `top_k` predictions (`tokens`, `scores`) for its first [MASK];
+  "nsp": `is_next_probability` from the next-sentence head;
   "embed": one row per text with its pooled `vector` (`pooling` "mean" or "cls") and its `tokens`.
-Texts come as a DataFrame (`text` column, else the first column), a list of strings, or one string.
+Classifier and token-classifier texts come as a DataFrame (`text` column, else the first column), a list of
+strings, or one string. The registered signature (`registry.signature`) says the same to MLflow and its server.
 """
 
 from __future__ import annotations
 
 import mlflow
 import mlflow.pyfunc
+import pandas as pd
 
 KINDS = ("classifier", "token-classifier", "question-answering", "pretrained")
+
+
+def _texts(values) -> list[str]:
+    """Texts of a column; a cell holding a list is its texts (a dict of lists reaches `predict` as one such row)."""
+    texts: list[str] = []
+    for value in values:
+        if isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+            items = value.tolist() if hasattr(value, "tolist") else value
+            texts.extend([str(items)] if isinstance(items, str) else [str(t) for t in items])
+        else:
+            texts.append(str(value))
+    return texts
 
 
 def _column(model_input, name: str, *, first_if_missing: bool = False) -> list[str] | None:
@@ -30,12 +47,12 @@ def _column(model_input, name: str, *, first_if_missing: bool = False) -> list[s
         return [model_input] if first_if_missing else None
     if hasattr(model_input, "columns"):
         if name in model_input.columns:
-            return [str(t) for t in model_input[name].tolist()]
-        return [str(t) for t in model_input[model_input.columns[0]].tolist()] if first_if_missing else None
+            return _texts(model_input[name].tolist())
+        return _texts(model_input[model_input.columns[0]].tolist()) if first_if_missing else None
     if isinstance(model_input, dict):
         value = model_input.get(name)
-        return None if value is None else ([value] if isinstance(value, str) else [str(v) for v in value])
-    return [str(t) for t in model_input] if first_if_missing else None
+        return None if value is None else _texts([value])
+    return _texts(model_input) if first_if_missing else None
 
 
 def entities_from_tags(words: list[str], tags: list[str]) -> list[dict]:
@@ -78,9 +95,9 @@ class BertPyfuncModel(mlflow.pyfunc.PythonModel):
             loader = transformers.AutoModelForMaskedLM  # ModernBERT pretrains MLM only: no pretraining-heads class
         self.model = loader.from_pretrained(path).eval()
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    # The hints are what MLflow passes after enforcing the signature: a DataFrame for every kind (a list or a string
+    # given to a model with an unnamed string column arrives as a one-column DataFrame).
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
         with self.torch.no_grad():
             if self.kind == "question-answering":

@@ -26,15 +26,14 @@ from typing import Any, Iterator
 
 import mlflow
 from mlflow.exceptions import MlflowException
-from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-from bert_core import stage
+from bert_core import signatures, stage
 from bert_core.config import check_fields, check_non_negative
 from bert_core.metrics import scalar_metrics
-from bert_core.model_card import model_card
-from bert_core.model import model_description
+from bert_core.model import HUB_CARD, model_description
+from bert_core.model import model_hash as model_files_hash
+from bert_core.model_card import hub_card, model_card
 from bert_core.pyfunc_model import KINDS  # the serving wrapper (self-contained) is the home of the model kinds
 from bert_core.stage import bertflow_home
 from bert_core.tracking import PRECISION_TAG, configure_tracking, ensure_experiment, flatten_params, redact
@@ -75,6 +74,8 @@ class RegisterConfig:
     gate_evidence: dict[str, float] = field(default_factory=dict)  # e.g. the paired p-value, kept with the decision
     parent_run_id: str | None = None  # nest the registration run under this (pipeline) run
     description: str | None = None  # the model card; generated from the config and metrics when None
+    task: str | None = None  # the catalogue task it was fine-tuned for: the Hub card's dataset and results
+    license: str = "apache-2.0"  # the Hub card's license field (the weights' licence is the user's to set)
     home: str | None = None
 
     def __post_init__(self):
@@ -82,34 +83,6 @@ class RegisterConfig:
         check_non_negative(self, "min_improvement")
         if self.kind is not None and self.kind not in KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}; one of {KINDS}")
-
-
-def _signature(kind: str, pairs: bool = False) -> tuple[ModelSignature, Any]:
-    """The model signature and input example of a pyfunc model of this kind (see `pyfunc_model`)."""
-    import pandas as pd
-
-    if kind == "question-answering":
-        inputs = Schema([ColSpec("string", "question"), ColSpec("string", "context")])
-        outputs = Schema([ColSpec("string", "answer"), ColSpec("long", "start"), ColSpec("double", "score")])
-        example = pd.DataFrame({"question": ["Who wrote the play?"],
-                                "context": ["The play was written by Henrik Ibsen in 1879."]})
-        return ModelSignature(inputs=inputs, outputs=outputs), example
-    if kind == "classifier":
-        outputs = Schema([ColSpec("string", "label"), ColSpec("long", "label_id"), ColSpec("double", "score")])
-        if pairs:
-            inputs = Schema([ColSpec("string", "text"), ColSpec("string", "text_pair")])
-            example = pd.DataFrame({"text": ["The company said profits rose."],
-                                    "text_pair": ["Profits went up, the company said."]})
-            return ModelSignature(inputs=inputs, outputs=outputs), example
-        # One unnamed string column: accepts a list of raw strings, one string, or a DataFrame with a text column.
-        return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=outputs), ["a gorgeous, witty film"]
-    if kind == "token-classifier":
-        return ModelSignature(inputs=Schema([ColSpec("string")])), ["Alice Smith flew from Paris to Berlin ."]
-    if kind == "pretrained":
-        # No input schema: the task param decides the input (texts; `text` + `text_pair` for nsp).
-        params = ParamSchema([ParamSpec("task", "string", "fill-mask"), ParamSpec("pooling", "string", "mean")])
-        return ModelSignature(params=params), ["the [MASK] of the film"]
-    raise ValueError(f"unknown model kind {kind!r}; one of {KINDS}")
 
 
 def alias_version(model_uri: str, home: str | Path | None = None) -> str | None:
@@ -309,7 +282,7 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
     configure_tracking(config.home)
     client = MlflowClient()
     name = config.registered_model_name
-    model_hash = stage.hash_path(config.model_dir)
+    model_hash = model_files_hash(config.model_dir)
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
@@ -330,6 +303,9 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
                                             "bertflow.config_sha256": stage.hash_json(stage.to_jsonable(config.params)),
                                             "bertflow.kind": config.kind}.items()}
     card = config.description or model_card(config, model_hash)
+    # README.md in the model directory (`final/`): the Hub's card, logged with the model below.
+    with stage.atomic_file(Path(config.model_dir) / HUB_CARD) as tmp:
+        tmp.write_text(hub_card(config, model_hash))
     with mlflow.start_run(**run_args):
         params: dict[str, str] = {}
         flatten_params("", config.params, params)
@@ -352,7 +328,7 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
             (mlflow.log_artifacts if Path(path).is_dir() else mlflow.log_artifact)(path)
         mlflow.set_tags(tags)
         mlflow.log_text(card, "model_card.md")
-        signature, example = _signature(config.kind, config.text_pair)
+        signature, example = signatures.signature(config.kind, config.text_pair)
         model_config = {"kind": config.kind}
         if config.max_seq_length:
             model_config["max_seq_length"] = config.max_seq_length

@@ -21,7 +21,7 @@ from bert_core.metrics import eval_metrics
 from bert_core.examples import ExamplesConfig
 from bert_core.ingest import IngestConfig
 from bert_core.pretrain import PretrainConfig
-from bert_core.model import model_description, resolve_model
+from bert_core.model import model_description, model_hash, resolve_model
 from bert_core.registry import pin_model
 from bert_core.tracking import lineage_tags, ui_links
 from flows import (Fraction, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength, default_work_dir,
@@ -145,7 +145,7 @@ def continued_pretraining(
 def _stable_copy(model_dir: str, root: Path) -> str:
     import shutil
 
-    target = root / stage.hash_path(model_dir)[:16]
+    target = root / model_hash(model_dir)[:16]
     if not (target / "config.json").is_file():
         tmp = root / f".tmp-{target.name}"
         shutil.rmtree(tmp, ignore_errors=True)

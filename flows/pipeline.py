@@ -25,6 +25,7 @@ from bert_core import stage
 from bert_core.catalogue import get_task
 from bert_core.config import SEED
 from bert_core.metrics import eval_metrics
+from bert_core.signatures import example_source
 from bert_core.model import pretrained_model_name
 from bert_core.stage import bertflow_home
 from bert_core.suite import summary_line
@@ -155,7 +156,8 @@ def bert_pipeline(
     summary = {"work_dir": str(work), "flow_run_id": str(flow_run.get_id()), "mlflow_run_id": run_id,
                "tracking_uri": redact(configure_tracking()), "corpus": corpus, "examples": manifests,
                "pretrained": figures["pretrained"], "classifier": figures["classifier"],
-               "task": {"name": task_name, "kind": task.model_kind, "primary_metric": task.primary_metric},
+               "task": {"name": task_name, "kind": task.model_kind, "primary_metric": task.primary_metric,
+                        "pairs": bool(task.text_pair_column)},
                "comparison": evaluation["comparison"], "registered": registered,
                "suite": gate and {"report": gate["report"], "champion_version": gate["champion_version"],
                                   "vs_champion": gate.get("comparison")},
@@ -250,7 +252,8 @@ def render_summary(summary: dict, *, markdown: bool = False) -> str:
     quality = train["quality"]
     models = [reg["pretrained"]] + ([reg["classifier"]] if reg.get("classifier") else [])
     uri = summary["tracking_uri"]
-    kind = summary.get("task", {}).get("kind", "classifier")
+    task = summary.get("task", {})
+    kind, pairs = (task.get("kind", "classifier"), task.get("pairs", False)) if reg.get("classifier") else ("pretrained", False)
     clf_name = reg["classifier"]["name"] if reg.get("classifier") else reg["pretrained"]["name"]
     lines = [
         f"bert-pipeline finished in {summary['seconds']:.0f} s; outputs under {summary['work_dir']}",
@@ -282,23 +285,14 @@ def render_summary(summary: dict, *, markdown: bool = False) -> str:
                      f"{links.get('pipeline_run', 'http://127.0.0.1:5000')}")
     lines += [
         f"Prefect UI: prefect server start   then open http://127.0.0.1:4200/runs/flow-run/{summary['flow_run_id']}",
-        f"Predict:    MLFLOW_TRACKING_URI={uri} python -c \"import mlflow{_PREDICT_IMPORTS[kind]}; "
-        f"print(mlflow.pyfunc.load_model('models:/{clf_name}@champion').predict({_PREDICT_INPUT[kind]}))\"",
+        f"Predict:    MLFLOW_TRACKING_URI={uri} python -c \"import mlflow, pandas as pd; "
+        f"print(mlflow.pyfunc.load_model('models:/{clf_name}@champion').predict({example_source(kind, pairs)}))\"",
     ]
     if not markdown:
         return "\n".join(lines)
     link_lines = [f"- [{'MLflow pipeline run' if k == 'pipeline_run' else k + ' (model version)'}]({v})"
                   for k, v in links.items()]
     return "```\n" + "\n".join(lines) + "\n```\n" + ("\n" + "\n".join(link_lines) + "\n" if link_lines else "")
-
-
-_PREDICT_IMPORTS = {"classifier": "", "token-classifier": "", "question-answering": ", pandas as pd"}
-_PREDICT_INPUT = {
-    "classifier": "['a gorgeous, witty film']",
-    "token-classifier": "['Alice Smith flew from Paris to Berlin .']",
-    "question-answering": "pd.DataFrame({'question': ['Who ruled Normandy?'], "
-                          "'context': ['Normandy was ruled by Rollo, a Viking leader.']})",
-}
 
 
 def _suite_lines(summary: dict) -> list[str]:

@@ -84,6 +84,7 @@ def register_flow(
             model_dir=classifier_dir,
             registered_model_name=f"{registered_model_prefix}-{task_name}",
             run_name=f"finetune-{task_name}",
+            task=task_name,
             primary_metric=primary_metric,
             champion_metrics=champion_metrics,
             champion_version=champion_version,

@@ -13,7 +13,8 @@ from typing import Literal
 from mlflow.tracking import MlflowClient
 from prefect import flow
 
-from bert_core import stage, suite
+from bert_core import suite
+from bert_core.model import model_hash
 from bert_core.registry import CHAMPION, alias_version
 from bert_core.suite import SIZES, SuiteConfig
 from flows import default_work_dir, stage_parameters
@@ -73,7 +74,7 @@ def encoder_gate(report: dict, registered_name: str, suite_parameters: dict, wor
             "evidence": {}}
     if version is not None:
         if MlflowClient().get_model_version(registered_name, version).tags.get("bertflow.model_hash") == \
-                stage.hash_path(report["encoder"]):
+                model_hash(report["encoder"]):
             champion = report  # the champion is this encoder (a rerun): its suite is this one
         else:
             champion = suite_flow(encoder=f"models:/{registered_name}/{version}", work_dir=work_dir,

@@ -92,9 +92,9 @@ def test_modernbert_fine_tunes_registers_and_predicts(modernbert, tmp_path):
         out = classifier.predict(["a gorgeous, witty, seductive movie", "a dull and lifeless mess"])
         assert set(out["label"]) <= {{"negative", "positive"}} and len(out) == 2, out
         encoder = mlflow.pyfunc.load_model("models:/modern-mlm@{CHAMPION}")
-        masks = encoder.predict(["the [MASK] of the river"])
+        masks = encoder.predict({{"text": ["the [MASK] of the river"]}})
         assert len(masks["tokens"][0]) == 5, masks
-        vectors = encoder.predict(["a river bank"], params={{"task": "embed"}})
+        vectors = encoder.predict({{"text": ["a river bank"]}}, params={{"task": "embed"}})
         assert len(vectors["vector"][0]) == 128, vectors
         print("OK")
     """)

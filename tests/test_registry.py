@@ -1,8 +1,11 @@
 import subprocess
 import sys
 import textwrap
+import warnings
+from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 
 from bert_core.corpus import SAMPLE_DIR
 from bert_core.finetune import FinetuneConfig, finetune
@@ -20,9 +23,20 @@ def classifier(pretrained, tmp_path_factory):
 
 def test_register_gate_and_fresh_process_load(classifier, pretrained, tmp_path):
     home = tmp_path / "home"
-    base = dict(registered_model_name="sst2-test", kind="classifier", home=str(home), primary_metric="eval_accuracy")
-    first = register_model(RegisterConfig(model_dir=classifier["final_dir"], metrics={"eval_accuracy": 0.70}, **base))
+    base = dict(registered_model_name="sst2-test", kind="classifier", home=str(home), primary_metric="eval_accuracy",
+                task="sst2")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = register_model(RegisterConfig(model_dir=classifier["final_dir"], metrics={"eval_accuracy": 0.70}, **base))
     assert first["version"] == "1" and first["aliases"] == ["candidate", "champion"]
+    # MLflow's "Add type hints to the `predict` method" warning (printed for every registered model) is gone.
+    assert not [w for w in caught if "type hint" in str(w.message).lower()], [str(w.message) for w in caught]
+    # final/ holds a Hub model card: the metadata block with the task's dataset and dev result, and the card text.
+    card = ModelCard.load(Path(classifier["final_dir"]) / "README.md").data.to_dict()
+    assert card["pipeline_tag"] == "text-classification" and card["license"] == "apache-2.0"
+    assert card["language"] == "en" and card["datasets"] == ["stanfordnlp/sst2"] and card["library_name"] == "transformers"
+    (result,) = card["model-index"][0]["results"]
+    assert result["dataset"]["type"] == "stanfordnlp/sst2" and result["metrics"] == [{"type": "accuracy", "value": 0.7}]
 
     again = register_model(RegisterConfig(model_dir=classifier["final_dir"], metrics={"eval_accuracy": 0.70}, **base))
     assert again["version"] == "1" and again["reused"]  # same model directory: no duplicate version
@@ -43,6 +57,11 @@ def test_register_gate_and_fresh_process_load(classifier, pretrained, tmp_path):
         model = mlflow.pyfunc.load_model("models:/sst2-test@champion")
         out = model.predict(["a gorgeous, witty, seductive movie", "a dull and lifeless mess"])
         assert list(out.columns) == ["label", "label_id", "score"], out
+        assert model.metadata.get_output_schema().input_names() == ["label", "label_id", "score"]
+        from pathlib import Path
+        (card,) = Path(mlflow.artifacts.download_artifacts("models:/sst2-test@champion")).glob("artifacts/*/README.md")
+        text = card.read_text()
+        assert text.startswith("---") and "pipeline_tag: text-classification" in text.split("---")[1], text[:500]
         assert set(out["label"]) <= {{"negative", "positive"}} and ((out["score"] > 0.5) & (out["score"] <= 1)).all()
         print("OK", model.metadata.run_id)
     """)
@@ -71,26 +90,39 @@ def test_the_gate_uses_the_recorded_figure_and_refuses_new_ones_for_the_same_wei
 
 
 def test_pretrained_model_fill_mask(pretrained, tmp_path):
+    suite = {"suite_score": 0.8, "suite_sst2_pretrained_mean": 0.8, "suite_sst2_twin_mean": 0.75}
     info = register_model(RegisterConfig(model_dir=pretrained["final_dir"], registered_model_name="tiny-test",
                                          kind="pretrained", home=str(tmp_path), primary_metric="eval_mlm_loss",
-                                         greater_is_better=False, metrics={"eval_mlm_loss": 6.0}))
+                                         greater_is_better=False, metrics={"eval_mlm_loss": 6.0, **suite}))
     import mlflow
 
     model = mlflow.pyfunc.load_model(f"models:/tiny-test@{CHAMPION}")
-    out = model.predict(["the [MASK] of the river", "no mask here"])
+    # The input schema names the columns (nsp reads text_pair): texts come as a `text` column.
+    assert model.metadata.get_input_schema().input_names() == ["text", "text_pair"]
+    assert set(model.metadata.get_output_schema().input_names()) == {"tokens", "scores", "is_next_probability", "vector"}
+    out = model.predict({"text": ["the [MASK] of the river", "no mask here"]})
     assert len(out["tokens"][0]) == 5 and out["tokens"][1] == [] and info["version"] == "1"
+    with pytest.raises(Exception, match=r"missing inputs \['text'\]"):
+        model.predict(["a list is not a text column"])
     # The same model gives next-sentence probabilities and sentence vectors by the task param.
     import pandas as pd
 
     nsp = model.predict(pd.DataFrame({"text": ["the river rose ."], "text_pair": ["the town flooded ."]}),
                         params={"task": "nsp"})
     assert 0 < nsp["is_next_probability"][0] < 1
-    vectors = model.predict(["a river bank", "a bank loan"], params={"task": "embed", "pooling": "cls"})
+    vectors = model.predict({"text": ["a river bank", "a bank loan"]}, params={"task": "embed", "pooling": "cls"})
     width = pretrained_width(pretrained)
     assert len(vectors) == 2 and len(vectors["vector"][0]) == width and vectors["tokens"][0][0] == "[CLS]"
     assert vectors["vector"][0] != vectors["vector"][1]
     with pytest.raises(Exception, match="unknown task"):
-        model.predict(["x"], params={"task": "translate"})
+        model.predict({"text": ["x"]}, params={"task": "translate"})
+    # Its Hub card reports the downstream suite (pretrained arm, the twin beside it) as the evaluation results.
+    card = ModelCard.load(Path(pretrained["final_dir"]) / "README.md").data.to_dict()
+    assert card["pipeline_tag"] == "fill-mask" and "datasets" not in card  # the bundled sample: no hf: source
+    (result,) = card["model-index"][0]["results"]
+    assert result["dataset"] == {"name": "sst2", "type": "stanfordnlp/sst2", "split": "validation"}
+    assert result["metrics"] == [{"type": "accuracy", "value": 0.8,
+                                  "name": "accuracy fine-tuned, mean over seeds (random init: 0.7500)"}]
 
 
 def _copy_with_marker(src, dst, marker):

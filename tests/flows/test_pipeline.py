@@ -173,7 +173,7 @@ def test_a_task_defined_only_in_a_file_runs_through_the_pipeline(run, tmp_path):
                                      "train_file": str(SAMPLE_DIR / "sst2" / "train.tsv"),
                                      "validation_file": str(SAMPLE_DIR / "sst2" / "dev.tsv")}))
     result = bert_pipeline(**TINY, task_name="reviews", task_file=str(task_file))
-    assert result["task"] == {"name": "reviews", "kind": "classifier", "primary_metric": "eval_accuracy"}
+    assert result["task"] == {"name": "reviews", "kind": "classifier", "primary_metric": "eval_accuracy", "pairs": False}
     assert result["registered"]["pretrained"]["reused"]  # the same encoder: nothing upstream was redone
     info = result["registered"]["classifier"]
     assert info["name"] == "flowtest-reviews" and "champion" in info["aliases"]

@@ -25,7 +25,7 @@ def runs(tmp_path_factory):
 
 def test_qa_pipeline_registers_an_answering_model(runs):
     home, first, _ = runs
-    assert first["task"] == {"name": "squad", "kind": "question-answering", "primary_metric": "eval_f1"}
+    assert first["task"] == {"name": "squad", "kind": "question-answering", "primary_metric": "eval_f1", "pairs": False}
     assert first["classifier"]["eval_num_questions"] == 108 and 0 <= first["classifier"]["eval_f1"] <= 100
     assert first["comparison"] is None  # nothing registered before
     reports = Path(first["work_dir"]) / "reports" / "classifier"
