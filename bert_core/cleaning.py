@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from bert_core.config import check_choice, check_fields, check_fraction, check_non_negative, check_positive
+from bert_core.quality import quality_reason
 
 REJECT_EMPTY = "empty"
 REJECT_TOO_SHORT = "too_short"
@@ -39,6 +40,10 @@ class CleaningConfig:
     # anyway (its max_input_chars_per_word is 100), and the tokenizer trainer's time grows with the square of a
     # word's length (a 400k-character "word" costs it a minute).
     max_word_chars: int = 100
+    # Gopher/C4-style filters (`quality`), off by default until the whole test suite has run with them on; each
+    # rejection is counted by its rule. Rows of task files (curated sentences) are never filtered by them.
+    repetition_filter: bool = False
+    prose_filter: bool = False
 
     def __post_init__(self):
         check_fields(self)
@@ -208,6 +213,10 @@ def clean_document(doc, config: CleaningConfig) -> tuple[CleanDocument | None, s
         return None, REJECT_TOO_SHORT
     if _alpha_fraction(text) < config.min_alpha_fraction:
         return None, REJECT_NOT_TEXT
+    if doc.sentences is None and (config.repetition_filter or config.prose_filter):
+        reason = quality_reason(text, repetition=config.repetition_filter, prose=config.prose_filter)
+        if reason:
+            return None, reason
     sentences = (split_sentences(text, splitter=config.sentence_splitter, min_sentence_chars=config.min_sentence_chars)
                  if doc.sentences is None else [c for c in cleaned if len(c) >= config.min_sentence_chars])
     if len(sentences) < config.min_sentences:
