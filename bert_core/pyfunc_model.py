@@ -16,7 +16,10 @@ selects the behaviour:
   "nsp": `is_next_probability` from the next-sentence head;
   "embed": one row per text with its pooled `vector` (`pooling` "mean" or "cls") and its `tokens`.
 Classifier and token-classifier texts come as a DataFrame (`text` column, else the first column), a list of
-strings, or one string. The registered signature (`registry.signature`) says the same to MLflow and its server.
+strings, or one string. The registered signature (`signatures.signature`) says the same to MLflow and its server.
+Texts are encoded in one call and run through the model `batch_size` (model_config, default `BATCH_SIZE`) at a time, in
+order of length, so that little of each batch is padding (`bench/predict.py` measures it against a transformers
+pipeline).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 KINDS = ("classifier", "token-classifier", "question-answering", "pretrained")
+BATCH_SIZE = 64  # texts per forward pass unless model_config says otherwise
 
 
 def _texts(values) -> list[str]:
@@ -84,6 +88,7 @@ class BertPyfuncModel(mlflow.pyfunc.PythonModel):
         self.doc_stride = int(config.get("doc_stride", min(128, self.max_seq_length // 2)))
         self.max_answer_length = int(config.get("max_answer_length", 30))
         self.top_k = int(config.get("top_k", 5))
+        self.batch_size = int(config.get("batch_size", BATCH_SIZE))  # texts per forward pass, in length order
         path = context.artifacts["model_dir"]
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         loader = {"classifier": transformers.AutoModelForSequenceClassification,
@@ -119,50 +124,67 @@ class BertPyfuncModel(mlflow.pyfunc.PythonModel):
                 raise ValueError(f"unknown task {task!r} for a pretrained model: fill-mask, nsp or embed")
             return pd.DataFrame(self._fill_mask(texts))
 
+    def _batches(self, encoded):
+        """(indices, padded tensors) of the encoded inputs in batches of `batch_size` similar lengths, longest
+        first: little of a batch is padding, and the caller puts the rows back in input order by the indices."""
+        keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in encoded]
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        for begin in range(0, len(order), self.batch_size):
+            rows = order[begin : begin + self.batch_size]
+            yield rows, self.tokenizer.pad([{k: encoded[k][i] for k in keys} for i in rows], return_tensors="pt")
+
+    def _encode(self, texts, pairs=None, **kwargs):
+        return self.tokenizer(texts, pairs, truncation=True, max_length=self.max_seq_length, **kwargs)
+
     def _next_sentence(self, texts, pairs):
         if not hasattr(self.model, "cls"):
             raise ValueError(f"this {self.model.config.model_type} model has no next-sentence head: fill-mask or embed")
-        batch = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_seq_length, padding=True,
-                               return_tensors="pt")
-        probs = self.torch.softmax(self.model(**batch).seq_relationship_logits.float(), dim=-1)
-        return {"is_next_probability": probs[:, 0].tolist()}  # label 0 = B follows A
+        probability = [0.0] * len(texts)
+        for rows, batch in self._batches(self._encode(texts, pairs)):
+            probs = self.torch.softmax(self.model(**batch).seq_relationship_logits.float(), dim=-1)
+            for i, p in zip(rows, probs[:, 0].tolist()):  # label 0 = B follows A
+                probability[i] = p
+        return {"is_next_probability": probability}
 
     def _embed(self, texts, pooling):
         if pooling not in ("mean", "cls"):
             raise ValueError(f"unknown pooling {pooling!r}: mean or cls")
-        batch = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length, padding=True,
-                               return_tensors="pt")
-        hidden = self.model.base_model(**batch).last_hidden_state.float()
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        vectors = hidden[:, 0] if pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1)
-        lengths = batch["attention_mask"].sum(1).tolist()
-        return [{"vector": vectors[i].tolist(),
-                 "tokens": self.tokenizer.convert_ids_to_tokens(batch["input_ids"][i, : lengths[i]].tolist())}
-                for i in range(len(texts))]
+        out = [None] * len(texts)
+        for rows, batch in self._batches(self._encode(texts)):
+            hidden = self.model.base_model(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            vectors = hidden[:, 0] if pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1)
+            lengths = batch["attention_mask"].sum(1).tolist()
+            for j, i in enumerate(rows):
+                out[i] = {"vector": vectors[j].tolist(), "tokens": self.tokenizer.convert_ids_to_tokens(
+                    batch["input_ids"][j, : lengths[j]].tolist())}
+        return out
 
     def _classify(self, texts, pairs):
-        batch = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_seq_length, padding=True,
-                               return_tensors="pt")
-        probs = self.torch.softmax(self.model(**batch).logits.float(), dim=-1)
-        score, label_id = probs.max(dim=-1)
         id2label = self.model.config.id2label
-        return {"label": [id2label[int(i)] for i in label_id], "label_id": label_id.tolist(), "score": score.tolist()}
+        labels, label_ids, scores = [None] * len(texts), [0] * len(texts), [0.0] * len(texts)
+        for rows, batch in self._batches(self._encode(texts, pairs)):
+            score, label_id = self.torch.softmax(self.model(**batch).logits.float(), dim=-1).max(dim=-1)
+            for i, s, label in zip(rows, score.tolist(), label_id.tolist()):
+                labels[i], label_ids[i], scores[i] = id2label[label], label, s
+        return {"label": labels, "label_id": label_ids, "score": scores}
 
     def _tag(self, texts):
         words = [t.split() for t in texts]
-        batch = self.tokenizer(words, is_split_into_words=True, truncation=True, max_length=self.max_seq_length,
-                               padding=True, return_tensors="pt")
-        predicted = self.model(**batch).logits.argmax(-1).tolist()
+        encoded = self._encode(words, is_split_into_words=True)
         id2label = self.model.config.id2label
-        rows = []
-        for i, sentence in enumerate(words):
-            tags, previous = ["O"] * len(sentence), None
-            for position, word in enumerate(batch.word_ids(i)):
-                if word is not None and word != previous:
-                    tags[word] = id2label[predicted[i][position]]
-                previous = word
-            rows.append({"words": sentence, "tags": tags, "entities": entities_from_tags(sentence, tags)})
-        return rows
+        rows_out = [None] * len(texts)
+        for rows, batch in self._batches(encoded):
+            predicted = self.model(**batch).logits.argmax(-1).tolist()
+            for j, i in enumerate(rows):
+                tags, previous = ["O"] * len(words[i]), None
+                for position, word in enumerate(encoded.word_ids(i)):  # unpadded; padding is on the right
+                    if word is not None and word != previous:
+                        tags[word] = id2label[predicted[j][position]]
+                    previous = word
+                rows_out[i] = {"words": words[i], "tags": tags, "entities": entities_from_tags(words[i], tags)}
+        return rows_out
 
     def _answer(self, model_input):
         questions, contexts = _column(model_input, "question"), _column(model_input, "context")
@@ -199,21 +221,19 @@ class BertPyfuncModel(mlflow.pyfunc.PythonModel):
         return best
 
     def _fill_mask(self, texts):
-        batch = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length, padding=True,
-                               return_tensors="pt")
-        output = self.model(**batch)
-        logits = output.prediction_logits if hasattr(output, "prediction_logits") else output.logits  # BERT / ModernBERT
-        rows = []
-        for i in range(len(texts)):
-            positions = (batch["input_ids"][i] == self.tokenizer.mask_token_id).nonzero().flatten()
-            if positions.numel() == 0:
-                rows.append({"tokens": [], "scores": []})
-                continue
-            probs = self.torch.softmax(logits[i, int(positions[0])].float(), dim=-1)
-            top = probs.topk(self.top_k)
-            rows.append({"tokens": self.tokenizer.convert_ids_to_tokens(top.indices.tolist()),
-                         "scores": top.values.tolist()})
-        return rows
+        out = [None] * len(texts)
+        for rows, batch in self._batches(self._encode(texts)):
+            output = self.model(**batch)
+            logits = output.prediction_logits if hasattr(output, "prediction_logits") else output.logits  # BERT/ModernBERT
+            for j, i in enumerate(rows):
+                positions = (batch["input_ids"][j] == self.tokenizer.mask_token_id).nonzero().flatten()
+                if positions.numel() == 0:
+                    out[i] = {"tokens": [], "scores": []}
+                    continue
+                top = self.torch.softmax(logits[j, int(positions[0])].float(), dim=-1).topk(self.top_k)
+                out[i] = {"tokens": self.tokenizer.convert_ids_to_tokens(top.indices.tolist()),
+                          "scores": top.values.tolist()}
+        return out
 
 
 mlflow.models.set_model(BertPyfuncModel())

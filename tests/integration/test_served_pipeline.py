@@ -10,6 +10,7 @@ CI sets so that there it must run.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -39,13 +41,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _get(url: str, body: dict | None = None):
-    """JSON from a GET, or from a POST of `body`, to one of the loopback servers this test started."""
-    request = urllib.request.Request(url, method="POST" if body is not None else "GET",
+def _get(url: str, body: dict | None = None, method: str | None = None):
+    """JSON from a GET, or from a POST (or `method`) of `body`, to one of the loopback servers this test started."""
+    request = urllib.request.Request(url, method=method or ("POST" if body is not None else "GET"),
                                      headers={"Content-Type": "application/json"},
                                      data=json.dumps(body).encode() if body is not None else None)
     with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-        return json.loads(response.read())
+        content = response.read()
+        return json.loads(content) if content else None
 
 
 def _artifacts(settings, where: dict) -> list[dict]:
@@ -78,7 +81,8 @@ def served(tmp_path_factory):
         worker = subprocess.Popen([prefect, "worker", "start", "--pool", servers.PROCESS_POOL, "--run-once"],
                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         worker.wait(timeout=1500)
-        yield {"settings": settings, "flow_run_id": flow_run_id, "home": home, "worker_log": home / "worker.log"}
+        yield {"settings": settings, "flow_run_id": flow_run_id, "home": home, "worker_log": home / "worker.log",
+               "env": env}
     finally:
         if worker is not None and worker.poll() is None:
             worker.kill()
@@ -171,3 +175,160 @@ def test_both_uis_show_the_run_and_the_champion(served):
     shot = ARTIFACTS / "mlflow-registered-model.png"
     _browse(page, profile, screenshot=shot)
     assert shot.stat().st_size > 20_000
+
+
+def _next_fire(cron: str, after: datetime.datetime) -> datetime.datetime:
+    """The first time after `after` that a "M H * * D" cron (D a weekday, 0 Sunday, or *) fires, in UTC."""
+    minute, hour, day, month, weekday = cron.split()
+    assert day == month == "*", cron
+    t = after.replace(second=0, microsecond=0) + datetime.timedelta(minutes=1)
+    while not (t.minute == int(minute) and t.hour == int(hour) and weekday in ("*", str(t.isoweekday() % 7))):
+        t += datetime.timedelta(minutes=1)
+    return t
+
+
+def _scheduled_runs(settings, deployment_id: str) -> list[dict]:
+    return _get(f"{settings.prefect_api_url}/flow_runs/filter",
+                {"flow_runs": {"deployment_id": {"any_": [deployment_id]}, "state": {"type": {"any_": ["SCHEDULED"]}}},
+                 "sort": "EXPECTED_START_TIME_ASC"})
+
+
+def _check_runs(runs: list[dict], cron: str) -> None:
+    """Auto-scheduled runs at the cron's successive times, the first one the cron's next time after it was made."""
+    def at(value: str) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+    expected = _next_fire(cron, at(runs[0]["created"]))
+    for run in runs[:3]:
+        assert run["auto_scheduled"] and at(run["expected_start_time"]) == expected, (cron, run["expected_start_time"])
+        expected = _next_fire(cron, expected)
+
+
+def _wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"{what}: not after {timeout:.0f} s"
+        time.sleep(2)
+    return value
+
+
+def test_cron_schedules_fire_and_pause_through_the_api(served):
+    """The server's scheduler creates Scheduled runs for every deployment whose cron schedule is active, at the
+    cron's next times (a regression caught here once: with SQLAlchemy 2.1 cron schedules never fired), none for an
+    inactive one; pausing a schedule removes its future runs and resuming brings them back."""
+    settings = served["settings"]
+    deployments = _get(f"{settings.prefect_api_url}/deployments/filter", {})
+    crons = {d["name"]: (d, sch) for d in deployments for sch in d["schedules"] if sch["schedule"].get("cron")}
+    active = {name for name, (_, sch) in crons.items() if sch["active"]}
+    assert {"weekly-retraining", "nightly-continued-pretraining"} <= active, sorted(crons)
+    assert "weekly-retraining-gpu" in set(crons) - active  # off until a GPU pool exists
+    for name, (deployment, schedule) in crons.items():
+        if name not in active:
+            assert _scheduled_runs(settings, deployment["id"]) == [], name
+            continue
+        assert schedule["schedule"]["timezone"] == "UTC"
+        _check_runs(_wait_for(lambda: _scheduled_runs(settings, deployment["id"]), 150, f"scheduled runs of {name}"),
+                    schedule["schedule"]["cron"])
+
+    deployment, schedule = crons["nightly-continued-pretraining"]
+    url = f"{settings.prefect_api_url}/deployments/{deployment['id']}/schedules/{schedule['id']}"
+    _get(url, {"active": False}, method="PATCH")
+    assert _scheduled_runs(settings, deployment["id"]) == []  # the paused schedule's future runs are gone
+    time.sleep(12)  # two passes of the scheduler's loop over recently changed deployments: it stays paused
+    assert _scheduled_runs(settings, deployment["id"]) == []
+    _get(url, {"active": True}, method="PATCH")
+    _check_runs(_wait_for(lambda: _scheduled_runs(settings, deployment["id"]), 150, "runs after resuming"),
+                schedule["schedule"]["cron"])
+
+
+def _register_task_champions(settings, monkeypatch, work: Path) -> None:
+    """Pair, NER and QA champions on the MLflow server: tiny fine-tunes of the run's registered encoder."""
+    from bert_core.catalogue import get_task
+    from bert_core.corpus import SAMPLE_DIR
+    from bert_core.finetune import FinetuneConfig, finetune
+    from bert_core.model import resolve_model
+    from bert_core.ner import NerConfig, finetune_ner
+    from bert_core.qa import QaConfig, finetune_qa
+    from bert_core.registry import RegisterConfig, register_model
+    from tests.test_ner import SENTENCES, write_conll
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_url)
+    monkeypatch.setenv("BERTFLOW_HOME", str(work))
+    encoder = resolve_model("models:/itest-bert-tiny@champion")
+    mrpc = {k: v for k, v in get_task("mrpc").classification_fields().items() if k != "metric_for_best_model"}
+    pairs = finetune(FinetuneConfig(model_name_or_path=encoder, train_file=str(SAMPLE_DIR / "mrpc" / "train.tsv"),
+                                    validation_file=str(SAMPLE_DIR / "mrpc" / "dev.tsv"), max_seq_length=64,
+                                    max_train_steps=5, output_dir=str(work / "mrpc"), mixed_precision="no", **mrpc))
+    conll = write_conll(work / "conll.txt", SENTENCES)
+    ner = finetune_ner(NerConfig(model_name_or_path=encoder, train_file=str(conll), validation_file=str(conll),
+                                 output_dir=str(work / "ner"), max_seq_length=32, max_train_steps=5,
+                                 mixed_precision="no"))
+    qa = finetune_qa(QaConfig(model_name_or_path=encoder, train_file=str(SAMPLE_DIR / "squad" / "train.json.gz"),
+                              validation_file=str(SAMPLE_DIR / "squad" / "dev.json.gz"), output_dir=str(work / "qa"),
+                              max_seq_length=128, doc_stride=48, max_train_steps=3, mixed_precision="no"))
+    for name, summary, kind, metric in (("itest-mrpc", pairs, "classifier", "eval_accuracy"),
+                                        ("itest-ner", ner, "token-classifier", "eval_f1"),
+                                        ("itest-qa", qa, "question-answering", "eval_f1")):
+        info = register_model(RegisterConfig(model_dir=summary["final_dir"], registered_model_name=name, kind=kind,
+                                             primary_metric=metric, metrics={metric: summary[metric]}))
+        assert info["promoted"], info
+
+
+# The documented JSON shapes (README "Serving"): texts as "inputs", columns as "dataframe_records".
+REQUESTS = {
+    "itest-sst2": {"inputs": ["a gorgeous, witty film", "a dull mess"]},
+    "itest-mrpc": {"dataframe_records": [{"text": "Profits rose 5%.", "text_pair": "Profit went up 5%."}]},
+    "itest-ner": {"inputs": ["Alice Smith works for Acme Corp in Paris ."]},
+    "itest-qa": {"dataframe_records": [{"question": "Who ruled Normandy?",
+                                        "context": "Normandy was ruled by Rollo, a Viking leader."}]},
+    "itest-bert-tiny": {"dataframe_records": [{"text": "the [MASK] of the river"}]},
+}
+
+
+def test_every_kind_of_champion_is_served_over_rest(served, monkeypatch, tmp_path):
+    """`mlflow models serve -m models:/<name>@champion --env-manager local` for the champion of each model kind,
+    on 127.0.0.1, and a real HTTP client gets labels, tags, answers, fill-mask tokens and vectors back."""
+    settings = served["settings"]
+    _register_task_champions(settings, monkeypatch, tmp_path)
+    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
+    env = {**served["env"], "MLFLOW_TRACKING_URI": settings.mlflow_url, "OMP_NUM_THREADS": "1"}
+    ports = {name: _free_port() for name in REQUESTS}
+    servers_started = {name: subprocess.Popen(
+        [mlflow_cli, "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, env=env, stdout=open(tmp_path / f"{name}.log", "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        start_new_session=True) for name, port in ports.items()}
+    try:
+        for name, port in ports.items():
+            def ready(name=name, port=port):
+                assert servers_started[name].poll() is None, (tmp_path / f"{name}.log").read_text()[-3000:]
+                try:
+                    return urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5).status == 200  # noqa: S310
+                except OSError:
+                    return False
+            _wait_for(ready, 240, f"{name} server")
+        out = {name: _get(f"http://127.0.0.1:{ports[name]}/invocations", body)["predictions"]
+               for name, body in REQUESTS.items()}
+        embed = _get(f"http://127.0.0.1:{ports['itest-bert-tiny']}/invocations",
+                     {**REQUESTS["itest-bert-tiny"], "params": {"task": "embed"}})["predictions"]
+    finally:
+        for process in servers_started.values():
+            os.killpg(process.pid, 15)
+        for process in servers_started.values():
+            process.wait(timeout=60)
+    assert [set(r) for r in out["itest-sst2"]] == [{"label", "label_id", "score"}] * 2
+    assert {r["label"] for r in out["itest-sst2"]} <= {"negative", "positive"}
+    assert out["itest-mrpc"][0]["label"] in ("not_paraphrase", "paraphrase")
+    (tagged,) = out["itest-ner"]
+    assert len(tagged["words"]) == len(tagged["tags"]) == 9 and isinstance(tagged["entities"], list), tagged
+    (answer,) = out["itest-qa"]
+    context = REQUESTS["itest-qa"]["dataframe_records"][0]["context"]
+    assert context[answer["start"]:answer["start"] + len(answer["answer"])] == answer["answer"], answer
+    (masked,) = out["itest-bert-tiny"]
+    assert len(masked["tokens"]) == 5 and len(masked["scores"]) == 5 and masked["scores"][0] >= masked["scores"][-1]
+    (vector,) = embed
+    assert len(vector["vector"]) == 128 and vector["tokens"][0] == "[CLS]", vector
+    import psutil
+
+    assert all(not psutil.pid_exists(p.pid) or psutil.Process(p.pid).status() == psutil.STATUS_ZOMBIE
+               for p in servers_started.values())
