@@ -197,152 +197,154 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                                          "sep_token_id": tokenizer.sep_token_id})
     objective = PretrainingObjective(model)
     threads = ThreadShare(config.num_threads).start()
-    optimizer = build_optimizer(objective, name=config.optimizer, lr=config.learning_rate,
-                                weight_decay=config.weight_decay, betas=(config.adam_beta1, config.adam_beta2),
-                                eps=config.adam_epsilon)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    # The run's length: max_train_steps, the step a token budget is reached (exact: the batch order is known), or a
-    # seconds budget calibrated on the first steps and stored in the checkpoints (state["planned_steps"]).
-    length = budget.RunLength(config, optimizer, train_set.lengths, world)
-    scheduler = length.schedule.scheduler
-    objective, optimizer = accelerator.prepare(objective, optimizer)
-    # The scheduler is stepped by hand once per optimizer step (a prepared one steps num_processes times).
-    accelerator.register_for_checkpointing(scheduler)
+    try:  # the thread share ends with the run, failed or not (a long-lived worker process outlives it)
+        optimizer = build_optimizer(objective, name=config.optimizer, lr=config.learning_rate,
+                                    weight_decay=config.weight_decay, betas=(config.adam_beta1, config.adam_beta2),
+                                    eps=config.adam_epsilon)
+        world, rank = accelerator.num_processes, accelerator.process_index
+        # The run's length: max_train_steps, the step a token budget is reached (exact: the batch order is known), or a
+        # seconds budget calibrated on the first steps and stored in the checkpoints (state["planned_steps"]).
+        length = budget.RunLength(config, optimizer, train_set.lengths, world)
+        scheduler = length.schedule.scheduler
+        objective, optimizer = accelerator.prepare(objective, optimizer)
+        # The scheduler is stepped by hand once per optimizer step (a prepared one steps num_processes times).
+        accelerator.register_for_checkpointing(scheduler)
 
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "key": key, **length.initial_state()}
-    resume = find_resume(config, key)
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        state = stage.read_json(resume / "trainer_state.json")
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume, state["step"], state["epoch"],
-                    state["batch_in_epoch"])
-        length.resumed(state)
-    log = MetricsLog(output_dir / "metrics.jsonl", state["step"], main=accelerator.is_main_process,
-                     mlflow_run_id=config.mlflow_run_id)
+        state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "key": key, **length.initial_state()}
+        resume = find_resume(config, key)
+        if resume is not None:
+            accelerator.load_state(str(resume))
+            state = stage.read_json(resume / "trainer_state.json")
+            logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume, state["step"], state["epoch"],
+                        state["batch_in_epoch"])
+            length.resumed(state)
+        log = MetricsLog(output_dir / "metrics.jsonl", state["step"], main=accelerator.is_main_process,
+                         mlflow_run_id=config.mlflow_run_id)
 
-    def run_eval() -> dict[str, float]:
-        metrics = evaluate_objective(accelerator.unwrap_model(objective), eval_set, collator,
-                                     batch_size=config.per_device_eval_batch_size, device=accelerator.device,
-                                     autocast=accelerator.autocast)
-        return eval_metrics(metrics)
+        def run_eval() -> dict[str, float]:
+            metrics = evaluate_objective(accelerator.unwrap_model(objective), eval_set, collator,
+                                         batch_size=config.per_device_eval_batch_size, device=accelerator.device,
+                                         autocast=accelerator.autocast)
+            return eval_metrics(metrics)
 
-    if state["step"] == 0:
-        eval_start = time.perf_counter()
-        initial = run_eval()
-        state["eval_seconds"] = time.perf_counter() - eval_start
-        log({"step": 0, **initial})
-        logger.info("step 0 held-out: %s", initial)
+        if state["step"] == 0:
+            eval_start = time.perf_counter()
+            initial = run_eval()
+            state["eval_seconds"] = time.perf_counter() - eval_start
+            log({"step": 0, **initial})
+            logger.info("step 0 held-out: %s", initial)
 
-    def total_steps() -> int:  # the plan: fixed at the start, or once a seconds budget is calibrated
-        return length.total(state)
-    previous_handler = signal.signal(signal.SIGTERM, _Stop.handle) if accelerator.is_main_process else None
-    specials = torch.tensor([tokenizer.cls_token_id, tokenizer.sep_token_id])  # never masked: not maskable
-    progress = tqdm(total=total_steps(), initial=state["step"], disable=_no_progress_bar(accelerator),
-                    desc="pretrain", unit="step")
-    length.start(state)
-    window = dict.fromkeys(_WINDOW, 0.0)
-    window_start = time.perf_counter()
-    grad_norm = torch.tensor(0.0)
-    interrupted = False
-    seen = hashlib.sha256()  # the example ids this rank trained on, in order
-    seen_ids: list[np.ndarray] = []
-    lengths = train_set.lengths if config.length_binning else None
-    objective.train()
-    with ThreadPoolExecutor(max_workers=1) as loader:
-        while state["step"] < total_steps() and not interrupted:
-            batches = epoch_batches(len(train_set), config.per_device_train_batch_size, seed=config.seed,
-                                    epoch=state["epoch"], rank=rank, world_size=world, lengths=lengths)
+        def total_steps() -> int:  # the plan: fixed at the start, or once a seconds budget is calibrated
+            return length.total(state)
+        previous_handler = signal.signal(signal.SIGTERM, _Stop.handle) if accelerator.is_main_process else None
+        specials = torch.tensor([tokenizer.cls_token_id, tokenizer.sep_token_id])  # never masked: not maskable
+        progress = tqdm(total=total_steps(), initial=state["step"], disable=_no_progress_bar(accelerator),
+                        desc="pretrain", unit="step")
+        length.start(state)
+        window = dict.fromkeys(_WINDOW, 0.0)
+        window_start = time.perf_counter()
+        grad_norm = torch.tensor(0.0)
+        interrupted = False
+        seen = hashlib.sha256()  # the example ids this rank trained on, in order
+        seen_ids: list[np.ndarray] = []
+        lengths = train_set.lengths if config.length_binning else None
+        objective.train()
+        with ThreadPoolExecutor(max_workers=1) as loader:
+            while state["step"] < total_steps() and not interrupted:
+                batches = epoch_batches(len(train_set), config.per_device_train_batch_size, seed=config.seed,
+                                        epoch=state["epoch"], rank=rank, world_size=world, lengths=lengths)
 
-            def collate(batch_index: int, epoch: int = state["epoch"], batches: list = batches):
-                start = time.perf_counter()
-                items = [train_set[int(i)] for i in batches[batch_index]]
-                # Dynamic masks are a function of (seed, epoch, batch, rank): the same after a resume.
-                batch = collator(items, np.random.default_rng([config.seed, epoch, batch_index, rank]))
-                return batch, time.perf_counter() - start
+                def collate(batch_index: int, epoch: int = state["epoch"], batches: list = batches):
+                    start = time.perf_counter()
+                    items = [train_set[int(i)] for i in batches[batch_index]]
+                    # Dynamic masks are a function of (seed, epoch, batch, rank): the same after a resume.
+                    batch = collator(items, np.random.default_rng([config.seed, epoch, batch_index, rank]))
+                    return batch, time.perf_counter() - start
 
-            # The next batch is collated in a thread while this one computes (torch releases the GIL).
-            pending = loader.submit(collate, state["batch_in_epoch"]) if state["batch_in_epoch"] < len(batches) else None
-            for batch_index in range(state["batch_in_epoch"], len(batches)):
-                wait_start = time.perf_counter()
-                cpu_batch, collate_seconds = pending.result()
-                window["loader_seconds"] += time.perf_counter() - wait_start
-                window["collate_seconds"] += collate_seconds
-                pending = loader.submit(collate, batch_index + 1) if batch_index + 1 < len(batches) else None
-                ids = batches[batch_index]
-                seen.update(np.asarray(ids, dtype=np.int64).tobytes())
-                if len(seen_ids) < 4096:
-                    seen_ids.append(ids)
-                batch = {k: v.to(accelerator.device) for k, v in cpu_batch.items()}
-                with accelerator.accumulate(objective):
-                    out = objective(**batch)
-                    accelerator.backward(out["loss"])
-                    if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(objective.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    if accelerator.sync_gradients:
-                        scheduler.step()
-                    optimizer.zero_grad()
-                for name in ("loss", "mlm_loss", "nsp_loss"):
-                    window[name] += float(out[name].detach())
-                for name in ("mlm_correct", "mlm_count", "nsp_correct", "nsp_count"):
-                    window[name] += int(out[name])
-                window["tokens"] += int(batch["attention_mask"].sum())
-                window["specials"] += int(torch.isin(cpu_batch["input_ids"], specials).sum())
-                window["positions"] += batch["attention_mask"].numel()
-                window["micro"] += 1
-                if not accelerator.sync_gradients:
-                    continue
-                state["step"] += 1
-                state["batch_in_epoch"] = batch_index + 1
-                progress.update(1)
-                step = state["step"]
-                fault_point(f"step-{step}", rank)
-                plan = length.stepped(state, accelerator)
-                if plan is not None:
-                    log(plan)
-                    progress.total = plan["planned_steps"]
-                    progress.refresh()
-                if step % config.logging_steps == 0 or step == total_steps():
-                    totals = dict(zip(_WINDOW, accelerator.reduce(torch.tensor(
-                        [window[k] for k in _WINDOW], dtype=torch.float64, device=accelerator.device),
-                        reduction="sum").tolist()))
-                    record = {"step": step, **window_metrics(totals, time.perf_counter() - window_start, world),
-                              "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                              **length.progress(state)}
-                    log(record)
-                    threads.rebalance()  # another training run may have started or ended on this machine
-                    if accelerator.is_main_process:
-                        logger.info("step %d/%d loss %.4f mlm_loss %.4f nsp_loss %.4f mlm_accuracy %.3f lr %.2e "
-                                    "%.0f tokens/s", step, total_steps(), record["loss"], record["mlm_loss"],
-                                    record["nsp_loss"], record["mlm_accuracy"], record["learning_rate"],
-                                    record["tokens_per_second"])
-                    progress.set_postfix(loss=f"{record['loss']:.3f}", mlm_acc=f"{record['mlm_accuracy']:.3f}")
-                    window = dict.fromkeys(_WINDOW, 0.0)
-                    window_start = time.perf_counter()
-                if step % config.eval_steps == 0 and step != total_steps():
-                    held_out = run_eval()
-                    log({"step": step, **held_out})
-                    if accelerator.is_main_process:
-                        logger.info("step %d held-out mlm_loss %.4f mlm_accuracy %.3f nsp_accuracy %.3f", step,
-                                    held_out["eval_mlm_loss"], held_out["eval_mlm_accuracy"],
-                                    held_out["eval_nsp_accuracy"])
-                stop_now = broadcast_flag(accelerator, _Stop.requested)
-                if step % config.checkpointing_steps == 0 or stop_now or step == total_steps():
-                    save_checkpoint(accelerator, output_dir, {**state, "train_seconds": length.seconds(state)},
-                                    config.checkpoints_total_limit)
-                if stop_now:
-                    logger.warning("SIGTERM: checkpoint written at step %d, stopping", step)
-                    interrupted = True
-                    break
-                if step >= total_steps():
-                    break
-            else:
-                state["epoch"] += 1
-                state["batch_in_epoch"] = 0
-            if pending is not None:
-                pending.cancel()
-    progress.close()
-    threads.stop()
+                # The next batch is collated in a thread while this one computes (torch releases the GIL).
+                pending = loader.submit(collate, state["batch_in_epoch"]) if state["batch_in_epoch"] < len(batches) else None
+                for batch_index in range(state["batch_in_epoch"], len(batches)):
+                    wait_start = time.perf_counter()
+                    cpu_batch, collate_seconds = pending.result()
+                    window["loader_seconds"] += time.perf_counter() - wait_start
+                    window["collate_seconds"] += collate_seconds
+                    pending = loader.submit(collate, batch_index + 1) if batch_index + 1 < len(batches) else None
+                    ids = batches[batch_index]
+                    seen.update(np.asarray(ids, dtype=np.int64).tobytes())
+                    if len(seen_ids) < 4096:
+                        seen_ids.append(ids)
+                    batch = {k: v.to(accelerator.device) for k, v in cpu_batch.items()}
+                    with accelerator.accumulate(objective):
+                        out = objective(**batch)
+                        accelerator.backward(out["loss"])
+                        if accelerator.sync_gradients:
+                            grad_norm = accelerator.clip_grad_norm_(objective.parameters(), config.max_grad_norm)
+                        optimizer.step()
+                        if accelerator.sync_gradients:
+                            scheduler.step()
+                        optimizer.zero_grad()
+                    for name in ("loss", "mlm_loss", "nsp_loss"):
+                        window[name] += float(out[name].detach())
+                    for name in ("mlm_correct", "mlm_count", "nsp_correct", "nsp_count"):
+                        window[name] += int(out[name])
+                    window["tokens"] += int(batch["attention_mask"].sum())
+                    window["specials"] += int(torch.isin(cpu_batch["input_ids"], specials).sum())
+                    window["positions"] += batch["attention_mask"].numel()
+                    window["micro"] += 1
+                    if not accelerator.sync_gradients:
+                        continue
+                    state["step"] += 1
+                    state["batch_in_epoch"] = batch_index + 1
+                    progress.update(1)
+                    step = state["step"]
+                    fault_point(f"step-{step}", rank)
+                    plan = length.stepped(state, accelerator)
+                    if plan is not None:
+                        log(plan)
+                        progress.total = plan["planned_steps"]
+                        progress.refresh()
+                    if step % config.logging_steps == 0 or step == total_steps():
+                        totals = dict(zip(_WINDOW, accelerator.reduce(torch.tensor(
+                            [window[k] for k in _WINDOW], dtype=torch.float64, device=accelerator.device),
+                            reduction="sum").tolist()))
+                        record = {"step": step, **window_metrics(totals, time.perf_counter() - window_start, world),
+                                  "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                                  **length.progress(state)}
+                        log(record)
+                        threads.rebalance()  # another training run may have started or ended on this machine
+                        if accelerator.is_main_process:
+                            logger.info("step %d/%d loss %.4f mlm_loss %.4f nsp_loss %.4f mlm_accuracy %.3f lr %.2e "
+                                        "%.0f tokens/s", step, total_steps(), record["loss"], record["mlm_loss"],
+                                        record["nsp_loss"], record["mlm_accuracy"], record["learning_rate"],
+                                        record["tokens_per_second"])
+                        progress.set_postfix(loss=f"{record['loss']:.3f}", mlm_acc=f"{record['mlm_accuracy']:.3f}")
+                        window = dict.fromkeys(_WINDOW, 0.0)
+                        window_start = time.perf_counter()
+                    if step % config.eval_steps == 0 and step != total_steps():
+                        held_out = run_eval()
+                        log({"step": step, **held_out})
+                        if accelerator.is_main_process:
+                            logger.info("step %d held-out mlm_loss %.4f mlm_accuracy %.3f nsp_accuracy %.3f", step,
+                                        held_out["eval_mlm_loss"], held_out["eval_mlm_accuracy"],
+                                        held_out["eval_nsp_accuracy"])
+                    stop_now = broadcast_flag(accelerator, _Stop.requested)
+                    if step % config.checkpointing_steps == 0 or stop_now or step == total_steps():
+                        save_checkpoint(accelerator, output_dir, {**state, "train_seconds": length.seconds(state)},
+                                        config.checkpoints_total_limit)
+                    if stop_now:
+                        logger.warning("SIGTERM: checkpoint written at step %d, stopping", step)
+                        interrupted = True
+                        break
+                    if step >= total_steps():
+                        break
+                else:
+                    state["epoch"] += 1
+                    state["batch_in_epoch"] = 0
+                if pending is not None:
+                    pending.cancel()
+        progress.close()
+    finally:
+        threads.stop()
     state["train_seconds"] = length.seconds(state)
     if previous_handler is not None:
         signal.signal(signal.SIGTERM, previous_handler)

@@ -128,3 +128,24 @@ def test_given_threads_are_kept_and_not_registered(tmp_path, monkeypatch, thread
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     with hardware.ThreadShare(registry=registry) as share:  # the user's OMP_NUM_THREADS is a given count too
         assert share.fixed == 1 and not registry.exists()
+
+
+def test_a_failed_pretraining_run_gives_its_thread_share_back(examples_dir, tmp_path, monkeypatch, threads_restored):
+    """A pretraining run that fails after taking its share of the cores leaves the registry: in a long-lived
+    process (a Prefect worker running flows in-process) a stale entry would halve every later run's threads."""
+    from bert_core import pretrain as pretrain_module
+    from tests.conftest import tiny_pretrain_config
+
+    registry = tmp_path / "registry"
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("BERTFLOW_TRAINING_REGISTRY", str(registry))
+    seen = []
+
+    def failing_optimizer(*args, **kwargs):
+        seen.append(hardware.registered_processes(registry))  # the share is taken when the run fails
+        raise RuntimeError("optimizer failed")
+
+    monkeypatch.setattr(pretrain_module, "build_optimizer", failing_optimizer)
+    with pytest.raises(RuntimeError, match="optimizer failed"):
+        pretrain_module.pretrain(tiny_pretrain_config(examples_dir, tmp_path / "run", resume_from_checkpoint=None))
+    assert seen == [[os.getpid()]] and hardware.registered_processes(registry) == []
