@@ -3,7 +3,7 @@ beforehand with `python -m bert_core pretrain` and `python -m bert_core suite`).
 
 SWEEP.json lists the runs: [{"label": "D", "series": "ModernBERT-tiny, MLM", "factor": "architecture",
 "pretrain_dir": ".../screen-D", "suite_dir": ".../suite-D"}, ...] ("suite_dirs": a list, for tasks measured
-in several suite runs). For each run this reads what the stages wrote
+in several suite runs; {"label": "A", "recorded": true} keeps a row of docs/recipe-sweep.json as it stands). For each run this reads what the stages wrote
 (the pretraining config and summary, its shards' manifest and masking, the suite's report.json) and
 - logs it as one run of the MLflow experiment `bertflow-recipe-sweep` (params: the pretraining and example configs
   and the factor; metrics: training tokens and seconds, held-out MLM accuracy and loss, each suite task's pretrained
@@ -40,6 +40,14 @@ def read_run(spec: dict) -> dict:
                     for f in [Path(d) / "report.json"] if f.is_file()]
     reports = [stage.read_json(f) for f in report_files]
     report = {"tasks": [t for r in reports for t in r["tasks"]], "protocol": reports[0]["protocol"]} if reports else None
+    # A run that started from an earlier one's weights (a second phase, e.g. on the tasks' text) counts that run's
+    # tokens and seconds too: the encoder cost both.
+    tokens, seconds, before = summary["train_tokens"], summary["train_seconds"], config.get("init_from")
+    while before and (Path(before).parent / "summary.json").is_file():
+        earlier = Path(before).parent
+        tokens += stage.read_json(earlier / "summary.json")["train_tokens"]
+        seconds += stage.read_json(earlier / "summary.json")["train_seconds"]
+        before = stage.read_json(earlier / stage.STAGE_RECORD)["config"].get("init_from")
     return {
         "label": spec["label"], "series": spec["series"], "factor": spec.get("factor", ""),
         "model": f"{config.get('architecture', 'bert')} {config['preset']}",
@@ -47,7 +55,7 @@ def read_run(spec: dict) -> dict:
         "corpus": spec.get("corpus", ""), "corpus_tokens": train["num_tokens"],
         "batch": config["per_device_train_batch_size"] * config.get("gradient_accumulation_steps", 1),
         "learning_rate": config["learning_rate"], "warmup_fraction": config.get("warmup_fraction"),
-        "train_tokens": summary["train_tokens"], "train_seconds": round(summary["train_seconds"], 1),
+        "train_tokens": tokens, "train_seconds": round(seconds, 1), "phase_tokens": summary["train_tokens"],
         "eval_mlm_accuracy": summary["eval_mlm_accuracy"], "eval_mlm_loss": summary["eval_mlm_loss"],
         "suite": None if report is None else [
             {k: t[k] for k in ("task", "metric", "pretrained_mean", "pretrained_std", "pretrained_scores", "twin_mean",
@@ -155,10 +163,15 @@ def markdown_table(table: list[dict]) -> str:
 
 def main(argv: list[str]) -> int:
     specs = json.loads(Path(argv[1]).read_text())
-    runs = [read_run(spec) for spec in specs]
-    for run in runs:
-        run["mlflow_run_id"] = log_to_mlflow(run)
     out = REPO / "docs"
+    # {"label": "A", "recorded": true}: the row as docs/recipe-sweep.json holds it (a run of an earlier session whose
+    # directories are gone; it was logged to MLflow then), not read again.
+    recorded = {r["label"]: r for r in json.loads((out / "recipe-sweep.json").read_text())} \
+        if (out / "recipe-sweep.json").is_file() else {}
+    runs = [recorded[spec["label"]] if spec.get("recorded") else read_run(spec) for spec in specs]
+    for spec, run in zip(specs, runs):
+        if not spec.get("recorded"):
+            run["mlflow_run_id"] = log_to_mlflow(run)
     out.mkdir(exist_ok=True)
     table = [{k: v for k, v in run.items() if not k.startswith("_")} for run in runs]
     stage.write_json(out / "recipe-sweep.json", table)
