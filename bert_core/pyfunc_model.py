@@ -193,14 +193,11 @@ class BertPyfuncModel(mlflow.pyfunc.PythonModel):
         encoded = self.tokenizer(questions, contexts, truncation="only_second", max_length=self.max_seq_length,
                                  stride=self.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True)
         samples, offsets = encoded["overflow_to_sample_mapping"], encoded["offset_mapping"]
-        keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in encoded]
-        start_rows, end_rows = [], []
-        for begin in range(0, len(samples), 32):  # windows in batches of 32
-            rows = range(begin, min(len(samples), begin + 32))
-            batch = self.tokenizer.pad([{k: encoded[k][i] for k in keys} for i in rows], return_tensors="pt")
+        start_rows, end_rows = [None] * len(samples), [None] * len(samples)
+        for rows, batch in self._batches(encoded):  # windows, right-padded: positions are the unpadded ones
             out = self.model(**batch)
-            start_rows += list(out.start_logits.float())
-            end_rows += list(out.end_logits.float())
+            for j, i in enumerate(rows):
+                start_rows[i], end_rows[i] = out.start_logits[j].float(), out.end_logits[j].float()
         best = [{"answer": "", "start": -1, "score": float("-inf")} for _ in questions]
         for i, sample in enumerate(samples):
             context_positions = [p for p, s in enumerate(encoded.sequence_ids(i)) if s == 1]

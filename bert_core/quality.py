@@ -42,9 +42,10 @@ MAX_BULLET_LINE_FRACTION, MAX_ELLIPSIS_LINE_FRACTION = 0.9, 0.3
 MIN_LINES_FOR_LINE_RULES = 5  # a one-line review that ends in "..." is prose, not a list of teasers
 MIN_ALPHA_WORD_FRACTION = 0.8
 
-_IDEOGRAPH = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
-_WORDS = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]|[^\s\u3040-\u30ff"
-                    r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]+")
+# Scripts written without spaces between words (CJK ideographs, kana, hangul syllables): one character, one word.
+_UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+_IDEOGRAPH = re.compile(f"[{_UNSPACED}]")
+_WORDS = re.compile(f"[{_UNSPACED}]|[^\\s{_UNSPACED}]+")
 _BULLET = re.compile(r"^\s*[\u2022\u2023\u25e6\u2043\u2219*\-\u00b7]\s")
 _ELLIPSIS = ("...", "\u2026")
 _PLACEHOLDER = re.compile(r"lorem ipsum", re.I)
