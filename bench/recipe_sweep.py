@@ -133,7 +133,7 @@ def plot(runs: list[dict], path: Path) -> None:
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("pretraining tokens (non-pad tokens the optimizer saw)")
     ax.set_ylabel("SST-2 dev accuracy (full train set)")
-    ax.set_title("Pretrained vs random init on SST-2: hollow = 1 seed, filled = 3 seeds (+- std)", fontsize=9)
+    ax.set_title("Pretrained vs random init on SST-2: hollow = 1 seed, filled = 2-3 seeds (+- std)", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
