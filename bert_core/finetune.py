@@ -26,6 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from bert_core import stage
 from bert_core.config import SEED, ConfigError, check_choice, check_training_fields
@@ -64,6 +65,7 @@ class TrainingConfig:
     metric_for_best_model: str = "accuracy"  # the dev metric that picks the saved model ("accuracy", "f1", ...)
     mixed_precision: str = "auto"  # "auto" (bf16 where the hardware has it, else fp32), "no", "bf16", "fp16"
     num_threads: int | None = None  # torch threads; None: OMP_NUM_THREADS, else a share of the cores (hardware)
+    group_by_length: bool = True  # batches of similar-length examples (Trainer's group_by_length): less padding
     seed: int = SEED
 
     def __post_init__(self):
@@ -181,7 +183,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     """
     output_dir = Path(config.output_dir)
     model_path = resolve_model(config.model_name_or_path)
-    key = run_key(config, model_path, version=2)
+    key = run_key(config, model_path, version=3)
     if stage.completed_stage(output_dir, key):
         logger.info("finetune: %s is up to date, skipping", output_dir)
         return stage.read_json(output_dir / "summary.json")
@@ -210,11 +212,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     train_data = encode_dataset(tokenizer, train_texts, train_pairs, train_labels,
                                 max_seq_length=config.max_seq_length, truncation=config.truncation)
     del train_texts, train_pairs
-    loader = torch.utils.data.DataLoader(
-        train_data, batch_size=config.per_device_train_batch_size, shuffle=True,
-        collate_fn=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-        generator=torch.Generator().manual_seed(config.seed),
-    )
+    loader = train_loader(train_data, config, DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8))
     weights = None
     if config.class_weights == "balanced":
         counts = np.bincount(train_labels, minlength=num_labels).astype(np.float64)
@@ -239,6 +237,26 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
                description={"kind": "classifier", "label_names": config.label_names, "text_column": config.text_column,
                             "text_pair_column": config.text_pair_column, "label_column": config.label_column,
                             "truncation": config.truncation})
+
+
+def train_loader(rows, config: TrainingConfig, collate_fn) -> torch.utils.data.DataLoader:
+    """The training batches of a fine-tuning run (every task's), shuffled from `config.seed`.
+
+    With `config.group_by_length` (the default) they come from transformers' `LengthGroupedSampler`, as Trainer's
+    `group_by_length`: the rows are shuffled, cut into megabatches of 50 batches, and each megabatch is sorted by
+    length, so a batch pads to a length near its own rows'. Full SST-2 at batch 32 then computes 1.27x its real
+    tokens instead of 3.3x with plain shuffling. `rows` is `TokenRows` or a list of dicts with `input_ids`.
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    batch_size = config.per_device_train_batch_size
+    if not config.group_by_length:
+        return torch.utils.data.DataLoader(rows, batch_size=batch_size, shuffle=True, collate_fn=collate_fn,
+                                           generator=generator)
+    lengths = rows.lengths.tolist() if isinstance(rows, TokenRows) else [len(r["input_ids"]) for r in rows]
+    # grouped by the optimizer's batch: N micro-batches of accumulation hold the rows one batch of N x size holds
+    sampler = LengthGroupedSampler(batch_size * config.gradient_accumulation_steps, lengths=lengths,
+                                   generator=generator)
+    return torch.utils.data.DataLoader(rows, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn)
 
 
 def training_accelerator(config: TrainingConfig) -> Accelerator:

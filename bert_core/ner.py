@@ -22,7 +22,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCol
 from bert_core import stage
 from bert_core.catalogue import CONLL2003_TAGS
 from bert_core.config import check_positive
-from bert_core.finetune import TrainingConfig, fit, run_key, training_accelerator
+from bert_core.finetune import TrainingConfig, fit, run_key, train_loader, training_accelerator
 from bert_core.model import load_with_task_head, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def finetune_ner(config: NerConfig) -> dict[str, Any]:
     """Fine-tune a token classifier and score it on the validation file; skip when done with the same inputs."""
     output_dir = Path(config.output_dir)
     model_path = resolve_model(config.model_name_or_path)
-    key = run_key(config, model_path, version=1)
+    key = run_key(config, model_path, version=2)
     if stage.completed_stage(output_dir, key):
         return stage.read_json(output_dir / "summary.json")
     accelerator = training_accelerator(config)
@@ -137,9 +137,7 @@ def finetune_ner(config: NerConfig) -> dict[str, Any]:
                                 id2label=dict(enumerate(config.label_names)), label2id=label_ids)
     rows = encode_words(tokenizer, [w for w, _ in train], [[label_ids[t] for t in tags] for _, tags in train],
                         config.max_seq_length)
-    loader = torch.utils.data.DataLoader(rows, batch_size=config.per_device_train_batch_size, shuffle=True,
-                                         collate_fn=DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8),
-                                         generator=torch.Generator().manual_seed(config.seed))
+    loader = train_loader(rows, config, DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8))
     dev_words, dev_tags = [w for w, _ in dev], [t for _, t in dev]
 
     def dev_metrics(model) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import numpy as np
 from bert_core import stage
 from bert_core.config import ConfigError, check_positive
 from bert_core.data import TokenRows
-from bert_core.finetune import TrainingConfig, fit, run_key, training_accelerator
+from bert_core.finetune import TrainingConfig, fit, run_key, train_loader, training_accelerator
 from bert_core.model import load_with_task_head
 
 logger = logging.getLogger(__name__)
@@ -318,7 +318,7 @@ def finetune_qa(config: QaConfig) -> dict[str, Any]:
 
     output_dir = Path(config.output_dir)
     model_path = resolve_model(config.model_name_or_path)
-    key = run_key(config, model_path, version=1)
+    key = run_key(config, model_path, version=2)
     if stage.completed_stage(output_dir, key):
         return stage.read_json(output_dir / "summary.json")
     accelerator = training_accelerator(config)
@@ -333,9 +333,7 @@ def finetune_qa(config: QaConfig) -> dict[str, Any]:
     if counts["rejected_answer_not_in_context"]:
         logger.warning("qa: %d training questions rejected: the answer text is not in the context",
                        counts["rejected_answer_not_in_context"])
-    loader = torch.utils.data.DataLoader(rows, batch_size=config.per_device_train_batch_size, shuffle=True,
-                                         collate_fn=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-                                         generator=torch.Generator().manual_seed(config.seed))
+    loader = train_loader(rows, config, DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8))
 
     def dev_metrics(model) -> dict[str, Any]:
         answers = answer_questions(model, tokenizer, [q.question for q in dev], [q.context for q in dev],

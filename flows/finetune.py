@@ -45,6 +45,7 @@ def finetune_flow(
     class_weights: Literal["balanced"] | None = None,
     mixed_precision: MixedPrecision = FinetuneConfig.mixed_precision,
     num_threads: PositiveInt | None = FinetuneConfig.num_threads,
+    group_by_length: bool = FinetuneConfig.group_by_length,
     seed: int = FinetuneConfig.seed,
 ) -> dict:
     """Fine-tune `model_name_or_path` (a directory, models:/name@alias, or a package that ships a model).
@@ -55,7 +56,8 @@ def finetune_flow(
     classification task needs them); conll2003 trains NER on CoNLL files (label_names: its tags), squad extractive
     QA on SQuAD JSON. Without train/validation files the task's own are used (bundled for sst2, mrpc, squad).
     `max_seq_length` defaults to the task's (384 for squad), else 128. `mixed_precision` "auto": bf16 where the
-    device has bf16 units, else fp32; `num_threads`: torch threads (empty: a share of the cores, see pretrain).
+    device has bf16 units, else fp32; `num_threads`: torch threads (empty: a share of the cores, see pretrain);
+    `group_by_length`: batches of similar-length examples (less padding; off: plain shuffled batches).
     Returns the run's summary with `kind`, `task_name` and `validation_file` added; how the model reads its input
     is in its `final/` directory (`bert_core.model.model_description`), where evaluation and registration read it.
     """
@@ -68,7 +70,7 @@ def finetune_flow(
                   gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
                   num_train_epochs=num_train_epochs, max_train_steps=max_train_steps, eval_steps=eval_steps,
                   early_stopping_patience=early_stopping_patience, mixed_precision=mixed_precision,
-                  num_threads=num_threads, seed=seed)
+                  num_threads=num_threads, group_by_length=group_by_length, seed=seed)
     if kind == "question-answering":
         config = QaConfig(max_seq_length=max_seq_length or task.max_seq_length or QaConfig.max_seq_length, **common)
         summary = finetune_qa(config)

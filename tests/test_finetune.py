@@ -199,6 +199,39 @@ def test_encoded_rows_match_the_tokenizer_across_chunks(pretrained):
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
 
 
+def test_training_batches_group_similar_lengths(pretrained):
+    """Length-grouped batches (the default) hold every row once per epoch, in an order fixed by the seed, and pad
+    the real SST-2 sample to far fewer tokens than plain shuffled batches do."""
+    import numpy as np
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    from bert_core.finetune import encode_dataset, train_loader
+
+    tokenizer = AutoTokenizer.from_pretrained(pretrained["final_dir"])
+    texts, labels = read_labelled_texts(SST2_TRAIN, "sentence", "label")
+    rows = encode_dataset(tokenizer, texts, None, labels, max_seq_length=128)
+    collate = DataCollatorWithPadding(tokenizer)
+    base = dict(model_name_or_path="m", train_file="t", validation_file="v", output_dir="o")
+
+    def epoch(**fields):
+        batches = list(train_loader(rows, FinetuneConfig(**base, **fields), collate))
+        return [int(b["labels"].numel()) for b in batches], sum(int(b["input_ids"].numel()) for b in batches)
+
+    def order(**fields):  # a new loader's first epoch
+        return list(train_loader(rows, FinetuneConfig(**base, **fields), collate).sampler)
+
+    sizes, grouped = epoch(seed=0)
+    assert sorted(order(seed=0)) == list(range(len(rows))) and sum(sizes) == len(rows)
+    assert order(seed=0) == order(seed=0) != order(seed=1)
+    _, shuffled = epoch(seed=0, group_by_length=False)
+    real = int(rows.lengths.sum())
+    assert grouped < 0.6 * shuffled and grouped < 1.5 * real, (real, grouped, shuffled)
+    # with accumulation, the rows of one optimizer step are those of one batch of the larger size
+    big = order(per_device_train_batch_size=16)
+    split = order(per_device_train_batch_size=8, gradient_accumulation_steps=2)
+    assert big == split and np.array_equal(np.sort(big), np.arange(len(rows)))
+
+
 def test_gradient_accumulation_matches_the_larger_batch(pretrained, tmp_path):
     """2 micro-batches of 8 per step give the weights that batches of 16 give (dropout off), in half the memory."""
     import shutil
