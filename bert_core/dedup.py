@@ -11,9 +11,10 @@ of its own, since Chinese and Japanese text has no spaces:
 - contamination: any word n-gram (13 by default, as in GPT-3's decontamination) shared with a downstream evaluation
   text; evaluation texts shorter than n words (but at least `min_eval_words`) are matched whole.
 Signatures are computed per document (in parallel, per input file). `reject_documents` decides across the whole
-corpus: contamination, then exact duplicates (first in corpus order kept), then near duplicates among the rest with
-`bert_core.near_dedup` (bands sorted on disk, memory independent of the corpus size). `NearDuplicateIndex`, the
-in-memory greedy index (one signature per kept document), stays as the reference the tests and benchmark compare with.
+corpus: contamination, then exact duplicates (first in corpus order kept), then near duplicates among the rest, both
+with `bert_core.near_dedup` (keys and bands sorted on disk, memory independent of the corpus size).
+`NearDuplicateIndex`, the in-memory greedy index (one signature per kept document), stays as the reference the
+tests and benchmark compare with.
 """
 
 from __future__ import annotations
@@ -135,41 +136,51 @@ def reject_documents(part_files: list[Path], config: DedupConfig, work_dir: str 
                      executor=None) -> list[np.ndarray]:
     """Per part (ingest part files in corpus order), each document's code: KEPT, CONTAMINATED, DUPLICATE or
     NEAR_DUPLICATE, the first that applies. Exact duplicates keep the first copy in corpus order; near duplicates
-    are found among the documents left (`near_dedup.near_duplicates`, its units on `executor`). Memory: one part
-    at a time, the content hashes seen, and one byte per document for the codes."""
+    are found among the documents left (`near_dedup.near_duplicates`, its units on `executor`). Both are sorted
+    and merged on disk (`bert_core.near_dedup`). Memory: one part at a time, one key range of a merge, and one
+    byte per document for the codes."""
     import pyarrow.parquet as pq
 
-    from bert_core.near_dedup import near_duplicates
+    from bert_core.near_dedup import exact_duplicates, near_duplicates, write_exact_keys
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    codes, near_parts, seen = [], [], set()
+    codes, signature_files, key_files, first = [], [], [], 0
     for index, path in enumerate(part_files):
-        table = pq.read_table(path, columns=["content_hash", "signature", "contamination"])
+        columns = ["contamination", *(["content_hash"] if config.exact else []),
+                   *(["signature"] if config.near else [])]
+        table = pq.read_table(path, columns=columns)
         code = np.zeros(table.num_rows, dtype=np.int8)
         code[np.asarray(table.column("contamination")) > 0] = CONTAMINATED
         if config.exact:
-            for i, content in enumerate(table.column("content_hash").to_pylist()):
-                if code[i] == KEPT and content in seen:
-                    code[i] = DUPLICATE
-                elif code[i] == KEPT:
-                    seen.add(content)
-        codes.append(code)
+            key_files.append(write_exact_keys(work_dir / f"exact-{index:06d}.npy",
+                                              table.column("content_hash").to_pylist(), code == KEPT, first))
         if config.near:
-            files = {"signatures_file": work_dir / f"signatures-{index:06d}.npy",
-                     "eligible_file": work_dir / f"eligible-{index:06d}.npy"}
+            signature_files.append(work_dir / f"signatures-{index:06d}.npy")
             signatures = b"".join(table.column("signature").to_pylist())
-            np.save(files["signatures_file"], np.frombuffer(signatures, dtype=np.uint64).reshape(-1, config.num_perm))
-            np.save(files["eligible_file"], code == KEPT)
-            near_parts.append({k: str(v) for k, v in files.items()})
-    if config.near and near_parts:
+            np.save(signature_files[-1], np.frombuffer(signatures, dtype=np.uint64).reshape(-1, config.num_perm))
+        codes.append(code)
+        first += table.num_rows
+    if config.exact and key_files:
+        _mark(codes, exact_duplicates(key_files), DUPLICATE)
+    if config.near and signature_files:
+        near_parts = []
+        for index, code in enumerate(codes):
+            eligible_file = work_dir / f"eligible-{index:06d}.npy"
+            np.save(eligible_file, code == KEPT)
+            near_parts.append({"signatures_file": str(signature_files[index]), "eligible_file": str(eligible_file)})
         duplicates = near_duplicates(near_parts, threshold=config.near_dedup_threshold, num_perm=config.num_perm,
                                      work_dir=work_dir / "bands", executor=executor)
-        offsets = np.cumsum([0] + [c.size for c in codes])
-        for index, code in enumerate(codes):
-            rows = duplicates[(duplicates >= offsets[index]) & (duplicates < offsets[index + 1])] - offsets[index]
-            code[rows.astype(np.int64)] = NEAR_DUPLICATE
+        _mark(codes, duplicates, NEAR_DUPLICATE)
     return codes
+
+
+def _mark(codes: list[np.ndarray], ordinals: np.ndarray, value: int) -> None:
+    """Set `value` on the documents at corpus-wide `ordinals` (numbering every row of every part in order)."""
+    offsets = np.cumsum([0] + [c.size for c in codes])
+    for index, code in enumerate(codes):
+        rows = ordinals[(ordinals >= offsets[index]) & (ordinals < offsets[index + 1])] - offsets[index]
+        code[rows.astype(np.int64)] = value
 
 
 class ContaminationIndex:

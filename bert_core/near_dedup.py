@@ -13,6 +13,8 @@ but a 4-byte parent per document in the last step:
    4,096 pairs at a time. Confirmed pairs are written per band.
 3. `duplicate_clusters` (one process): union-find over the confirmed pairs, each cluster's root its lowest ordinal
    (its first document in corpus order), which is kept; every other member is a near duplicate.
+Exact duplicates go the same way before them (`write_exact_keys`, `exact_duplicates`): per part the 128-bit
+content-hash keys of its documents sorted on disk, merged one key range at a time; the first copy is kept.
 The result is a function of the parts alone: the same set for any number of workers and any order of completion.
 Clusters are transitive (A~B and B~C drop B and C even when A and C differ), where the in-memory index compares a
 document only with the documents kept before it; `bench/dedup.py` measures both against planted duplicates.
@@ -199,6 +201,48 @@ def duplicate_clusters(work_dir: Path, bands: int, num_documents: int) -> np.nda
                 if ra != rb:
                     parent[max(ra, rb)] = min(ra, rb)  # the root stays the cluster's lowest ordinal
     return np.flatnonzero(parent != np.arange(num_documents)).astype(np.uint64)
+
+
+def write_exact_keys(path: Path, content_hashes: list[str], eligible: np.ndarray, first_ordinal: int) -> Path:
+    """One part's exact-dedup keys: (3, m) uint64 rows high, low, ordinal of its eligible documents, the high and
+    low words the first 128 bits of the hex content hash (sha1), sorted by (high, low, ordinal)."""
+    rows = np.flatnonzero(eligible)
+    digest = b"".join(bytes.fromhex(content_hashes[i])[:16] for i in rows.tolist())
+    words = np.frombuffer(digest, dtype=">u8").astype(np.uint64).reshape(-1, 2)
+    ordinals = rows.astype(np.uint64) + np.uint64(first_ordinal)
+    order = np.lexsort((ordinals, words[:, 1], words[:, 0]))
+    _save(path, np.stack([words[order, 0], words[order, 1], ordinals[order]]) if rows.size else
+          np.zeros((3, 0), dtype=np.uint64))
+    return path
+
+
+def exact_duplicates(key_files: list[Path]) -> np.ndarray:
+    """Ordinals of every copy but the first (lowest ordinal) of each content hash over the parts' key files
+    (`write_exact_keys`), sorted: the files are merged one range of the high word at a time (about 2^16 entries,
+    whatever the corpus size), as a band is in `band_pairs`, so memory does not grow with the corpus."""
+    sources = [np.load(path, mmap_mode="r") for path in key_files]
+    sources = [s for s in sources if s.shape[1]]
+    total = sum(s.shape[1] for s in sources)
+    num_ranges = max(1, math.ceil(total / _RANGE_ENTRIES))
+    duplicates = []
+    for r in range(num_ranges):
+        lo, hi = np.uint64(r * _KEY_SPACE // num_ranges), np.uint64((r + 1) * _KEY_SPACE // num_ranges - 1)
+        pieces = []
+        for source in sources:
+            a, b = np.searchsorted(source[0], lo, "left"), np.searchsorted(source[0], hi, "right")
+            if b > a:
+                pieces.append(np.asarray(source[:, a:b]))
+        if not pieces:
+            continue
+        high, low, ordinals = np.concatenate(pieces, axis=1)
+        order = np.lexsort((ordinals, low, high))
+        high, low, ordinals = high[order], low[order], ordinals[order]
+        repeat = np.zeros(ordinals.size, dtype=bool)
+        repeat[1:] = (high[1:] == high[:-1]) & (low[1:] == low[:-1])
+        duplicates.append(ordinals[repeat])
+        for source in sources:
+            source._mmap.madvise(mmap.MADV_DONTNEED)
+    return np.sort(np.concatenate(duplicates)) if duplicates else np.zeros(0, dtype=np.uint64)
 
 
 def near_duplicates(parts: list[dict[str, Any]], *, threshold: float, num_perm: int, work_dir: str | Path,

@@ -30,6 +30,7 @@ from bert_core.model import pretrained_model_name
 from bert_core.stage import bertflow_home
 from bert_core.suite import summary_line
 from bert_core.tracking import configure_tracking, lineage_tags, redact, ui_links
+from deployments import deployment_parameters
 from flows import PositiveInt, data_cluster, default_work_dir, log_manifests, manifest_metrics, stage_overrides, stage_parameters
 from flows.evaluate import evaluate_flow
 from flows.examples import examples_flow
@@ -321,10 +322,14 @@ def _task_line(summary: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run bert-pipeline (defaults: the bundled sample).")
+    parser.add_argument("--deployment", type=str, default=None,
+                        help="start from the parameters of this deployment in deployments/prefect.yaml (e.g. "
+                             "recipe-modernbert-mini; its paths are relative to the working directory)")
     parser.add_argument("--params", type=str, default=None, help="JSON object of flow parameters to override")
     parser.add_argument("--summary-json", type=Path, default=None, help="also write the summary as JSON here")
     args = parser.parse_args(argv)
-    params = json.loads(args.params) if args.params else {}
+    params = deployment_parameters(args.deployment) if args.deployment else {}
+    params.update(json.loads(args.params) if args.params else {})
     summary = bert_pipeline(**params)
     if args.summary_json:
         stage.write_json(args.summary_json, summary)

@@ -77,3 +77,26 @@ def test_training_tasks_share_a_concurrency_tag():
     from tasks.pretrain import pretrain
 
     assert all(TRAINING_TAG in t.tags for t in (pretrain, finetune, finetune_ner, finetune_qa))
+
+
+def test_a_named_deployment_runs_without_a_server(monkeypatch, capsys):
+    """`python -m flows.pipeline --deployment NAME` runs bert_pipeline with that deployment's parameters (its YAML
+    anchors resolved), `--params` on top; an unknown name, or one that runs another flow, is refused by name."""
+    import flows.pipeline as pipeline
+    from deployments import deployment_parameters
+
+    mini = next(d for d in DEPLOYMENTS if d["name"] == "recipe-modernbert-mini")
+    tiny = next(d for d in DEPLOYMENTS if d["name"] == "recipe-modernbert-tiny")
+    params = deployment_parameters("recipe-modernbert-mini")
+    assert params == mini["parameters"] and params["sources"] == tiny["parameters"]["sources"]  # the anchor
+    seen = {}
+    monkeypatch.setattr(pipeline, "bert_pipeline", lambda **kwargs: seen.update(kwargs) or {"run": "fake"})
+    monkeypatch.setattr(pipeline, "render_summary", lambda summary: f"rendered {summary}")
+    assert pipeline.main(["--deployment", "recipe-modernbert-mini", "--params", '{"suite": "off"}']) == 0
+    assert seen == {**mini["parameters"], "suite": "off"}
+    assert seen["pretrain"]["preset"] == "bert-mini" and "rendered {'run': 'fake'}" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no deployment named 'recipe-nope'.*recipe-modernbert-mini"):
+        pipeline.main(["--deployment", "recipe-nope"])
+    other = next(d["name"] for d in DEPLOYMENTS if d["entrypoint"] != "flows/pipeline.py:bert_pipeline")
+    with pytest.raises(ValueError, match=f"no deployment named '{other}'"):
+        deployment_parameters(other)

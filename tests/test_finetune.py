@@ -217,8 +217,9 @@ def test_training_batches_group_similar_lengths(pretrained):
         batches = list(train_loader(rows, FinetuneConfig(**base, **fields), collate))
         return [int(b["labels"].numel()) for b in batches], sum(int(b["input_ids"].numel()) for b in batches)
 
-    def order(**fields):  # a new loader's first epoch
-        return list(train_loader(rows, FinetuneConfig(**base, **fields), collate).sampler)
+    def order(**fields):  # a new loader's first epoch, row by row
+        return [i for batch in train_loader(rows, FinetuneConfig(**base, **fields), collate).batch_sampler
+                for i in batch]
 
     sizes, grouped = epoch(seed=0)
     assert sorted(order(seed=0)) == list(range(len(rows))) and sum(sizes) == len(rows)
@@ -226,6 +227,10 @@ def test_training_batches_group_similar_lengths(pretrained):
     _, shuffled = epoch(seed=0, group_by_length=False)
     real = int(rows.lengths.sum())
     assert grouped < 0.6 * shuffled and grouped < 1.5 * real, (real, grouped, shuffled)
+    # the batches come in shuffled order, not each megabatch's sweep from its longest rows to its shortest
+    longest = [max(rows.lengths[i] for i in batch) for batch in train_loader(rows, FinetuneConfig(**base), collate)
+               .batch_sampler][:50]
+    assert sum(b > a for a, b in zip(longest, longest[1:])) >= 10, longest  # a sweep would rise once a megabatch
     # with accumulation, the rows of one optimizer step are those of one batch of the larger size
     big = order(per_device_train_batch_size=16)
     split = order(per_device_train_batch_size=8, gradient_accumulation_steps=2)

@@ -83,3 +83,25 @@ def test_band_parameters_are_datasketchs():
 
     lsh = MinHashLSH(threshold=0.8, num_perm=128)
     assert near_dedup.band_parameters(0.8, 128) == (lsh.b, lsh.r)
+
+
+def test_exact_duplicates_on_disk_keep_the_first_copy_as_a_seen_set_does(tmp_path, monkeypatch):
+    """Content hashes repeated within and across parts, some documents not eligible: the on-disk merge drops every
+    copy but the first in corpus order, as the in-memory `seen` set did, for any merge range size."""
+    import hashlib
+
+    rng = np.random.default_rng(3)
+    texts = [f"document {int(i)}" for i in rng.integers(0, 40, size=300)]  # ~40 distinct contents, many copies
+    hashes = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
+    eligible = rng.random(300) > 0.1  # e.g. contaminated: neither kept nor a first copy
+    seen, expected = set(), set()
+    for i, h in enumerate(hashes):
+        if eligible[i]:
+            (expected.add(i) if h in seen else seen.add(h))
+    bounds = [0, 70, 70, 180, 300]  # 4 parts, one of them empty
+    files = [near_dedup.write_exact_keys(tmp_path / f"keys-{p}.npy", hashes[a:b], eligible[a:b], a)
+             for p, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+    found = near_dedup.exact_duplicates(files)
+    monkeypatch.setattr(near_dedup, "_RANGE_ENTRIES", 5)  # the merge in many small key ranges
+    assert set(found.tolist()) == expected == set(near_dedup.exact_duplicates(files).tolist())
+    assert len(expected) > 200 and list(found) == sorted(found)
