@@ -138,6 +138,21 @@ class _Signatures:
             f.close()
 
 
+def _key_ranges(keys: list[np.ndarray], mapped: list[np.ndarray]):
+    """The merge of sorted uint64 `keys` (one array per part) one key range at a time, about `_RANGE_ENTRIES`
+    entries each whatever their number: per non-empty range, its (part, start, stop) slices. After each range the
+    pages of the memory-mapped arrays `mapped` are dropped, so memory does not grow with the corpus."""
+    num_ranges = max(1, math.ceil(sum(k.size for k in keys) / _RANGE_ENTRIES))
+    for r in range(num_ranges):
+        lo, hi = np.uint64(r * _KEY_SPACE // num_ranges), np.uint64((r + 1) * _KEY_SPACE // num_ranges - 1)
+        slices = [(i, a, b) for i, k in enumerate(keys)
+                  if (b := int(np.searchsorted(k, hi, "right"))) > (a := int(np.searchsorted(k, lo, "left")))]
+        if slices:
+            yield slices
+        for array in mapped:
+            array._mmap.madvise(mmap.MADV_DONTNEED)
+
+
 def band_pairs(spec: dict[str, Any]) -> dict[str, int]:
     """Unit 2: band `band`'s confirmed near-duplicate pairs (lower ordinal, higher) over every part, to
     `band-NNN.npy`. `spec`: `work_dir`, `parts`, `band`, `threshold`. Skipped when written."""
@@ -148,20 +163,10 @@ def band_pairs(spec: dict[str, Any]) -> dict[str, int]:
     sources = [np.load(_part_files(work_dir, p)["bands"], mmap_mode="r") for p in spec["parts"]]
     columns = [(s[band, :, 0], s[band, :, 1]) for s in sources if s.shape[1]]
     signatures = _Signatures(work_dir, spec["parts"])
-    total = sum(h.size for h, _ in columns)
-    num_ranges = max(1, math.ceil(total / _RANGE_ENTRIES))
     confirmed, candidates = [], 0
-    for r in range(num_ranges):
-        lo, hi = np.uint64(r * _KEY_SPACE // num_ranges), np.uint64((r + 1) * _KEY_SPACE // num_ranges - 1)
-        pieces = []
-        for hashes, ordinals in columns:
-            a, b = np.searchsorted(hashes, lo, "left"), np.searchsorted(hashes, hi, "right")
-            if b > a:
-                pieces.append((hashes[a:b], ordinals[a:b]))
-        if not pieces:
-            continue
-        hashes = np.concatenate([h for h, _ in pieces])
-        ordinals = np.concatenate([o for _, o in pieces])
+    for slices in _key_ranges([hashes for hashes, _ in columns], sources):
+        hashes = np.concatenate([columns[i][0][a:b] for i, a, b in slices])
+        ordinals = np.concatenate([columns[i][1][a:b] for i, a, b in slices])
         order = np.lexsort((ordinals, hashes))
         hashes, ordinals = hashes[order], ordinals[order]
         is_start = np.ones(hashes.size, dtype=bool)
@@ -174,8 +179,6 @@ def band_pairs(spec: dict[str, Any]) -> dict[str, int]:
             x, y = a[start : start + _CONFIRM_PAIRS], b[start : start + _CONFIRM_PAIRS]
             agree = (signatures.get(x) == signatures.get(y)).mean(axis=1) >= spec["threshold"]
             confirmed.append(np.stack([x[agree], y[agree]], axis=1))
-        for source in sources:
-            source._mmap.madvise(mmap.MADV_DONTNEED)
         signatures.release()
     signatures.close()
     pairs = np.concatenate(confirmed) if confirmed else np.zeros((0, 2), dtype=np.uint64)
@@ -220,28 +223,15 @@ def exact_duplicates(key_files: list[Path]) -> np.ndarray:
     """Ordinals of every copy but the first (lowest ordinal) of each content hash over the parts' key files
     (`write_exact_keys`), sorted: the files are merged one range of the high word at a time (about 2^16 entries,
     whatever the corpus size), as a band is in `band_pairs`, so memory does not grow with the corpus."""
-    sources = [np.load(path, mmap_mode="r") for path in key_files]
-    sources = [s for s in sources if s.shape[1]]
-    total = sum(s.shape[1] for s in sources)
-    num_ranges = max(1, math.ceil(total / _RANGE_ENTRIES))
+    sources = [s for s in (np.load(path, mmap_mode="r") for path in key_files) if s.shape[1]]
     duplicates = []
-    for r in range(num_ranges):
-        lo, hi = np.uint64(r * _KEY_SPACE // num_ranges), np.uint64((r + 1) * _KEY_SPACE // num_ranges - 1)
-        pieces = []
-        for source in sources:
-            a, b = np.searchsorted(source[0], lo, "left"), np.searchsorted(source[0], hi, "right")
-            if b > a:
-                pieces.append(np.asarray(source[:, a:b]))
-        if not pieces:
-            continue
-        high, low, ordinals = np.concatenate(pieces, axis=1)
+    for slices in _key_ranges([s[0] for s in sources], sources):
+        high, low, ordinals = np.concatenate([np.asarray(sources[i][:, a:b]) for i, a, b in slices], axis=1)
         order = np.lexsort((ordinals, low, high))
         high, low, ordinals = high[order], low[order], ordinals[order]
         repeat = np.zeros(ordinals.size, dtype=bool)
         repeat[1:] = (high[1:] == high[:-1]) & (low[1:] == low[:-1])
         duplicates.append(ordinals[repeat])
-        for source in sources:
-            source._mmap.madvise(mmap.MADV_DONTNEED)
     return np.sort(np.concatenate(duplicates)) if duplicates else np.zeros(0, dtype=np.uint64)
 
 
