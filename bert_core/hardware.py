@@ -3,12 +3,17 @@ threads a training process takes when several share the machine.
 
 Precision. bf16 autocast pays only where the hardware multiplies bf16 natively: a CUDA device with bf16, or a CPU
 with AMX (`amx_bf16`) or AVX512-BF16 (`avx512_bf16`) units. Elsewhere torch emulates it: on an AVX2-only AMD EPYC a
-bert-mini step ran 14x slower in bf16 than in fp32 (issue 16), while on an AVX512-BF16 EPYC bf16 pretraining ran
-1.86x (bert-mini) and 1.26x (ModernBERT-tiny) as fast as fp32 (`python bench/hardware.py`). torch 2.13 exposes
-no bf16 query for the CPU (`get_cpu_capability()` says "AVX512" on both kinds of AVX512 machine), so the CPU flags
-come from /proc/cpuinfo. `BERTFLOW_MIXED_PRECISION` overrides what "auto" resolves to for every run of a process
-tree (the tests set it to "no" so that their numerics do not depend on the CI machine's CPU); an explicit value is
-kept.
+bert-mini step ran 14x slower in bf16 than in fp32 (issue 16), so a CPU without either flag gets fp32 at once. A
+flag alone does not settle it: on an AVX512-BF16 EPYC bf16 pretraining ran 1.86x (bert-mini) as fast as fp32
+(`python bench/hardware.py`), while on an AVX512-BF16 Xeon without AMX bf16 fine-tuning ran 0.65x (bench/finetune.py:
+bert-mini 77.9 s vs 50.4 s). So where a flag is present, "auto" measures: forward and backward of one encoder layer
+of bert-mini's shape (`measure_bf16_speedup`, about a second), in fp32 and in bf16, interleaved, and picks bf16 only
+when it is at least BF16_MIN_SPEEDUP as fast. The result is kept in a file per CPU model, flags and torch version
+(`precision_cache()`), so that every run on the same kind of machine, and every stage key hashed from it, sees the
+same choice. torch 2.13 exposes no bf16 query for the CPU (`get_cpu_capability()` says "AVX512" on both kinds of
+AVX512 machine), so the CPU flags come from /proc/cpuinfo. `BERTFLOW_MIXED_PRECISION` overrides what "auto" resolves
+to for every run of a process tree (the tests set it to "no" so that their numerics do not depend on the CI
+machine's CPU); an explicit value is kept.
 
 Threads. Each torch process runs as many OpenMP threads as the machine has cores; two such training processes on
 2 cores slow each other ~10x, not 2x. A training process with `num_threads=None` registers itself (a file named by
@@ -21,9 +26,13 @@ from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
+import json
 import logging
 import os
+import statistics
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -35,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # the /proc/cpuinfo flags of native bf16 matrix units, best first
 PRECISION_ENV = "BERTFLOW_MIXED_PRECISION"
+BF16_MIN_SPEEDUP = 1.15  # bf16 must beat fp32 by this much to be picked: within the probe's noise fp32 (no casts) wins
 
 
 @functools.cache
@@ -67,7 +77,8 @@ def machine_description() -> dict[str, str]:
     unit = cpu_bf16_unit()
     return {"cpu": str(cpu_info()["model"]), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_bf16": unit or "none (bf16 emulated)", "cores": str(available_cores()),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+            "auto_precision": "{} ({})".format(*auto_precision())}
 
 
 def auto_precision() -> tuple[str, str]:
@@ -84,9 +95,75 @@ def auto_precision() -> tuple[str, str]:
         return "no", f"CUDA device {name} has no bf16: fp32"
     unit = cpu_bf16_unit()
     model = cpu_info()["model"]
-    if unit:
-        return "bf16", f"CPU {model} has {unit}"
-    return "no", f"CPU {model} has no bf16 units (no {' / '.join(CPU_BF16_FLAGS)} flag): fp32, bf16 is emulated there"
+    if not unit:
+        return "no", (f"CPU {model} has no bf16 units (no {' / '.join(CPU_BF16_FLAGS)} flag): fp32, bf16 is emulated "
+                      "there")
+    probe = cpu_bf16_probe()
+    measured = (f"bf16 measured {probe['speedup']:.2f}x fp32 on an encoder layer ({probe['fp32_ms']:.0f} vs "
+                f"{probe['bf16_ms']:.0f} ms, {probe['source']})")
+    if probe["speedup"] >= BF16_MIN_SPEEDUP:
+        return "bf16", f"CPU {model} has {unit}; {measured}"
+    return "no", f"CPU {model} has {unit}, but {measured}, under the {BF16_MIN_SPEEDUP}x bf16 needs: fp32"
+
+
+def precision_cache() -> Path:
+    """The directory of the measured bf16 probes (one JSON file per CPU model, flags and torch version)."""
+    return Path(os.environ.get("BERTFLOW_HARDWARE_CACHE") or
+                Path(tempfile.gettempdir()) / f"bertflow-hardware-{os.getuid() if hasattr(os, 'getuid') else 0}")
+
+
+def measure_bf16_speedup(repeats: int = 7) -> dict[str, float]:
+    """fp32 and bf16-autocast milliseconds (medians) of forward + backward through one encoder layer of bert-mini's
+    shape (hidden 256, 4 heads, FFN 1024, batch 16 x 128 tokens), the two interleaved so that a neighbour's load
+    skews both alike; `speedup` is fp32 time over bf16 time."""
+    generator = torch.Generator().manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(256, 4, 1024, dropout=0.0, activation="gelu", batch_first=True)
+    inputs = torch.randn(16, 128, 256, generator=generator)
+
+    def step(bf16: bool) -> float:
+        start = time.perf_counter()
+        with torch.inference_mode(False), torch.enable_grad():  # "auto" may be resolved under no_grad
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = layer(inputs)
+            out.float().sum().backward()
+        return time.perf_counter() - start
+
+    step(False), step(True)  # warm-up: kernels chosen, weights cast once
+    times = {False: [], True: []}
+    for _ in range(repeats):
+        for bf16 in (False, True):
+            times[bf16].append(step(bf16))
+    fp32, bf16 = statistics.median(times[False]), statistics.median(times[True])
+    return {"fp32_ms": fp32 * 1000, "bf16_ms": bf16 * 1000, "speedup": fp32 / bf16}
+
+
+_PROBES: dict[str, dict] = {}
+
+
+def cpu_bf16_probe() -> dict[str, object]:
+    """This kind of machine's measured bf16 speedup: from this process's memory, else its cache file, else measured
+    now (and written atomically). A cache file that does not parse is measured again."""
+    info = cpu_info()
+    ident = f"{info['model']}|{' '.join(sorted(info['flags']))}|torch {torch.__version__}"
+    key = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    if key in _PROBES:
+        return _PROBES[key]
+    path = precision_cache() / f"bf16-probe-{key}.json"
+    try:
+        probe = json.loads(path.read_text())
+        probe = {name: float(probe[name]) for name in ("fp32_ms", "bf16_ms", "speedup")}
+        probe["source"] = f"cached in {path}"
+    except (OSError, ValueError, KeyError, TypeError):
+        probe = measure_bf16_speedup()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".tmp-{os.getpid()}")
+        temporary.write_text(json.dumps({**probe, "machine": ident}))
+        os.replace(temporary, path)
+        probe["source"] = f"measured now, kept in {path}"
+        logger.info("bf16 probe on %s: fp32 %.1f ms, bf16 %.1f ms per layer step (%.2fx)", info["model"],
+                    probe["fp32_ms"], probe["bf16_ms"], probe["speedup"])
+    _PROBES[key] = probe
+    return probe
 
 
 def effective_precision(requested: str) -> str:

@@ -65,7 +65,7 @@ def continued_pretraining(
         learning_rate: Peak learning rate; lower than from scratch, the weights are already trained.
         num_warmup_steps: Linear warm-up steps.
         max_train_steps: Optimizer steps on the new text.
-        mixed_precision: auto (bf16 where the device has bf16 units, else fp32), no, bf16 or fp16.
+        mixed_precision: auto (bf16 where this machine runs it faster than fp32), no, bf16 or fp16.
         registered_model_name: MLflow name of the result; empty: the base model's registered name (a local
             directory needs one).
         min_improvement: The new version must lower the held-out MLM loss (or raise the suite score) by more than

@@ -56,8 +56,9 @@ def finetune_flow(
     classification task needs them); conll2003 trains NER on CoNLL files (label_names: its tags), squad extractive
     QA on SQuAD JSON. Without train/validation files the task's own are used (bundled for sst2, mrpc, squad).
     `max_seq_length` defaults to the task's (384 for squad), else 128. `mixed_precision` "auto": bf16 where the
-    device has bf16 units, else fp32; `num_threads`: torch threads (empty: a share of the cores, see pretrain);
-    `group_by_length`: batches of similar-length examples (less padding; off: plain shuffled batches).
+    device has bf16 units that measure faster, else fp32; `num_threads`: torch threads (empty: a share of the
+    cores, see pretrain); `group_by_length`: batches of similar-length examples (less padding; off: plain shuffled
+    batches).
     Returns the run's summary with `kind`, `task_name` and `validation_file` added; how the model reads its input
     is in its `final/` directory (`bert_core.model.model_description`), where evaluation and registration read it.
     """

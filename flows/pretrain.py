@@ -49,8 +49,8 @@ def pretrain_flow(
     `max_train_tokens` / `max_train_seconds`: a budget; the schedule (warm-up, then decay to zero) is laid out over
     it and the run ends on it (`max_train_steps` is then only a cap). `warmup_fraction`: warm-up as a share of the
     run, in place of `num_warmup_steps`. `mixed_precision` "auto": bf16 where the device has bf16 units (CUDA, or a
-    CPU with AMX / AVX512-BF16), else fp32. `num_threads`: torch threads per process; empty: OMP_NUM_THREADS, else
-    an even share of the cores among the bertflow training processes running on the machine.
+    CPU with AMX / AVX512-BF16 on which bf16 measures faster), else fp32. `num_threads`: torch threads per process;
+    empty: OMP_NUM_THREADS, else an even share of the cores among the bertflow training processes on the machine.
     """
     config = PretrainConfig(
         shards_dir=shards_dir,

@@ -63,7 +63,7 @@ def task_model(
         num_train_epochs: Epochs over the training file.
         per_device_train_batch_size: Examples per step.
         freeze_encoder: Train only the task head.
-        mixed_precision: auto (bf16 where the device has bf16 units, else fp32), no, bf16 or fp16.
+        mixed_precision: auto (bf16 where this machine runs it faster than fp32), no, bf16 or fp16.
         registered_model_prefix: The model is registered as `<prefix>-<task_name>`.
         min_improvement: The new model must beat the champion's primary metric by more than this.
         seed: Random seed.

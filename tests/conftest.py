@@ -21,6 +21,7 @@ os.environ.update({
     # the tests' numerics do not depend on it; and training processes share threads only among the tests' own.
     "BERTFLOW_MIXED_PRECISION": "no",
     "BERTFLOW_TRAINING_REGISTRY": str(_STATE / "training"),
+    "BERTFLOW_HARDWARE_CACHE": str(_STATE / "hardware"),
     "TOKENIZERS_PARALLELISM": "false",
     "TQDM_DISABLE": "1",
 })

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -17,10 +18,28 @@ from bert_core.finetune import FinetuneConfig, run_key
 AMX_EPYC = {"model": "Intel(R) Xeon(R) Platinum 8480+", "flags": frozenset({"avx2", "avx512f", "amx_bf16", "amx_tile"})}
 BF16_EPYC = {"model": "AMD EPYC 9R14", "flags": frozenset({"avx2", "avx512f", "avx512_bf16"})}
 AVX2_EPYC = {"model": "AMD EPYC 7R13", "flags": frozenset({"avx2", "fma"})}
+BF16_XEON = {"model": "Intel(R) Xeon(R) Processor", "flags": frozenset({"avx2", "avx512f", "avx512_bf16"})}
+# what the probe measures on each kind (fp32 time / bf16 time): bf16 units that pay, and ones that do not
+SPEEDUPS = {AMX_EPYC["model"]: 3.0, BF16_EPYC["model"]: 1.9, BF16_XEON["model"]: 0.65}
 
 
 @pytest.fixture
-def cpu(monkeypatch):
+def probes(monkeypatch, tmp_path):
+    """The bf16 probe's measurements, faked per CPU model and counted; its cache in a fresh directory."""
+    monkeypatch.setenv("BERTFLOW_HARDWARE_CACHE", str(tmp_path / "hardware"))
+    monkeypatch.setattr(hardware, "_PROBES", {})
+    measured = []
+
+    def measure(repeats=5):
+        model = hardware.cpu_info()["model"]
+        measured.append(model)
+        return {"fp32_ms": 100.0, "bf16_ms": 100.0 / SPEEDUPS[model], "speedup": SPEEDUPS[model]}
+    monkeypatch.setattr(hardware, "measure_bf16_speedup", measure)
+    return measured
+
+
+@pytest.fixture
+def cpu(monkeypatch, probes):
     """Pretend to run on a given CPU without CUDA, with no BERTFLOW_MIXED_PRECISION override."""
     monkeypatch.delenv(hardware.PRECISION_ENV, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -42,13 +61,48 @@ def test_this_machines_cpu_is_read_from_proc_cpuinfo():
 
 @pytest.mark.parametrize("info, expected, unit", [(AMX_EPYC, "bf16", "amx_bf16"), (BF16_EPYC, "bf16", "avx512_bf16"),
                                                   (AVX2_EPYC, "no", None)])
-def test_auto_picks_bf16_only_on_cpus_with_bf16_units(cpu, caplog, info, expected, unit):
+def test_auto_picks_bf16_only_on_cpus_with_bf16_units(cpu, probes, caplog, info, expected, unit):
     cpu(info)
     assert hardware.cpu_bf16_unit() == unit
     with caplog.at_level(logging.INFO, logger="bert_core.hardware"):
         assert hardware.resolve_mixed_precision("auto") == expected
     assert f"mixed_precision auto -> {expected}" in caplog.text and info["model"] in caplog.text
+    assert probes == ([info["model"]] if unit else [])  # no flag: fp32 without measuring
     assert hardware.resolve_mixed_precision("no") == "no"  # explicit values are kept
+
+
+def test_a_bf16_flag_whose_measured_speed_does_not_pay_gets_fp32(cpu):
+    """An AVX512-BF16 Xeon without AMX ran bf16 fine-tuning at 0.65x fp32: the flag is there, the speed is not."""
+    cpu(BF16_XEON)
+    choice, why = hardware.auto_precision()
+    assert choice == "no" and "has avx512_bf16, but bf16 measured 0.65x fp32" in why
+    assert why.endswith(f"under the {hardware.BF16_MIN_SPEEDUP}x bf16 needs: fp32")
+
+
+def test_the_probe_runs_once_per_kind_of_machine_and_its_file_is_kept(cpu, probes, monkeypatch, tmp_path):
+    cpu(BF16_EPYC)
+    first = hardware.auto_precision()
+    assert first[0] == "bf16" and "measured now, kept in" in first[1]
+    files = list((tmp_path / "hardware").glob("bf16-probe-*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["speedup"] == 1.9
+    monkeypatch.setattr(hardware, "_PROBES", {})  # a new process on the same machine reads the file
+    assert hardware.auto_precision()[0] == "bf16" and probes == [BF16_EPYC["model"]]
+    assert f"cached in {files[0]}" in hardware.auto_precision()[1]
+    files[0].write_text("{not json")  # a torn or hand-edited file is measured again, not trusted
+    monkeypatch.setattr(hardware, "_PROBES", {})
+    assert hardware.auto_precision()[0] == "bf16" and len(probes) == 2
+    monkeypatch.setattr(torch, "__version__", "9.9.9")  # another torch build is another kind of machine
+    monkeypatch.setattr(hardware, "_PROBES", {})
+    hardware.auto_precision()
+    assert len(probes) == 3 and len(list((tmp_path / "hardware").glob("bf16-probe-*.json"))) == 2
+
+
+def test_the_real_probe_times_fp32_and_bf16_on_this_machine():
+    """The measurement itself (not faked), also from inside no_grad, where a run's evaluation may resolve "auto"."""
+    with torch.no_grad():
+        probe = hardware.measure_bf16_speedup(repeats=1)
+    assert probe["fp32_ms"] > 0 and probe["bf16_ms"] > 0
+    assert probe["speedup"] == pytest.approx(probe["fp32_ms"] / probe["bf16_ms"])
 
 
 def test_explicit_bf16_on_a_cpu_without_bf16_units_warns_and_runs_as_asked(cpu):
