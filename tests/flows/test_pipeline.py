@@ -1,5 +1,6 @@
 """The whole pipeline as a user runs it, on tiny settings, under a temporary Prefect backend."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -50,6 +51,12 @@ def test_pipeline_runs_every_stage(run):
     assert MlflowClient().get_run(run_id).data.params["preset"] == "bert-tiny"
     text = render_summary(summary)
     assert "flowtest-sst2 v1" in text and "mlflow ui --backend-store-uri sqlite:///" in text
+    assert f"NSP random-next {summary['examples']['train']['quality']['nsp_random_next_share']:.1%}" in text
+    # A run without sentence pairs (pair_objective "none", every recipe's) has no NSP share to print: the summary of
+    # a finished recipe run once failed the whole flow at its last line on it.
+    mlm_only = copy.deepcopy(summary)
+    mlm_only["examples"]["train"]["quality"]["nsp_random_next_share"] = None
+    assert "MLM only, no sentence pairs" in render_summary(mlm_only, markdown=True)
 
 
 def test_one_parent_run_with_a_nested_run_per_stage(run):
