@@ -115,9 +115,81 @@ def scores(found: set[int], planted: set[int], total: int) -> dict:
             "precision": true / len(found) if found else 1.0, "recall": true / len(planted) if planted else 1.0}
 
 
+def compare_minhash_libraries(docs: list[np.ndarray], repeats: int = 3) -> dict:
+    """Signatures of the same shingles by datasketch (`dedup.minhash_signature` with minhash="datasketch", one
+    document at a time) and by rensa (`RMinHash`, Rust, the whole batch in one call; the stage's default calls it
+    per document), on the articles and one copy
+    of each at every rate of RATES: seconds (median of `repeats`), and per rate the share of (article, copy) pairs
+    that the stage would call near duplicates (signatures agreeing on >= 80% of positions) and that its 9 x 13 LSH
+    bands would make candidates (any band equal). Recall is that share at 0.5% and 1% edits; at 15% and 30% it is
+    the false-positive rate."""
+    import rensa
+
+    from bert_core.dedup import DedupConfig, minhash_signature, ngram_hashes
+    from bert_core.near_dedup import band_parameters
+
+    config = DedupConfig()
+    bands, rows = band_parameters(config.near_dedup_threshold, config.num_perm)
+    copies = [docs]
+    for c, rate in enumerate(RATES, start=1):
+        rng, edited = np.random.default_rng(c), []
+        for base in docs:
+            doc = base.copy()
+            edit = rng.random(doc.size) < rate
+            doc[edit] = rng.integers(1, 2**63, size=int(edit.sum()), dtype=np.uint64)
+            edited.append(doc)
+        copies.append(edited)
+    shingles = [ngram_hashes(doc, config.shingle_size) for copy in copies for doc in copy]
+    flat = np.concatenate(shingles)
+    offsets = np.concatenate([[0], np.cumsum([s.size for s in shingles])]).astype(np.uint64)
+
+    def datasketch_all() -> np.ndarray:
+        slow = DedupConfig(minhash="datasketch")
+        return np.stack([minhash_signature(doc, slow) for copy in copies for doc in copy])
+
+    def rensa_all() -> np.ndarray:
+        matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets, config.num_perm, config.seed)
+        return np.asarray(matrix.to_rows(), dtype=np.uint64)
+
+    result = {"signatures": len(shingles), "shingles": int(flat.size), "bands": bands, "rows_per_band": rows}
+    for name, compute in (("datasketch", datasketch_all), ("rensa", rensa_all)):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            signatures = compute()
+            times.append(time.perf_counter() - start)
+        n = len(docs)
+        original = signatures[:n]
+        per_rate = {}
+        for c, rate in enumerate(RATES, start=1):
+            copy = signatures[c * n:(c + 1) * n]
+            agree = (original == copy).mean(axis=1)
+            candidate = np.zeros(n, dtype=bool)
+            for k in range(bands):
+                candidate |= (original[:, k * rows:(k + 1) * rows] == copy[:, k * rows:(k + 1) * rows]).all(axis=1)
+            per_rate[f"{rate:g}"] = {"near_duplicate": float((agree >= config.near_dedup_threshold).mean()),
+                                     "lsh_candidate": float(candidate.mean()), "mean_agreement": float(agree.mean())}
+        result[name] = {"seconds": sorted(times)[len(times) // 2], "runs": times, "by_edit_rate": per_rate}
+    result["rensa_speedup"] = result["datasketch"]["seconds"] / result["rensa"]["seconds"]
+    return result
+
+
 def main() -> None:
     if not WIKI.is_dir():
         sys.exit(f"shared data not found at {SHARED}; set BERTFLOW_SHARED_DATA")
+    if sys.argv[1:] == ["minhash"]:  # only the signature libraries (about a minute)
+        minhash = compare_minhash_libraries(base_documents())
+        print(f"\n{minhash['signatures']} signatures of {minhash['shingles']} shingles, {minhash['bands']} bands "
+              f"of {minhash['rows_per_band']}\n")
+        print(f"{'library':12s} {'seconds':>8s}  near duplicate / LSH candidate share per edit rate")
+        for name in ("datasketch", "rensa"):
+            r = minhash[name]
+            shares = "  ".join(f"{rate}: {v['near_duplicate']:.3f}/{v['lsh_candidate']:.3f}"
+                               for rate, v in r["by_edit_rate"].items())
+            print(f"{name:12s} {r['seconds']:8.2f}  {shares}")
+        print(f"rensa / datasketch speed: {minhash['rensa_speedup']:.1f}x")
+        report("dedup-minhash", minhash)
+        return
     work = Path(tempfile.mkdtemp(prefix="bertflow-bench-dedup-"))
     try:
         started = time.perf_counter()

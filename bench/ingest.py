@@ -15,10 +15,12 @@ Prints a table, writes bench/results/ingest.json, and prints one JSON object as 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -118,11 +120,13 @@ def compare_splitters() -> list[dict]:
 CHILD = r"""
 import json, resource, sys, time
 from bert_core.ingest import IngestConfig, ingest_corpus
+from bert_core.cleaning import CleaningConfig
 from bert_core.dedup import DedupConfig
 files, out, decon = json.loads(sys.argv[1]), sys.argv[2], tuple(json.loads(sys.argv[3]))
+cleaning = CleaningConfig(**json.loads(sys.argv[4] if len(sys.argv) > 4 else "{}"))
 dedup = DedupConfig() if decon else DedupConfig(exact=False, near=False)
 start = time.perf_counter()
-ingest_corpus(IngestConfig(sources=tuple(files), decontamination_files=decon, dedup=dedup), out)
+ingest_corpus(IngestConfig(sources=tuple(files), decontamination_files=decon, dedup=dedup, cleaning=cleaning), out)
 print(json.dumps({"seconds": time.perf_counter() - start,
                   "peak_rss_mb": peak_mb()}))
 """
@@ -136,6 +140,15 @@ files, cache = json.loads(sys.argv[1]), sys.argv[2]
 ds = datasets.load_dataset("text", data_files=files, sample_by="paragraph", split="train", cache_dir=cache)
 ds = ds.map(lambda batch: {"sentences": [split_sentences(t) for t in batch["text"]]}, batched=True, num_proc=1)
 print(json.dumps({"seconds": time.perf_counter() - start, "rows": len(ds)}))
+"""
+
+
+DATATROVE_CHILD = r"""
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "bench")
+from datatrove_ingest import run
+print(json.dumps(run(json.loads(sys.argv[1]), Path(sys.argv[2]))))
 """
 
 
@@ -182,6 +195,41 @@ def measure_dask(files: list[str], workdir: Path) -> dict:
             "dask_speedup_2_workers_cold": t["cold1"] / t["cold2"]}
 
 
+def compare_datatrove(files: list[str], work: Path, repeats: int = 3) -> dict:
+    """bertflow's ingest with the Gopher-style filters on against datatrove's pipeline doing the same kind of work
+    (bench/datatrove_ingest.py), each in a fresh one-thread process, alternating; medians of `repeats`."""
+    import pyarrow.parquet as pq
+
+    if importlib.util.find_spec("datatrove") is None:
+        return {"datatrove": "not installed: pip install -e '.[bench]'"}
+    filters = json.dumps({"repetition_filter": True, "prose_filter": True})
+    ours, theirs = [], []
+    for i in range(repeats):
+        out = work / f"dt-bertflow-{i}" / "out"
+        ours.append(run_child(CHILD, json.dumps(files), str(out), json.dumps(DECONTAMINATE), filters))
+        theirs.append(run_child(DATATROVE_CHILD, json.dumps(files), str(work / f"dt-datatrove-{i}")))
+    manifest = json.loads((out / "manifest.json").read_text())
+    kept = {row for shard in manifest["shards"] for row in pq.read_table(out / shard, columns=["doc_id"])["doc_id"]
+            .to_pylist()}
+    dt_kept = set(theirs[-1]["kept_ids"])
+    ours_s, theirs_s = (statistics.median(r["seconds"] for r in runs) for runs in (ours, theirs))
+    rejected = manifest["documents_rejected"]
+    return {"bertflow_filtered_seconds": ours_s, "datatrove_seconds": theirs_s,
+            "ratio_vs_datatrove": theirs_s / ours_s,
+            "datatrove_filter_seconds": statistics.median(r["filter_seconds"] for r in theirs),
+            "datatrove_dedup_seconds": statistics.median(r["dedup_seconds"] for r in theirs),
+            "datatrove_repeats": repeats,
+            "bertflow_near_duplicates": rejected.get("near_duplicate", 0),
+            "bertflow_exact_duplicates": rejected.get("exact_duplicate", 0),
+            "bertflow_rejected": rejected,
+            "datatrove_passed_filters": theirs[-1]["documents_passed_filters"],
+            "datatrove_near_duplicates": theirs[-1]["near_duplicates_removed"],
+            "kept_by_both": len(kept & dt_kept), "kept_only_by_bertflow": len(kept - dt_kept),
+            "kept_only_by_datatrove": len(dt_kept - kept),
+            "examples_kept_only_by_datatrove": sorted(dt_kept - kept)[:10],
+            "examples_kept_only_by_bertflow": sorted(kept - dt_kept)[:10]}
+
+
 def main() -> None:
     if not WIKI.is_dir():
         sys.exit(f"shared data not found at {SHARED}; set BERTFLOW_SHARED_DATA")
@@ -190,6 +238,14 @@ def main() -> None:
     one_x, ten_x = files[:3], files[:30]
     results: dict = {"input_mb_1x": megabytes(one_x), "input_mb_10x": megabytes(ten_x)}
     work = Path(tempfile.mkdtemp(prefix="bertflow-bench-ingest-"))
+    if sys.argv[1:] == ["datatrove"]:  # only the datatrove comparison (about 5 minutes)
+        try:
+            results.update(compare_datatrove(ten_x, work))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print_datatrove(results)
+        child.report("ingest-datatrove", results)
+        return
     try:
         splitters = compare_splitters()
         small = run_child(CHILD, json.dumps(one_x), str(work / "1x" / "out"), json.dumps(DECONTAMINATE))
@@ -212,6 +268,7 @@ def main() -> None:
             "documents_rejected_10x": manifest["documents_rejected"],
         })
         results.update(measure_dask(ten_x, work))
+        results.update(compare_datatrove(ten_x, work))
         results["splitters"] = splitters
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -231,7 +288,19 @@ def main() -> None:
                 "documents_kept_10x"):
         value = results[key]
         print(f"{key:40s} {value:.3f}" if isinstance(value, float) else f"{key:40s} {value}")
+    print_datatrove(results)
     child.report("ingest", results)
+
+
+def print_datatrove(results: dict) -> None:
+    print(f"\n{'against datatrove (30 MB, filters on, 1 core)':48s} value")
+    for key in ("bertflow_filtered_seconds", "datatrove_seconds", "ratio_vs_datatrove", "datatrove_filter_seconds",
+                "datatrove_dedup_seconds", "bertflow_near_duplicates", "bertflow_exact_duplicates",
+                "datatrove_passed_filters", "datatrove_near_duplicates", "kept_by_both", "kept_only_by_bertflow",
+                "kept_only_by_datatrove", "datatrove"):
+        if key in results:
+            value = results[key]
+            print(f"{key:48s} {value:.3f}" if isinstance(value, float) else f"{key:48s} {value}")
 
 
 if __name__ == "__main__":
