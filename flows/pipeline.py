@@ -252,7 +252,7 @@ def render_summary(summary: dict, *, markdown: bool = False) -> str:
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(corpus["documents_rejected"].items())) or "none"
     quality = train["quality"]
     share = quality.get("nsp_random_next_share")  # None: MLM only, no sentence pairs (the recipes' pair_objective)
-    pairs = "MLM only, no sentence pairs" if share is None else (
+    objective = "MLM only, no sentence pairs" if share is None else (
         f"{'SOP swapped' if train.get('config', {}).get('pair_objective') == 'sop' else 'NSP random-next'} {share:.1%}")
     models = [reg["pretrained"]] + ([reg["classifier"]] if reg.get("classifier") else [])
     uri = summary["tracking_uri"]
@@ -264,7 +264,7 @@ def render_summary(summary: dict, *, markdown: bool = False) -> str:
         f"corpus:     {corpus['documents_read']} documents read, {corpus['documents_kept']} kept "
         f"(rejected: {rejected}); {corpus['sentences']:,} sentences",
         f"examples:   train {train['num_examples']:,} ({train['num_tokens']:,} tokens, {train['num_shards']} shards), "
-        f"validation {validation['num_examples']:,}; {pairs}, "
+        f"validation {validation['num_examples']:,}; {objective}, "
         f"masked {quality.get('masked_share_of_maskable', float('nan')):.1%} of maskable tokens",
         f"pretrained: held-out MLM loss {pre['initial_eval_mlm_loss']:.3f} -> {pre['eval_mlm_loss']:.3f} "
         f"(MLM accuracy {pre['eval_mlm_accuracy']:.1%}, NSP accuracy {pre['eval_nsp_accuracy']:.1%})",
