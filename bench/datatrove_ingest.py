@@ -1,6 +1,6 @@
 """datatrove doing the work of bertflow's ingest stage, for `bench/ingest.py` (issue 17): run as a child process,
-`python bench/datatrove_ingest.py FILES.json WORKDIR`, it prints one JSON line (seconds, kept document ids,
-documents removed per step).
+`python bench/datatrove_ingest.py FILES.json WORKDIR`, it prints one JSON line (seconds, documents passing
+the filters, near duplicates removed, kept document ids).
 
 The pipeline is the one datatrove's own FineWeb example lays out, on one task (one core, as bertflow's ingest is
 timed): read the WikiExtractor files (a reader step written here: datatrove has none for `<doc>` files), bertflow's
@@ -22,6 +22,7 @@ no English stop-word rule.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import re
 import sys
@@ -31,10 +32,13 @@ from pathlib import Path
 from datatrove.data import Document
 from datatrove.utils.word_tokenizers import WordTokenizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bert_core.cleaning import CleaningConfig, _alpha_fraction  # noqa: E402  bertflow's own rule, one home
+
 _DOC = re.compile(r'<doc id="([^"]*)"[^>]*>\n(.*?)</doc>', re.S)
 _WORD = re.compile(r"\S+")  # whitespace tokens, as bertflow's quality rules count words
 _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|\n|$)")
-MIN_CHARS, MIN_ALPHA = 200, 0.6  # bertflow's CleaningConfig defaults: min_chars, min_alpha_fraction
+CLEANING = CleaningConfig()  # bertflow's defaults: the length and letter-share rules the LambdaFilter applies
 
 
 class RegexTokenizer(WordTokenizer):
@@ -63,11 +67,7 @@ def wikiextractor_reader(files: list[str]):
 
 
 def keeps_text(doc: Document) -> bool:
-    text = doc.text
-    if len(text) < MIN_CHARS:
-        return False
-    visible = sum(not c.isspace() for c in text)
-    return visible > 0 and sum(c.isalpha() for c in text) / visible >= MIN_ALPHA
+    return len(doc.text) >= CLEANING.min_chars and _alpha_fraction(doc.text) >= CLEANING.min_alpha_fraction
 
 
 def run(files: list[str], work: Path) -> dict:
@@ -83,7 +83,7 @@ def run(files: list[str], work: Path) -> dict:
     config = MinhashConfig(n_grams=5, num_buckets=9, hashes_per_bucket=13, seed=1)
     filtered, out = str(work / "filtered"), str(work / "output")
 
-    stages = iter(range(10))
+    stages = itertools.count()
 
     def execute(pipeline: list, tasks: int = 1) -> None:
         """One stage; tasks run one after another in this process (workers=1): one core, as bertflow is timed."""

@@ -88,6 +88,14 @@ def base_documents() -> list[np.ndarray]:
     return docs
 
 
+def edited(base: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """A copy of a document's word hashes with each word replaced by a random one at `rate`."""
+    doc = base.copy()
+    edit = rng.random(doc.size) < rate
+    doc[edit] = rng.integers(1, 2**63, size=int(edit.sum()), dtype=np.uint64)
+    return doc
+
+
 def write_copies(work: Path, docs: list[np.ndarray], copies: int) -> set[int]:
     """One signature file per copy; returns the planted near duplicates' ordinals."""
     from bert_core.dedup import DedupConfig, minhash_signature
@@ -98,10 +106,7 @@ def write_copies(work: Path, docs: list[np.ndarray], copies: int) -> set[int]:
         rate = 0.0 if c == 0 else RATES[(c - 1) % len(RATES)]
         rows = []
         for d, base in enumerate(docs):
-            doc = base.copy()
-            edit = rng.random(doc.size) < rate
-            doc[edit] = rng.integers(1, 2**63, size=int(edit.sum()), dtype=np.uint64)
-            rows.append(minhash_signature(doc, config))
+            rows.append(minhash_signature(edited(base, rate, rng), config))
             if 0 < rate < NEAR_RATE:
                 planted.add(c * len(docs) + d)
         np.save(work / f"sig-{c:04d}.npy", np.stack(rows))
@@ -132,13 +137,8 @@ def compare_minhash_libraries(docs: list[np.ndarray], repeats: int = 3) -> dict:
     bands, rows = band_parameters(config.near_dedup_threshold, config.num_perm)
     copies = [docs]
     for c, rate in enumerate(RATES, start=1):
-        rng, edited = np.random.default_rng(c), []
-        for base in docs:
-            doc = base.copy()
-            edit = rng.random(doc.size) < rate
-            doc[edit] = rng.integers(1, 2**63, size=int(edit.sum()), dtype=np.uint64)
-            edited.append(doc)
-        copies.append(edited)
+        rng = np.random.default_rng(c)
+        copies.append([edited(base, rate, rng) for base in docs])
     shingles = [ngram_hashes(doc, config.shingle_size) for copy in copies for doc in copy]
     flat = np.concatenate(shingles)
     offsets = np.concatenate([[0], np.cumsum([s.size for s in shingles])]).astype(np.uint64)

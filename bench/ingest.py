@@ -144,11 +144,9 @@ print(json.dumps({"seconds": time.perf_counter() - start, "rows": len(ds)}))
 
 
 DATATROVE_CHILD = r"""
-import json, sys
-from pathlib import Path
-sys.path.insert(0, "bench")
-from datatrove_ingest import run
-print(json.dumps(run(json.loads(sys.argv[1]), Path(sys.argv[2]))))
+import runpy, sys
+sys.argv = ["bench/datatrove_ingest.py", *sys.argv[1:]]
+runpy.run_path("bench/datatrove_ingest.py", run_name="__main__")
 """
 
 

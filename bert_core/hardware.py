@@ -106,10 +106,15 @@ def auto_precision() -> tuple[str, str]:
     return "no", f"CPU {model} has {unit}, but {measured}, under the {BF16_MIN_SPEEDUP}x bf16 needs: fp32"
 
 
+def _machine_dir(env: str, name: str) -> Path:
+    """$env if set, else this user's `bertflow-<name>-<uid>` directory in the machine's temp directory."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(os.environ.get(env) or Path(tempfile.gettempdir()) / f"bertflow-{name}-{uid}")
+
+
 def precision_cache() -> Path:
     """The directory of the measured bf16 probes (one JSON file per CPU model, flags and torch version)."""
-    return Path(os.environ.get("BERTFLOW_HARDWARE_CACHE") or
-                Path(tempfile.gettempdir()) / f"bertflow-hardware-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    return _machine_dir("BERTFLOW_HARDWARE_CACHE", "hardware")
 
 
 def measure_bf16_speedup(repeats: int = 7) -> dict[str, float]:
@@ -196,8 +201,7 @@ def available_cores() -> int:
 
 def training_registry() -> Path:
     """The directory where training processes of this user on this machine register (one empty file per pid)."""
-    return Path(os.environ.get("BERTFLOW_TRAINING_REGISTRY") or
-                Path(tempfile.gettempdir()) / f"bertflow-training-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    return _machine_dir("BERTFLOW_TRAINING_REGISTRY", "training")
 
 
 def registered_processes(registry: Path | None = None) -> list[int]:
