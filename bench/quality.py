@@ -3,9 +3,10 @@ no arguments: `python bench/quality.py` (about 2 minutes on one core).
 
 Reads ../shared/data (BERTFLOW_SHARED_DATA): the Wikipedia extract, the Gutenberg books and IMDb's training reviews,
 plus the repository's multilingual test documents (nine UDHR translations). Every document goes through
-`cleaning.clean_document` with the filters off and on; the table gives, per source, the documents the baseline keeps
-and the share of them each rule rejects, with the first rejected documents of each rule (id and opening words) so
-that a person can judge them, and the cleaning seconds with and without the filters.
+`cleaning.clean_document` with the filters off, with both on, and with the defaults (non-prose on, repetition off);
+the table gives, per source, the documents the baseline keeps, the share of them each rule rejects with both on and
+the share the defaults reject, with the first rejected documents of each rule (id and opening words) so that a
+person can judge them, and the cleaning seconds of each setting.
 
 Prints tables, writes bench/results/quality.json and prints one JSON object as its last line.
 """
@@ -37,14 +38,15 @@ def main() -> None:
     from bert_core.cleaning import CleaningConfig, clean_document
     from bert_core.corpus import read_documents
 
-    base = CleaningConfig()
+    base = CleaningConfig(repetition_filter=False, prose_filter=False)
     filtered = replace(base, repetition_filter=True, prose_filter=True)
-    rows, examples, seconds = [], {}, {"off": 0.0, "on": 0.0}
+    default = CleaningConfig()
+    rows, examples, seconds = [], {}, {"off": 0.0, "on": 0.0, "default": 0.0}
     for name, path in SOURCES.items():
         if not path.exists():
             print(f"{name}: {path} not found, skipped")
             continue
-        kept, reasons = 0, Counter()
+        kept, reasons, by_default = 0, Counter(), 0
         for doc in read_documents(str(path)):
             start = time.perf_counter()
             clean, why = clean_document(doc, base)
@@ -58,14 +60,20 @@ def main() -> None:
             if why:
                 reasons[why] += 1
                 examples.setdefault(why, []).append(f"{name}:{doc.id}: {' '.join(doc.text.split()[:18])}")
+            start = time.perf_counter()
+            by_default += clean_document(doc, default)[0] is None
+            seconds["default"] += time.perf_counter() - start
         rows.append({"source": name, "kept_without_filters": kept, "rejected": dict(reasons),
-                     "rejected_share": sum(reasons.values()) / kept if kept else 0.0})
+                     "rejected_share": sum(reasons.values()) / kept if kept else 0.0,
+                     "rejected_by_defaults": by_default, "rejected_share_defaults": by_default / kept if kept else 0.0})
 
-    print(f"\n{'source':14s} {'kept (off)':>10s} {'dropped (on)':>13s}  by rule")
+    print(f"\n{'source':14s} {'kept (off)':>10s} {'dropped (on)':>13s} {'(defaults)':>11s}  by rule (on)")
     for row in rows:
         rules = ", ".join(f"{k} {v}" for k, v in sorted(row["rejected"].items())) or "-"
-        print(f"{row['source']:14s} {row['kept_without_filters']:10d} {row['rejected_share']:12.2%}  {rules}")
-    print(f"\ncleaning seconds: filters off {seconds['off']:.1f}, on {seconds['on']:.1f}")
+        print(f"{row['source']:14s} {row['kept_without_filters']:10d} {row['rejected_share']:12.2%} "
+              f"{row['rejected_share_defaults']:10.2%}  {rules}")
+    print(f"\ncleaning seconds: filters off {seconds['off']:.1f}, both on {seconds['on']:.1f}, "
+          f"defaults {seconds['default']:.1f}")
     for reason, docs in sorted(examples.items()):
         print(f"\n{reason} ({len(docs)}):")
         for line in docs[:4]:
@@ -74,8 +82,11 @@ def main() -> None:
     report("quality", {
         "documents_kept_without_filters": total,
         "dropped_share": sum(sum(r["rejected"].values()) for r in rows) / total if total else 0.0,
+        "dropped_share_defaults": sum(r["rejected_by_defaults"] for r in rows) / total if total else 0.0,
         **{f"dropped_share_{r['source']}": r["rejected_share"] for r in rows},
+        **{f"dropped_share_defaults_{r['source']}": r["rejected_share_defaults"] for r in rows},
         "seconds_filters_off": seconds["off"], "seconds_filters_on": seconds["on"],
+        "seconds_defaults": seconds["default"],
         "sources": rows, "examples": {k: v[:10] for k, v in examples.items()},
     })
 

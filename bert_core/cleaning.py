@@ -40,10 +40,12 @@ class CleaningConfig:
     # anyway (its max_input_chars_per_word is 100), and the tokenizer trainer's time grows with the square of a
     # word's length (a 400k-character "word" costs it a minute).
     max_word_chars: int = 100
-    # Gopher/C4-style filters (`quality`), off by default until the whole test suite has run with them on; each
-    # rejection is counted by its rule. Rows of task files (curated sentences) are never filtered by them.
+    # Gopher/C4-style filters (`quality`), each rejection counted by its rule; rows of task files (curated
+    # sentences) are never filtered by them. The non-prose rules are on: on the shared corpus they drop lists of
+    # figures and a book's table of contents, no prose (`bench/quality.py`). The repetition rules are off: Gopher's
+    # n-gram limits, made for web pages, also drop clean encyclopedic articles ("April", census-style town articles).
     repetition_filter: bool = False
-    prose_filter: bool = False
+    prose_filter: bool = True
 
     def __post_init__(self):
         check_fields(self)
@@ -60,6 +62,7 @@ class CleanDocument:
     sentences: tuple[str, ...]
     long_words_removed: int = 0  # runs of word characters over max_word_chars taken out
     c1_controls_repaired: int = 0  # C1 controls read as their cp1252 characters (`repair_c1_controls`)
+    template_lines_removed: int = 0  # lines of template residue taken out (`remove_template_residue`)
 
 
 _GUTENBERG_START = re.compile(r"^\*\*\*\s*START OF (?:THE|THIS) PROJECT GUTENBERG EBOOK[^\n]*\*\*\*\s*$", re.I | re.M)
@@ -189,6 +192,39 @@ def _alpha_fraction(text: str) -> float:
     return 1.0 - len(_NOT_LETTER_OR_SPACE.findall(text)) / len(text)
 
 
+# MediaWiki template residue: the lines an unexpanded template leaves in WikiExtractor output ("#if:", "}}{{",
+# "| ()"), and table rules of plain-text books ("| | |"): template syntax and punctuation, no word.
+_TEMPLATE_SYNTAX = re.compile(r"\{\{|\}\}|#(?:if|ifeq|ifexist|ifexpr|iferror|switch|invoke|expr|tag|time|property)\s*:",
+                              re.I)
+_RESIDUE_HINT = re.compile(r"^\||\{\{|\}\}|#[a-z]+\s*:", re.M | re.I)
+_WORD_CHARACTER = re.compile(r"\w")
+
+
+_PARSER_CALL = re.compile(r"\{\{\s*#?[a-z]+\s*:", re.I)  # an unexpanded parser function: {{#if:, {{urlencode:
+
+
+def _is_template_residue(line: str) -> bool:
+    if _TEMPLATE_SYNTAX.match(line) or _PARSER_CALL.search(line):
+        return True  # a line (in WikiExtractor output: a paragraph) inside a template
+    if line.startswith("|") and ("=" in line or line.endswith("|")):
+        return True  # a template's parameter ("| width = 200"), a table row ("| 27 | 33 |")
+    return (line.startswith("|") or bool(_TEMPLATE_SYNTAX.search(line))) and \
+        not _WORD_CHARACTER.search(_TEMPLATE_SYNTAX.sub("", line))
+
+
+def remove_template_residue(text: str) -> tuple[str, int]:
+    """Normalised `text` without its lines of template residue, and how many lines were removed: lines that start
+    with template syntax ("#if: Heimskringla", "}} {{Citation/make link"), lines with an unexpanded parser function
+    ("{{urlencode:"), template parameters and table rows ("| 2=\"", "| 27 | 33 |"), and lines of template syntax or
+    starting with "|" that have no word outside it ("}}{{", "| ()"). A paragraph of prose with a stray "}}" in it
+    stays, and so does a book's line that starts with "|"."""
+    if not _RESIDUE_HINT.search(text):
+        return text, 0
+    kept = [line for line in text.split("\n") if not _is_template_residue(line)]
+    removed = text.count("\n") + 1 - len(kept)
+    return ("\n".join(kept), removed) if removed else (text, 0)
+
+
 def clean_document(doc, config: CleaningConfig) -> tuple[CleanDocument | None, str | None]:
     """(cleaned document, None) or (None, rejection reason) for one `corpus.Document`."""
     if doc.error:
@@ -198,12 +234,16 @@ def clean_document(doc, config: CleaningConfig) -> tuple[CleanDocument | None, s
     pieces = [doc.text] if doc.sentences is None else doc.sentences  # a task file's rows are sentences already
     if sum(map(len, pieces)) > config.max_chars:
         return None, REJECT_TOO_LONG
-    cleaned, c1_repaired, long_words = [], 0, 0
+    cleaned, c1_repaired, long_words, residue = [], 0, 0, 0
     for piece in pieces:
         if config.strip_gutenberg and doc.sentences is None:
             piece = strip_gutenberg(piece)
         piece, repaired = repair_c1_controls(piece)
-        piece, removed = remove_long_words(normalize_text(piece), config.max_word_chars)
+        piece = normalize_text(piece)
+        if doc.sentences is None:  # a task file's rows are curated sentences
+            piece, lines = remove_template_residue(piece)
+            residue += lines
+        piece, removed = remove_long_words(piece, config.max_word_chars)
         cleaned.append(piece)
         c1_repaired, long_words = c1_repaired + repaired, long_words + removed
     text = " ".join(c for c in cleaned if c)
@@ -222,4 +262,4 @@ def clean_document(doc, config: CleaningConfig) -> tuple[CleanDocument | None, s
     if len(sentences) < config.min_sentences:
         return None, REJECT_FEW_SENTENCES
     return CleanDocument(id=doc.id, source=doc.source, sentences=tuple(sentences), long_words_removed=long_words,
-                         c1_controls_repaired=c1_repaired), None
+                         c1_controls_repaired=c1_repaired, template_lines_removed=residue), None

@@ -56,7 +56,8 @@ from bert_core.dedup import (
 
 logger = logging.getLogger(__name__)
 
-PART_SCHEMA_VERSION = 3  # 2: records carry problems, encodings and long words removed; 3: C1 controls repaired
+PART_SCHEMA_VERSION = 4  # 2: records carry problems, encodings and long words removed; 3: C1 controls repaired;
+# 4: template residue removed (cleaning changed without a setting of its own)
 _PART_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("source", pa.string()), ("sentences", pa.list_(pa.string())),
     ("characters", pa.int64()), ("content_hash", pa.string()), ("signature", pa.binary()),
@@ -134,7 +135,7 @@ def process_input(unit: str, config: IngestConfig, parts_dir: str | Path) -> dic
     rejected: Counter = Counter()
     encodings: Counter = Counter()
     problems: dict[str, dict[str, Any]] = {}  # reason -> {"count", "example"}: what went wrong in this file
-    read = kept = sentences = characters = long_words = c1_repaired = 0
+    read = kept = sentences = characters = long_words = c1_repaired = residue = 0
     part_path = parts_dir / f"part-{key[:20]}.parquet"
     columns: dict[str, list] = {name: [] for name in _PART_SCHEMA.names}
     # The writer closes before the temporary replaces the part (contexts exit in reverse order).
@@ -154,6 +155,7 @@ def process_input(unit: str, config: IngestConfig, parts_dir: str | Path) -> dic
                 continue
             long_words += clean.long_words_removed
             c1_repaired += clean.c1_controls_repaired
+            residue += clean.template_lines_removed
             if config.dedup.exact or config.dedup.near or contamination:
                 words = normalized_words(" ".join(clean.sentences))
                 hashes = word_hashes(words)
@@ -175,7 +177,7 @@ def process_input(unit: str, config: IngestConfig, parts_dir: str | Path) -> dic
     record = {"unit": portable_unit(unit), "key": key, "part": part_path.name, "read": read, "cleaned": kept,
               "rejected": dict(rejected), "sentences": sentences, "characters": characters,
               "encodings": dict(encodings), "long_words_removed": long_words,
-              "c1_controls_repaired": c1_repaired,
+              "c1_controls_repaired": c1_repaired, "template_lines_removed": residue,
               "problems": [{"path": display_path(unit), "problem": reason, **p} for reason, p in sorted(problems.items())]}
     stage.write_json(record_path, record)
     return record
@@ -294,6 +296,7 @@ def merge_parts(records: list[dict[str, Any]], config: IngestConfig, parts_dir: 
             "documents_per_encoding": dict(sorted(encodings.items())),
             "long_words_removed": sum(r.get("long_words_removed", 0) for r in records),
             "c1_controls_repaired": sum(r.get("c1_controls_repaired", 0) for r in records),
+            "template_lines_removed": sum(r.get("template_lines_removed", 0) for r in records),
             "documents_per_split": per_split,
             "split_rebalanced": rebalanced,
             "sentences": sentences,

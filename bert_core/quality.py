@@ -49,6 +49,7 @@ _WORDS = re.compile(f"[{_UNSPACED}]|[^\\s{_UNSPACED}]+")
 _BULLET = re.compile(r"^\s*[\u2022\u2023\u25e6\u2043\u2219*\-\u00b7]\s")
 _ELLIPSIS = ("...", "\u2026")
 _PLACEHOLDER = re.compile(r"lorem ipsum", re.I)
+_WORD_WITH_LETTER = re.compile(r"^[^\n]*?[^\W\d_]", re.M)  # a line (one word) up to its first letter
 
 
 def words_of(text: str) -> list[str]:
@@ -91,30 +92,48 @@ def repetition_reason(text: str, words: list[str]) -> str | None:
             return REJECT_REPEATED_PARAGRAPHS
     if len(words) < 2:
         return None
-    vocabulary: dict[str, int] = {}
-    ids = np.array([vocabulary.setdefault(w, len(vocabulary)) for w in words], dtype=np.int64)
-    lengths = np.array([len(w) for w in words], dtype=np.int64)
+    index = {w: i for i, w in enumerate(dict.fromkeys(words))}  # ids in order of first use
+    ids = np.fromiter(map(index.__getitem__, words), dtype=np.int64, count=len(words))
+    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
     total = int(lengths.sum())
     gram_chars = np.concatenate([[0], np.cumsum(lengths)])  # characters of words [i, i + n): [i + n] - [i]
+    # Repeated (n+1)-grams cover a subset of the words repeated n-grams cover, so the coverage falls with n while the
+    # limits fall from 0.15 to 0.10: once it is at or under the last limit, no longer n-gram can break its own.
+    floor = MAX_DUPLICATE_NGRAM_CHAR_FRACTION[max(MAX_DUPLICATE_NGRAM_CHAR_FRACTION)]
     for n, grams in _ngram_hashes(ids, max(MAX_DUPLICATE_NGRAM_CHAR_FRACTION)):
+        if n not in MAX_TOP_NGRAM_CHAR_FRACTION and n not in MAX_DUPLICATE_NGRAM_CHAR_FRACTION:
+            continue
+        order, starts = _groups(grams)
         if n in MAX_TOP_NGRAM_CHAR_FRACTION:
-            unique, first, counts = np.unique(grams, return_index=True, return_counts=True)
-            top = int(counts.argmax())
-            if counts[top] > 1 and counts[top] * int(gram_chars[first[top] + n] - gram_chars[first[top]]) / total \
+            counts = np.diff(np.append(starts, len(grams)))
+            top = int(counts.argmax())  # the first most frequent in hash order; its occurrences have equal length
+            at = int(order[starts[top]])
+            if counts[top] > 1 and counts[top] * int(gram_chars[at + n] - gram_chars[at]) / total \
                     > MAX_TOP_NGRAM_CHAR_FRACTION[n]:
                 return REJECT_REPEATED_NGRAMS
-        elif n in MAX_DUPLICATE_NGRAM_CHAR_FRACTION:
+        else:
             first_seen = np.zeros(len(grams), dtype=bool)
-            first_seen[np.unique(grams, return_index=True)[1]] = True
-            starts = np.flatnonzero(~first_seen)  # n-grams seen before: the words they cover are repeated text
-            if not len(starts):
-                continue
+            first_seen[np.minimum.reduceat(order, starts)] = True
+            repeats = np.flatnonzero(~first_seen)  # n-grams seen before: the words they cover are repeated text
+            if not len(repeats):
+                return None
             cover = np.zeros(len(words) + 1, dtype=np.int64)
-            np.add.at(cover, starts, 1)
-            np.add.at(cover, starts + n, -1)
-            if int(lengths[np.cumsum(cover[:-1]) > 0].sum()) / total > MAX_DUPLICATE_NGRAM_CHAR_FRACTION[n]:
+            cover[repeats] += 1  # positions are distinct, so plain indexing adds once each
+            cover[repeats + n] -= 1
+            share = int(lengths[np.cumsum(cover[:-1]) > 0].sum()) / total
+            if share > MAX_DUPLICATE_NGRAM_CHAR_FRACTION[n]:
                 return REJECT_REPEATED_NGRAMS
+            if share <= floor:
+                return None
     return None
+
+
+def _groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(an order that sorts `values`, where each run of equal values starts in it): np.unique's groups without its
+    stable sort, which its return_index needs and which is several times slower than numpy's default sort."""
+    order = values.argsort()
+    ordered = values[order]
+    return order, np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
 
 
 def prose_reason(text: str, words: list[str]) -> str | None:
@@ -123,9 +142,10 @@ def prose_reason(text: str, words: list[str]) -> str | None:
         return REJECT_PLACEHOLDER
     if not words:
         return None
-    spaced = [w for w in words if not _IDEOGRAPH.fullmatch(w)]
-    if len(spaced) > len(words) / 2:  # mostly space-separated words: their length says something
-        mean = sum(map(len, spaced)) / len(spaced)
+    unspaced = len(_IDEOGRAPH.findall(text))  # each such character is a word of one character (words_of)
+    spaced = len(words) - unspaced
+    if spaced > len(words) / 2:  # mostly space-separated words: their length says something
+        mean = (sum(map(len, words)) - unspaced) / spaced
         if not MEAN_WORD_CHARS[0] <= mean <= MEAN_WORD_CHARS[1]:
             return REJECT_WORD_LENGTH
     symbols = text.count("#") + sum(text.count(e) for e in _ELLIPSIS)
@@ -137,9 +157,20 @@ def prose_reason(text: str, words: list[str]) -> str | None:
             return REJECT_BULLET_LINES
         if sum(line.rstrip().endswith(_ELLIPSIS) for line in lines) / len(lines) > MAX_ELLIPSIS_LINE_FRACTION:
             return REJECT_ELLIPSIS_LINES
-    if sum(any(c.isalpha() for c in w) for w in words) / len(words) < MIN_ALPHA_WORD_FRACTION:
+    if (len(words) - words_without_letter(words)) / len(words) < MIN_ALPHA_WORD_FRACTION:
         return REJECT_NON_ALPHA_WORDS
     return None
+
+
+def words_without_letter(words: list[str]) -> int:
+    """How many of `words` have no character for which str.isalpha() holds, counted by the regex engine: the words
+    one per line, and `[^\\W\\d_]` (\\w less digits and "_") is str.isalpha() once the few numerals it also takes
+    (str.isnumeric() but not decimal: "²", "½", "Ⅻ") are replaced by a digit."""
+    joined = "\n".join(words)
+    numerals = {ord(c): "0" for c in set(joined) if c.isalnum() and not c.isalpha() and not c.isdecimal()}
+    if numerals:
+        joined = joined.translate(numerals)
+    return len(words) - len(_WORD_WITH_LETTER.findall(joined))
 
 
 def quality_reason(text: str, *, repetition: bool = True, prose: bool = True) -> str | None:

@@ -74,7 +74,8 @@ def report_ingest(output_dir: str | Path) -> None:
         key="ingest-report",
         markdown=(f"## Ingest\n\n{manifest['documents_read']:,} documents read, {manifest['documents_kept']:,} kept, "
                   f"{manifest['sentences']:,} sentences, {manifest['characters']:,} characters; decoded as "
-                  f"{encodings or '-'}; {manifest.get('long_words_removed', 0):,} over-long words removed.\n\n"
+                  f"{encodings or '-'}; {manifest.get('long_words_removed', 0):,} over-long words and "
+                  f"{manifest.get('template_lines_removed', 0):,} lines of template residue removed.\n\n"
                   "| source | read | kept | rejected |\n|---|---:|---:|---|\n" + sources + problem_table
                   + "\n### Document length (characters)\n\n| bucket | documents | |\n|---|---:|---|\n"
                   + "".join(f"| {b} | {c} | {'█' * round(30 * c / peak)} |\n" for b, c in histogram)),

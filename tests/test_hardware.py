@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -35,6 +36,7 @@ def probes(monkeypatch, tmp_path):
         measured.append(model)
         return {"fp32_ms": 100.0, "bf16_ms": 100.0 / SPEEDUPS[model], "speedup": SPEEDUPS[model]}
     monkeypatch.setattr(hardware, "measure_bf16_speedup", measure)
+    monkeypatch.setattr(hardware, "cpu_reading", lambda: None)  # no load reading: kept, unless a test says not
     return measured
 
 
@@ -95,6 +97,42 @@ def test_the_probe_runs_once_per_kind_of_machine_and_its_file_is_kept(cpu, probe
     monkeypatch.setattr(hardware, "_PROBES", {})
     hardware.auto_precision()
     assert len(probes) == 3 and len(list((tmp_path / "hardware").glob("bf16-probe-*.json"))) == 2
+
+
+def test_a_probe_taken_beside_other_load_is_used_but_not_kept(cpu, probes, monkeypatch, tmp_path):
+    """A probe that ran while other processes kept a core busy (a test suite, a training run) measured the
+    neighbour as much as the machine: this process uses it, the next run measures again."""
+    cpu(BF16_EPYC)
+    # In one second the cores were 1.5 CPU-seconds busier, 0.3 of them this process's.
+    readings = iter([(100.0, 5.0, 10.0), (101.5, 5.3, 11.0)])
+    monkeypatch.setattr(hardware, "cpu_reading", lambda: next(readings))
+    choice, why = hardware.auto_precision()
+    assert choice == "bf16" and "beside other load (1.2 cores busy elsewhere), so not kept" in why
+    assert not list((tmp_path / "hardware").glob("bf16-probe-*.json"))
+
+
+def test_cpu_readings_see_a_neighbour_and_not_this_process():
+    """/proc/stat's busy time of this process's cores, less this process's own CPU time: a spinning child counts,
+    this process spinning does not."""
+    assert hardware.cpu_reading() is not None  # Linux: /proc/stat
+
+    def spin(seconds):
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+    before = hardware.cpu_reading()
+    spin(1.0)
+    alone = hardware.cores_busy_elsewhere(before, hardware.cpu_reading())
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.5)  # the child started and spinning
+        before = hardware.cpu_reading()
+        time.sleep(1.5)
+        beside = hardware.cores_busy_elsewhere(before, hardware.cpu_reading())
+    finally:
+        child.kill()
+        child.wait()
+    assert alone < 0.5 < beside, (alone, beside)
 
 
 def test_the_real_probe_times_fp32_and_bf16_on_this_machine():
