@@ -196,11 +196,9 @@ def _alpha_fraction(text: str) -> float:
 # "| ()"), and table rules of plain-text books ("| | |"): template syntax and punctuation, no word.
 _TEMPLATE_SYNTAX = re.compile(r"\{\{|\}\}|#(?:if|ifeq|ifexist|ifexpr|iferror|switch|invoke|expr|tag|time|property)\s*:",
                               re.I)
-_RESIDUE_HINT = re.compile(r"^\||\{\{|\}\}|#[a-z]+\s*:", re.M | re.I)
-_WORD_CHARACTER = re.compile(r"\w")
-
-
 _PARSER_CALL = re.compile(r"\{\{\s*#?[a-z]+\s*:", re.I)  # an unexpanded parser function: {{#if:, {{urlencode:
+_RESIDUE_HINT = re.compile(r"^\||\{\{|\}\}|#[a-z]+\s*:", re.M | re.I)  # a text that may have residue at all
+_WORD_CHARACTER = re.compile(r"\w")
 
 
 def _is_template_residue(line: str) -> bool:
