@@ -252,8 +252,9 @@ def render_summary(summary: dict, *, markdown: bool = False) -> str:
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(corpus["documents_rejected"].items())) or "none"
     quality = train["quality"]
     share = quality.get("nsp_random_next_share")  # None: MLM only, no sentence pairs (the recipes' pair_objective)
+    pair_task = None if share is None else "SOP" if train.get("config", {}).get("pair_objective") == "sop" else "NSP"
     objective = "MLM only, no sentence pairs" if share is None else (
-        f"{'SOP swapped' if train.get('config', {}).get('pair_objective') == 'sop' else 'NSP random-next'} {share:.1%}")
+        f"{'SOP swapped' if pair_task == 'SOP' else 'NSP random-next'} {share:.1%}")
     models = [reg["pretrained"]] + ([reg["classifier"]] if reg.get("classifier") else [])
     uri = summary["tracking_uri"]
     task = summary.get("task", {})
@@ -264,10 +265,10 @@ def render_summary(summary: dict, *, markdown: bool = False) -> str:
         f"corpus:     {corpus['documents_read']} documents read, {corpus['documents_kept']} kept "
         f"(rejected: {rejected}); {corpus['sentences']:,} sentences",
         f"examples:   train {train['num_examples']:,} ({train['num_tokens']:,} tokens, {train['num_shards']} shards), "
-        f"validation {validation['num_examples']:,}; {objective}, "
-        f"masked {quality.get('masked_share_of_maskable', float('nan')):.1%} of maskable tokens",
+        f"validation {validation['num_examples']:,}; {objective}, {_masking_phrase(train, validation)}",
         f"pretrained: held-out MLM loss {pre['initial_eval_mlm_loss']:.3f} -> {pre['eval_mlm_loss']:.3f} "
-        f"(MLM accuracy {pre['eval_mlm_accuracy']:.1%}, NSP accuracy {pre['eval_nsp_accuracy']:.1%})",
+        f"(MLM accuracy {pre['eval_mlm_accuracy']:.1%}"
+        + (f", {pair_task} accuracy {pre['eval_nsp_accuracy']:.1%}" if pair_task else "") + ")",
         *_suite_lines(summary),
         _task_line(summary),
     ]
@@ -295,6 +296,15 @@ def render_summary(summary: dict, *, markdown: bool = False) -> str:
     link_lines = [f"- [{'MLflow pipeline run' if k == 'pipeline_run' else k + ' (model version)'}]({v})"
                   for k, v in links.items()]
     return "```\n" + "\n".join(lines) + "\n```\n" + ("\n" + "\n".join(link_lines) + "\n" if link_lines else "")
+
+
+def _masking_phrase(train: dict, validation: dict) -> str:
+    """What the summary says of masking: the training shards' own share, or, where they are masked per batch while
+    training (dynamic: no masks in them), the static validation shards' share."""
+    if train.get("masking") == "dynamic":
+        share = validation["quality"].get("masked_share_of_maskable", float("nan"))
+        return f"masked per batch while training (validation shards: {share:.1%} of maskable tokens)"
+    return f"masked {train['quality'].get('masked_share_of_maskable', float('nan')):.1%} of maskable tokens"
 
 
 def _suite_lines(summary: dict) -> list[str]:

@@ -57,6 +57,15 @@ def test_pipeline_runs_every_stage(run):
     mlm_only = copy.deepcopy(summary)
     mlm_only["examples"]["train"]["quality"]["nsp_random_next_share"] = None
     assert "MLM only, no sentence pairs" in render_summary(mlm_only, markdown=True)
+    assert "NSP accuracy" in text and "NSP accuracy" not in render_summary(mlm_only)  # no pair head to score
+    # Dynamic masking: the training shards hold no masks (their share is not a number); the validation shards' is.
+    assert f"masked {summary['examples']['train']['quality']['masked_share_of_maskable']:.1%} of maskable" in text
+    dynamic = copy.deepcopy(mlm_only)
+    dynamic["examples"]["train"]["masking"] = "dynamic"
+    del dynamic["examples"]["train"]["quality"]["masked_share_of_maskable"]
+    share = dynamic["examples"]["validation"]["quality"]["masked_share_of_maskable"]
+    assert f"masked per batch while training (validation shards: {share:.1%} of maskable tokens)" in \
+        render_summary(dynamic) and "nan" not in render_summary(dynamic)
 
 
 def test_one_parent_run_with_a_nested_run_per_stage(run):
