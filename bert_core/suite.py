@@ -205,7 +205,7 @@ def run_suite(config: SuiteConfig) -> dict[str, Any]:
         twin_reused += reused
         (pre_lr, pre), (twin_lr, rnd) = _best(pre_scores), _best(twin_scores)
         rows.append({"task": task.name, "metric": suite_metric(task), "seeds": list(protocol["seeds"]),
-                     "train_file": files[0], "validation_file": files[1], **_task_size(task, files),
+                     "train_file": files[0], "validation_file": files[1], **_task_facts(task, files),
                      "pretrained_mean": float(np.mean(pre)), "pretrained_std": float(np.std(pre, ddof=1)) if len(pre) > 1 else 0.0,
                      "twin_mean": float(np.mean(rnd)), "twin_std": float(np.std(rnd, ddof=1)) if len(rnd) > 1 else 0.0,
                      "delta": float(np.mean(pre) - np.mean(rnd)), "paired_p_value": paired_p_value(pre, rnd),
@@ -223,17 +223,25 @@ def run_suite(config: SuiteConfig) -> dict[str, Any]:
     return report
 
 
-def _task_size(task, files: tuple[str, str]) -> dict[str, int]:
-    """How many training and dev examples (sentences for NER) the task's files hold, for the report."""
+def _task_facts(task, files: tuple[str, str]) -> dict[str, Any]:
+    """How many training and dev examples (sentences for NER) the task's files hold, and the majority baseline:
+    the suite metric of predicting the training set's most frequent label for every dev example (NER: no entity,
+    entity F1 0). A score near it means the arm learned little (MRPC's dev F1 is 0.812 for "paraphrase" on all)."""
     if task.model_kind == "token-classifier":
         from bert_core.ner import read_conll
 
-        return {"train_examples": len(read_conll(files[0])), "validation_examples": len(read_conll(files[1]))}
+        return {"train_examples": len(read_conll(files[0])), "validation_examples": len(read_conll(files[1])),
+                "majority_baseline": 0.0}
     from bert_core.finetune import read_task_file
+    from bert_core.metrics import classification_metrics
 
-    sizes = [len(read_task_file(f, task.text_column, task.label_column, text_pair_column=task.text_pair_column,
-                                label_names=task.label_names)[0]) for f in files]
-    return {"train_examples": sizes[0], "validation_examples": sizes[1]}
+    (train, _, train_labels), (dev, _, dev_labels) = [
+        read_task_file(f, task.text_column, task.label_column, text_pair_column=task.text_pair_column,
+                       label_names=task.label_names) for f in files]
+    majority = np.full_like(dev_labels, np.bincount(train_labels).argmax())
+    baseline = classification_metrics(dev_labels, majority, len(task.label_names))
+    return {"train_examples": len(train), "validation_examples": len(dev),
+            "majority_baseline": float(baseline[suite_metric(task).removeprefix("eval_")])}
 
 
 def seed_scores(report: dict[str, Any], arm: str = "pretrained") -> list[float]:
@@ -262,8 +270,9 @@ def report_metrics(report: dict[str, Any]) -> dict[str, float]:
 def task_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Per task of a report, both arms' mean and std, the delta and the p-value as `suite_<task>_<field>`."""
     return {f"suite_{r['task']}_{field}": float(r[field]) for r in rows
-            for field in ("pretrained_mean", "pretrained_std", "twin_mean", "twin_std", "delta", "paired_p_value")
-            if not math.isnan(r[field])}
+            for field in ("pretrained_mean", "pretrained_std", "twin_mean", "twin_std", "delta", "paired_p_value",
+                          "majority_baseline")
+            if field in r and not math.isnan(r[field])}
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:
@@ -279,6 +288,9 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     for offset, arm, label in ((-0.2, "pretrained", "pretrained"), (0.2, "twin", "random init")):
         ax.bar(x + offset, [r[f"{arm}_mean"] for r in rows], 0.4, yerr=[r[f"{arm}_std"] for r in rows], capsize=4,
                label=label)
+    # Each task's majority-class score: bars near it learned little (MRPC's F1 is 0.812 for "paraphrase" on all).
+    ax.hlines([r.get("majority_baseline", np.nan) for r in rows], x - 0.42, x + 0.42, colors="black",
+              linestyles="dashed", linewidth=1, label="majority class")
     ax.set_xticks(x, [f"{r['task']}\n{r['metric'].removeprefix('eval_')}" for r in rows])
     ax.set_ylim(0, 1)
     ax.set_title(f"{len(report['protocol']['seeds'])} seeds; suite {report['suite_score']:.3f} vs "
@@ -296,15 +308,21 @@ def summary_line(report: dict[str, Any]) -> str:
     return f"suite: pretrained vs random init: {deltas} ({len(report['protocol']['seeds'])} seeds)"
 
 
+def _majority(row: dict[str, Any]) -> str:
+    return f"{row['majority_baseline']:.4f}" if "majority_baseline" in row else "n/a"  # reports before 2026-12-04
+
+
 def render_report(report: dict[str, Any]) -> str:
     lines = ["# Downstream suite: pretrained vs random-init twin", "", summary_line(report), "",
-             "| task | train / dev | metric | pretrained | random init | difference | paired p |",
-             "|---|---|---|---|---|---|---|"]
+             "| task | train / dev | metric | majority class | pretrained | random init | difference | paired p |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in report["tasks"]:
         p = "n/a" if math.isnan(r["paired_p_value"]) else f"{r['paired_p_value']:.3g}"
         lines.append(f"| {r['task']} | {r['train_examples']:,} / {r['validation_examples']:,} | {r['metric']} | "
-                     f"{r['pretrained_mean']:.4f} +- {r['pretrained_std']:.4f} | "
+                     f"{_majority(r)} | {r['pretrained_mean']:.4f} +- {r['pretrained_std']:.4f} | "
                      f"{r['twin_mean']:.4f} +- {r['twin_std']:.4f} | {r['delta']:+.4f} | {p} |")
-    lines += ["", f"Suite score {report['suite_score']:.4f} (random init {report['twin_suite_score']:.4f}); "
+    lines += ["", "Majority class: the metric of predicting the most frequent training label for every dev example; "
+                  "an arm near it learned little from the task.",
+              "", f"Suite score {report['suite_score']:.4f} (random init {report['twin_suite_score']:.4f}); "
                   f"protocol {report['protocol']}."]
     return "\n".join(lines) + "\n"

@@ -96,6 +96,7 @@ def test_ner_runs_in_the_suite_from_a_data_directory(pretrained, tmp_path):
                                    max_train_steps=6, twin_dir=str(tmp_path / "twins")))
     (row,) = report["tasks"]
     assert row["metric"] == "eval_f1" and row["train_examples"] == 48 and row["validation_examples"] == 12
+    assert row["majority_baseline"] == 0.0  # tagging every token O finds no entity
     assert all(0 <= s <= 1 for s in row["pretrained_scores"] + row["twin_scores"])
     assert (tmp_path / "out" / "report.png").stat().st_size > 5000
     # The default size adds NER when the data directory holds CoNLL-2003; full needs one.
@@ -105,6 +106,33 @@ def test_ner_runs_in_the_suite_from_a_data_directory(pretrained, tmp_path):
         SuiteConfig(encoder="x", output_dir="y", size="full")
     with pytest.raises(ConfigError, match="no .*sst2/train.tsv"):
         SuiteConfig(encoder="x", output_dir="y", size="full", data_dir=str(tmp_path / "data")).task_files(get_task("sst2"))
+
+
+def test_the_report_names_each_task_s_majority_class_score():
+    """MRPC's F1 rewards saying "paraphrase" to everything: the report gives that floor beside both arms."""
+    import csv
+
+    from bert_core.catalogue import get_task
+    from bert_core.suite import _task_facts, render_report
+
+    task = get_task("mrpc")
+    train, dev = task.files()
+
+    def labels(path):
+        with open(path, encoding="utf-8-sig") as f:
+            return [int(row["Quality"]) for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+
+    majority = max((0, 1), key=labels(train).count)
+    dev_labels = labels(dev)
+    hits = sum(label == majority == 1 for label in dev_labels)
+    expected = 2 * hits / (dev_labels.count(1) + (len(dev_labels) if majority == 1 else 0)) if hits else 0.0
+    facts = _task_facts(task, (train, dev))
+    assert facts["majority_baseline"] == pytest.approx(expected) and 0.5 < expected < 1
+    row = {"task": "mrpc", "metric": "eval_f1", "train_examples": 1, "validation_examples": 1, "pretrained_mean": 0.8,
+           "pretrained_std": 0.0, "twin_mean": 0.8, "twin_std": 0.0, "delta": 0.0, "paired_p_value": float("nan"),
+           "majority_baseline": facts["majority_baseline"]}
+    text = render_report({"tasks": [row], "protocol": {"seeds": [0]}, "suite_score": 0.8, "twin_suite_score": 0.8})
+    assert f"| eval_f1 | {expected:.4f} | 0.8000 +- 0.0000 |" in text
 
 
 def _report(scores_by_task: dict[str, list[float]]) -> dict:
