@@ -292,10 +292,11 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     ax.hlines([r.get("majority_baseline", np.nan) for r in rows], x - 0.42, x + 0.42, colors="black",
               linestyles="dashed", linewidth=1, label="majority class")
     ax.set_xticks(x, [f"{r['task']}\n{r['metric'].removeprefix('eval_')}" for r in rows])
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.15)  # room above the bars for the legend
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_title(f"{len(report['protocol']['seeds'])} seeds; suite {report['suite_score']:.3f} vs "
                  f"{report['twin_suite_score']:.3f} random init", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", ncol=3, frameon=False)
     fig.tight_layout()
     with stage.atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
