@@ -306,7 +306,19 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
 def summary_line(report: dict[str, Any]) -> str:
     """`suite: pretrained vs random init: SST2 +x.x (n seeds)`, in points of each task's primary metric."""
     deltas = ", ".join(f"{r['task'].upper()} {100 * r['delta']:+.1f}" for r in report["tasks"])
-    return f"suite: pretrained vs random init: {deltas} ({len(report['protocol']['seeds'])} seeds)"
+    floor = [r["task"].upper() for r in report["tasks"] if at_majority_class(r)]
+    return (f"suite: pretrained vs random init: {deltas} ({len(report['protocol']['seeds'])} seeds)"
+            + (f"; both arms at the majority-class score: {', '.join(floor)}" if floor else ""))
+
+
+MAJORITY_MARGIN = 0.005  # within half a point of the majority-class score: the task was not learned
+
+
+def at_majority_class(row: dict[str, Any]) -> bool:
+    """Whether neither arm's mean is more than `MAJORITY_MARGIN` above the task's majority-class score (MRPC's F1
+    of 0.812 for "paraphrase" on every pair): a delta between two such arms says nothing about pretraining."""
+    return "majority_baseline" in row and \
+        max(row["pretrained_mean"], row["twin_mean"]) <= row["majority_baseline"] + MAJORITY_MARGIN
 
 
 def _majority(row: dict[str, Any]) -> str:

@@ -133,6 +133,12 @@ def test_the_report_names_each_task_s_majority_class_score():
            "majority_baseline": facts["majority_baseline"]}
     text = render_report({"tasks": [row], "protocol": {"seeds": [0]}, "suite_score": 0.8, "twin_suite_score": 0.8})
     assert f"| eval_f1 | {expected:.4f} | 0.8000 +- 0.0000 |" in text
+    # Both arms within half a point of that floor: the summary line says so; above it, it does not.
+    floor = {**row, "pretrained_mean": expected + 0.004, "twin_mean": expected - 0.01}
+    line = summary_line({"tasks": [floor], "protocol": {"seeds": [0]}})
+    assert line.endswith("(1 seeds); both arms at the majority-class score: MRPC")
+    learned = {**floor, "pretrained_mean": expected + 0.006}
+    assert summary_line({"tasks": [learned], "protocol": {"seeds": [0]}}).endswith("(1 seeds)")
 
 
 def _report(scores_by_task: dict[str, list[float]]) -> dict:
