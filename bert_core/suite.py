@@ -272,7 +272,7 @@ def task_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {f"suite_{r['task']}_{field}": float(r[field]) for r in rows
             for field in ("pretrained_mean", "pretrained_std", "twin_mean", "twin_std", "delta", "paired_p_value",
                           "majority_baseline")
-            if field in r and not math.isnan(r[field])}
+            if not math.isnan(r[field])}
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:
@@ -289,7 +289,7 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
         ax.bar(x + offset, [r[f"{arm}_mean"] for r in rows], 0.4, yerr=[r[f"{arm}_std"] for r in rows], capsize=4,
                label=label)
     # Each task's majority-class score: bars near it learned little (MRPC's F1 is 0.812 for "paraphrase" on all).
-    ax.hlines([r.get("majority_baseline", np.nan) for r in rows], x - 0.42, x + 0.42, colors="black",
+    ax.hlines([r["majority_baseline"] for r in rows], x - 0.42, x + 0.42, colors="black",
               linestyles="dashed", linewidth=1, label="majority class")
     ax.set_xticks(x, [f"{r['task']}\n{r['metric'].removeprefix('eval_')}" for r in rows])
     ax.set_ylim(0, 1.15)  # room above the bars for the legend
@@ -317,12 +317,7 @@ MAJORITY_MARGIN = 0.005  # within half a point of the majority-class score: the 
 def at_majority_class(row: dict[str, Any]) -> bool:
     """Whether neither arm's mean is more than `MAJORITY_MARGIN` above the task's majority-class score (MRPC's F1
     of 0.812 for "paraphrase" on every pair): a delta between two such arms says nothing about pretraining."""
-    return "majority_baseline" in row and \
-        max(row["pretrained_mean"], row["twin_mean"]) <= row["majority_baseline"] + MAJORITY_MARGIN
-
-
-def _majority(row: dict[str, Any]) -> str:
-    return f"{row['majority_baseline']:.4f}" if "majority_baseline" in row else "n/a"  # reports before 2026-12-04
+    return max(row["pretrained_mean"], row["twin_mean"]) <= row["majority_baseline"] + MAJORITY_MARGIN
 
 
 def render_report(report: dict[str, Any]) -> str:
@@ -332,7 +327,7 @@ def render_report(report: dict[str, Any]) -> str:
     for r in report["tasks"]:
         p = "n/a" if math.isnan(r["paired_p_value"]) else f"{r['paired_p_value']:.3g}"
         lines.append(f"| {r['task']} | {r['train_examples']:,} / {r['validation_examples']:,} | {r['metric']} | "
-                     f"{_majority(r)} | {r['pretrained_mean']:.4f} +- {r['pretrained_std']:.4f} | "
+                     f"{r['majority_baseline']:.4f} | {r['pretrained_mean']:.4f} +- {r['pretrained_std']:.4f} | "
                      f"{r['twin_mean']:.4f} +- {r['twin_std']:.4f} | {r['delta']:+.4f} | {p} |")
     lines += ["", "Majority class: the metric of predicting the most frequent training label for every dev example; "
                   "an arm near it learned little from the task.",

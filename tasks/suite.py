@@ -19,8 +19,7 @@ def run_suite(config: suite.SuiteConfig) -> dict:
     get_run_logger().info(suite.summary_line(report))
     create_table_artifact(key="suite", description="Pretrained encoder vs its random-init twin, same fine-tuning",
                           table=[{"task": r["task"], "metric": r["metric"],
-                                  "majority class": (round(r["majority_baseline"], 4)
-                                                     if "majority_baseline" in r else None),
+                                  "majority class": round(r["majority_baseline"], 4),
                                   "pretrained": f"{r['pretrained_mean']:.4f} +- {r['pretrained_std']:.4f}",
                                   "random init": f"{r['twin_mean']:.4f} +- {r['twin_std']:.4f}",
                                   "difference": round(r["delta"], 4),
