@@ -156,7 +156,6 @@ def run_child(code: str, *args: str) -> dict:
 
 def measure_dask(files: list[str], workdir: Path) -> dict:
     """Per-file step of the ingest flow on an existing Dask cluster of 1 and 2 workers (startup excluded)."""
-    from distributed import LocalCluster
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect_dask import DaskTaskRunner
@@ -173,8 +172,7 @@ def measure_dask(files: list[str], workdir: Path) -> dict:
             api = str(client.api_url).rstrip("/")
         times: dict[str, list[float]] = {}
         for workers in (1, 2, 1, 2):
-            with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                              env={"PREFECT_API_URL": api, "OMP_NUM_THREADS": "1"}) as cluster:
+            with stage.local_data_cluster(workers, env={"PREFECT_API_URL": api}) as cluster:  # the pipeline's
                 runner = DaskTaskRunner(address=cluster.scheduler_address)
                 for state in ("cold", "warm"):
                     # "cold": fresh worker processes pay their imports (Prefect engine, pyarrow, datasketch...);

@@ -91,15 +91,14 @@ print(json.dumps({"seconds": seconds, "examples": sum(m["num_examples"] for m in
 
 DASK = TREE_PEAK + r"""
 import json, sys, threading, time
-from distributed import Client, LocalCluster
+from distributed import Client
 from bert_core.examples import ExamplesConfig, generate_examples
-from bert_core.stage import SINGLE_THREADED
+from bert_core.stage import local_data_cluster
 from bert_core.shards import read_manifest
 from bert_core.tokenizer import TokenizerConfig
 if __name__ == "__main__":
     config = ExamplesConfig(max_seq_length=128, dupe_factor=1, tokenizer=TokenizerConfig(tokenizer_path=sys.argv[1]))
-    with LocalCluster(n_workers=int(sys.argv[4]), threads_per_worker=1, processes=True, dashboard_address=None,
-                      env=SINGLE_THREADED) as cluster, Client(cluster) as client:
+    with local_data_cluster(int(sys.argv[4])) as cluster, Client(cluster) as client:  # the pipeline's own cluster
         client.run(lambda: __import__("bert_core.examples"))  # a long-lived cluster's workers have imported it
         threading.Thread(target=sample, daemon=True).start()
         start = time.perf_counter()

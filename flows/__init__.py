@@ -110,9 +110,10 @@ def data_cluster(n_workers: int, dask_address: str | None) -> Iterator[tuple[str
     """(scheduler address, worker threads) that a data stage's units run on, for the length of the block.
 
     `dask_address`: a cluster started elsewhere (`dask scheduler` + `dask worker --nthreads 1 ...`), whose workers
-    are pointed at this run's Prefect API. Else, for `n_workers > 1`, one LocalCluster of that many single-threaded
-    processes, shared by every stage inside the block (the pipeline's ingest and examples start it once). Else
-    (None, 1): the flow's own thread runner. A stage cuts its units into about four batches per worker thread.
+    are pointed at this run's Prefect API. Else, for `n_workers > 1`, one `stage.local_data_cluster` of that many
+    single-threaded processes, shared by every stage inside the block (the pipeline's ingest and examples start it
+    once). Else (None, 1): the flow's own thread runner. A stage cuts its units into about four batches per worker
+    thread.
     """
     if dask_address:
         from distributed import Client
@@ -122,10 +123,7 @@ def data_cluster(n_workers: int, dask_address: str | None) -> Iterator[tuple[str
             threads = sum(client.nthreads().values())
         yield dask_address, max(1, threads)
     elif n_workers > 1:
-        from distributed import LocalCluster
-
-        with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                          env={**stage.SINGLE_THREADED, "PREFECT_API_URL": _prefect_api_url()}) as cluster:
+        with stage.local_data_cluster(n_workers, env={"PREFECT_API_URL": _prefect_api_url()}) as cluster:
             yield cluster.scheduler_address, n_workers
     else:
         yield None, 1

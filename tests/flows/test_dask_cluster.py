@@ -15,6 +15,7 @@ from dataclasses import replace
 from distributed import Client, LocalCluster
 
 from bert_core import stage, tokens
+from flows import data_cluster
 from bert_core.examples import generate_examples
 from bert_core.ingest import IngestConfig, ingest_corpus
 from tests.conftest import TINY_EXAMPLES
@@ -71,3 +72,21 @@ def test_ingest_and_examples_on_a_cluster_started_outside_the_flow(tmp_path, mon
                 == stage.hash_file(tmp_path / "serial" / "tokens" / f"tokens-{split}.arrow"))
     assert _checksums(tmp_path / "dask" / "examples") == _checksums(reference)
     assert result["out"] == str(tmp_path / "dask" / "examples")
+
+
+
+def test_the_pipelines_own_cluster_has_single_threaded_workers_without_dask_s_profiler():
+    # data_workers > 1: the cluster the flows start for themselves (one home: stage.local_data_cluster), whose
+    # profiler and 20 ms ticks would take CPU from the one-core workers' tasks. Only library functions are run on
+    # the workers: one of this module would import tests.conftest there, which clears PREFECT_API_URL.
+    import dask
+
+    with data_cluster(2, None) as (address, threads), Client(address) as client:
+        assert threads == 2 and sorted(client.nthreads().values()) == [1, 1]
+        env = {name: set(client.run(os.getenv, name).values()) for name in [*stage.SINGLE_THREADED, "PREFECT_API_URL"]}
+        config = {key: set(client.run(dask.config.get, key).values()) for key in stage.DATA_WORKER_DASK_CONFIG}
+    assert {k: v for k, v in env.items() if k in stage.SINGLE_THREADED} == {
+        k: {v} for k, v in stage.SINGLE_THREADED.items()}
+    [api] = env["PREFECT_API_URL"]
+    assert api and api.startswith("http"), env  # the workers report to this run's Prefect API
+    assert config == {k: {v} for k, v in stage.DATA_WORKER_DASK_CONFIG.items()}
