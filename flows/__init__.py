@@ -13,6 +13,11 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "bert_core")
 # The temporary server a local run starts would try to send usage telemetry and log an ERROR on machines without
 # internet access; opt out unless the user set it.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A local run without PREFECT_API_URL starts that temporary server, which creates and migrates a new database on a
+# fresh machine first: 24 s on a 2-core AMD EPYC (AVX2), where Prefect's default wait of 20 s made the README's first
+# command fail ("Timed out while attempting to connect to ephemeral Prefect API server"); 11 s on the second start.
+EPHEMERAL_SERVER_STARTUP_SECONDS = 120
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_SERVER_STARTUP_SECONDS))
 
 from pydantic import ConfigDict, Field
 from typing_extensions import TypedDict  # pydantic needs this one, not typing's, before Python 3.12
