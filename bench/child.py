@@ -39,7 +39,7 @@ def run_child(code: str, *args, env: dict[str, str] | None = None) -> dict:
 def report(name: str, result: dict) -> None:
     """Write bench/results/<name>.json (everything) and print the scalar figures as one JSON line, last; both
     carry the machine the figures came from (CPU model, torch's CPU capability, bf16 units, cores, GPU), since
-    the same code runs 14x apart between CPUs with and without bf16 units."""
+    the same code runs 15-30x apart between CPUs with and without bf16 units."""
     sys.path.insert(0, str(REPO))
     from bert_core.hardware import machine_description
 

@@ -2,20 +2,20 @@
 threads a training process takes when several share the machine.
 
 Precision. bf16 autocast pays only where the hardware multiplies bf16 natively: a CUDA device with bf16, or a CPU
-with AMX (`amx_bf16`) or AVX512-BF16 (`avx512_bf16`) units. Elsewhere torch emulates it: on an AVX2-only AMD EPYC a
-bert-mini step ran 14x slower in bf16 than in fp32 (issue 16), so a CPU without either flag gets fp32 at once. A
-flag alone does not settle it: on an AVX512-BF16 EPYC bf16 pretraining ran 1.86x (bert-mini) as fast as fp32
-(`python bench/hardware.py`), while on an AVX512-BF16 Xeon without AMX bf16 fine-tuning ran 0.65x (bench/finetune.py:
-bert-mini 77.9 s vs 50.4 s). So where a flag is present, "auto" measures: forward and backward of one encoder layer
-of bert-mini's shape (`measure_bf16_speedup`, about a second), in fp32 and in bf16, interleaved, and picks bf16 only
-when it is at least BF16_MIN_SPEEDUP as fast. The result is kept in a file per CPU model, flags and torch version
-(`precision_cache()`), so that every run on the same kind of machine, and every stage key hashed from it, sees the
-same choice; a probe during which other processes kept more than MAX_PROBE_NEIGHBOUR_CORES of this process's
-cores busy (/proc/stat, less this process's own CPU time) is used by its process and not kept: the next run
-measures again. torch 2.13 exposes no bf16 query for the CPU (`get_cpu_capability()` says "AVX512" on both kinds of
-AVX512 machine), so the CPU flags come from /proc/cpuinfo. `BERTFLOW_MIXED_PRECISION` overrides what "auto" resolves
-to for every run of a process tree (the tests set it to "no" so that their numerics do not depend on the CI
-machine's CPU); an explicit value is kept.
+with AMX (`amx_bf16`) or AVX512-BF16 (`avx512_bf16`) units. Elsewhere torch emulates it: on an AVX2-only AMD EPYC
+bert-mini pretraining ran 30x slower in bf16 than in fp32 (`python bench/hardware.py`: 130 vs 3,881 tokens/s), so a
+CPU without either flag gets fp32 at once. A flag alone does not settle it: on an AVX512-BF16 EPYC bf16 pretraining
+ran 1.86x (bert-mini) as fast as fp32 (`python bench/hardware.py`), while on an AVX512-BF16 Xeon without AMX bf16
+fine-tuning ran 0.65x (bench/finetune.py: bert-mini 77.9 s vs 50.4 s). So where a flag is present, "auto" measures:
+forward and backward of one encoder layer of bert-mini's shape (`measure_bf16_speedup`, about a second), in fp32 and
+in bf16, interleaved, and picks bf16 only when it is at least BF16_MIN_SPEEDUP as fast. The result is kept in a file
+per CPU model, flags and torch version (`precision_cache()`), so that every run on the same kind of machine, and
+every stage key hashed from it, sees the same choice; a probe during which other processes kept more than
+MAX_PROBE_NEIGHBOUR_CORES of this process's cores busy (/proc/stat, less this process's own CPU time) is used by its
+process and not kept: the next run measures again. torch 2.13 exposes no bf16 query for the CPU
+(`get_cpu_capability()` says "AVX512" on both kinds of AVX512 machine), so the CPU flags come from /proc/cpuinfo.
+`BERTFLOW_MIXED_PRECISION` overrides what "auto" resolves to for every run of a process tree (the tests set it to
+"no" so that their numerics do not depend on the CI machine's CPU); an explicit value is kept.
 
 Threads. Each torch process runs as many OpenMP threads as the machine has cores; two such training processes on
 2 cores slow each other ~10x, not 2x. A training process with `num_threads=None` registers itself (a file named by
