@@ -10,7 +10,10 @@ On the same ~15 MB of Wikipedia sentences (the team's WikiExtractor files, inges
 - bertflow on a Dask LocalCluster of 1 and of 2 single-threaded workers (started before the clock, as a long-lived
   cluster is): `speedup_2_workers` is 2 over 1, tokenizing and generating units on the workers; the shards must be
   the same bytes for both (`identical_shards_any_workers`). Beside it `machine_speedup_2_processes`, the tokenizer
-  alone in 1 and 2 single-threaded processes: what this machine gives two processes at all;
+  alone in 1 and 2 single-threaded processes: what this machine gives two processes at all; and, from Dask's task
+  stream, the same speedup split into the stage's own part (`stage_speedup_2_workers`: how busy it keeps two
+  workers against one) and the machine's (`task_slowdown_2_workers`: how much slower the same tasks run two at a
+  time), see `scaling`;
 - google-research/bert: `create_training_instances` from create_pretraining_data.py as published on PyPI in
   bert-tensorflow 1.0.4 (downloaded into a temporary directory; TensorFlow, used there only for file reading, flags
   and logging, is stood in for by the standard library; TFRecord writing is replaced by the same id conversion);
@@ -91,7 +94,7 @@ print(json.dumps({"seconds": seconds, "examples": sum(m["num_examples"] for m in
 
 DASK = TREE_PEAK + r"""
 import json, sys, threading, time
-from distributed import Client
+from distributed import Client, get_task_stream
 from bert_core.examples import ExamplesConfig, generate_examples
 from bert_core.stage import local_data_cluster
 from bert_core.shards import read_manifest
@@ -101,12 +104,20 @@ if __name__ == "__main__":
     with local_data_cluster(int(sys.argv[4])) as cluster, Client(cluster) as client:  # the pipeline's own cluster
         client.run(lambda: __import__("bert_core.examples"))  # a long-lived cluster's workers have imported it
         threading.Thread(target=sample, daemon=True).start()
-        start = time.perf_counter()
-        out = generate_examples(config, sys.argv[2], sys.argv[3], executor=client.get_executor())
-        seconds = time.perf_counter() - start
+        with get_task_stream(client) as stream:  # each task's compute interval on its worker
+            start = time.perf_counter()
+            out = generate_examples(config, sys.argv[2], sys.argv[3], executor=client.get_executor())
+            seconds = time.perf_counter() - start
+    busy = {}  # worker -> seconds spent computing tasks
+    for task in stream.data:
+        for part in task["startstops"]:
+            if part["action"] == "compute":
+                busy[task["worker"]] = busy.get(task["worker"], 0.0) + part["stop"] - part["start"]
     manifests = [read_manifest(f"{out}/{s}") for s in ("train", "validation")]
     print(json.dumps({"seconds": seconds, "examples": sum(m["num_examples"] for m in manifests),
                       "tokens": sum(m["num_tokens"] for m in manifests), "peak_rss_mb": peak[0] / 2**20,
+                      "tasks": len(stream.data), "task_seconds": sum(busy.values()),
+                      "busiest_worker_task_seconds": max(busy.values()),
                       "shards_sha256": [s["sha256"] for m in manifests for s in m["shards"]]}))
 """
 
@@ -187,6 +198,34 @@ def median_run(runs: list[dict]) -> dict:
     ordered = sorted(runs, key=lambda r: r["seconds"])
     return {**ordered[len(ordered) // 2], "min_seconds": ordered[0]["seconds"], "max_seconds": ordered[-1]["seconds"],
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": len(runs)}
+
+
+def scaling(one: list[dict], two: list[dict]) -> dict:
+    """`speedup_2_workers` split into what the stage does and what the machine does, per interleaved repeat (a
+    1-worker run and the 2-worker run beside it), medians and ranges over the repeats.
+
+    With busy_n the share of n workers' wall time spent computing tasks (Dask's task stream) and slowdown the
+    2-worker run's total task time over the 1-worker run's (the same tasks, now two at a time on the machine):
+    speedup = 2 * busy_2 / busy_1 / slowdown, exactly. `stage_speedup_2_workers` = 2 * busy_2 / busy_1 is the
+    stage's own part: the speedup if two tasks at once ran as fast as one alone (idle workers, serial steps and
+    Dask's overhead lower it). Both busy shares are taken within one run, so a slow spell of a shared host, which
+    stretches a run's tasks and its wall time alike, mostly cancels out of it; it lands in slowdown instead."""
+    def busy(run: dict, workers: int) -> float:
+        return run["task_seconds"] / (workers * run["seconds"])
+
+    pairs = {"speedup_2_workers": [a["seconds"] / b["seconds"] for a, b in zip(one, two)],
+             "stage_speedup_2_workers": [2 * busy(b, 2) / busy(a, 1) for a, b in zip(one, two)],
+             "task_slowdown_2_workers": [b["task_seconds"] / a["task_seconds"] for a, b in zip(one, two)],
+             "busy_share_1_worker": [busy(a, 1) for a in one],
+             "busy_share_2_workers": [busy(b, 2) for b in two],
+             # the busiest worker's task time over an even half of the total: 1.0 is a perfect split
+             "load_imbalance_2_workers": [2 * b["busiest_worker_task_seconds"] / b["task_seconds"] for b in two]}
+    out = {}
+    for name, values in pairs.items():
+        ordered = sorted(values)
+        out[f"paired_{name}" if name == "speedup_2_workers" else name] = ordered[len(ordered) // 2]
+        out[f"{name}_range"] = [round(ordered[0], 3), round(ordered[-1], 3)]
+    return out
 
 
 def run(code: str, *args) -> dict:
@@ -288,6 +327,12 @@ def main() -> None:
         spread = f"[{r['min_seconds']:.1f}-{r['max_seconds']:.1f}]"
         print(f"{name:46s} {r['seconds']:8.2f} {spread:>13s} {examples:9d} {r['tokens']:10d} "
               f"{examples / r['seconds']:8.0f} {r['tokens'] / r['seconds']:10.0f} {r['peak_rss_mb']:7.0f}")
+    split = scaling(runs["dask_1"], runs["dask_2"])
+    print(f"\nDask, 2 workers over 1, paired per repeat (medians): {split['paired_speedup_2_workers']:.2f}x = "
+          f"the stage's own {split['stage_speedup_2_workers']:.2f}x (workers busy {split['busy_share_2_workers']:.0%} "
+          f"of the time, against {split['busy_share_1_worker']:.0%} for one; busiest worker "
+          f"{split['load_imbalance_2_workers']:.2f}x an even half) / the machine's slowdown of two tasks at once "
+          f"{split['task_slowdown_2_workers']:.2f}x")
     result = {
         "sentences_mb": megabytes,
         "repeats": REPEATS,
@@ -300,6 +345,7 @@ def main() -> None:
         # tokenizer alone in 1 and 2 processes: the most two processes get on this machine.
         "speedup_2_workers": med["dask_1"]["seconds"] / med["dask_2"]["seconds"],
         "machine_speedup_2_processes": med["floor_processes_1"]["seconds"] / med["floor_processes_2"]["seconds"],
+        **split,
         "dask_2_workers_over_1_process": ours["seconds"] / med["dask_2"]["seconds"],
         "speedup_2_process_pool": ours["seconds"] / med["bertflow_2"]["seconds"],
         "identical_shards_any_workers": len(shard_sets) == 1,
