@@ -1,4 +1,5 @@
-"""Benchmark of example generation. Run with no arguments: `python bench/shards.py` (about 15 minutes on 2 AVX2 cores).
+"""Benchmark of example generation. Run with no arguments: `python bench/shards.py` (about 15 minutes on 2 cores;
+20 with BENCH_REPEATS=5).
 
 On the same ~15 MB of Wikipedia sentences (the team's WikiExtractor files, ingested by bertflow) and the same
 30,522-token WordPiece vocabulary, seq 128, dupe_factor 1, each in a fresh process (time and peak RSS):
