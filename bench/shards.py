@@ -214,7 +214,7 @@ def scaling(one: list[dict], two: list[dict]) -> dict:
     def busy(run: dict, workers: int) -> float:
         return run["task_seconds"] / (workers * run["seconds"])
 
-    pairs = {"speedup_2_workers": [a["seconds"] / b["seconds"] for a, b in zip(one, two)],
+    pairs = {"paired_speedup_2_workers": [a["seconds"] / b["seconds"] for a, b in zip(one, two)],
              "stage_speedup_2_workers": [2 * busy(b, 2) / busy(a, 1) for a, b in zip(one, two)],
              "task_slowdown_2_workers": [b["task_seconds"] / a["task_seconds"] for a, b in zip(one, two)],
              "busy_share_1_worker": [busy(a, 1) for a in one],
@@ -224,7 +224,7 @@ def scaling(one: list[dict], two: list[dict]) -> dict:
     out = {}
     for name, values in pairs.items():
         ordered = sorted(values)
-        out[f"paired_{name}" if name == "speedup_2_workers" else name] = ordered[len(ordered) // 2]
+        out[name] = ordered[len(ordered) // 2]
         out[f"{name}_range"] = [round(ordered[0], 3), round(ordered[-1], 3)]
     return out
 
