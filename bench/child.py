@@ -41,7 +41,7 @@ def report(name: str, result: dict) -> None:
     carry the machine the figures came from (CPU model, torch's CPU capability, bf16 units, cores, GPU), since
     the same code runs 15-30x apart between CPUs with and without bf16 units."""
     sys.path.insert(0, str(REPO))
-    from bert_core.hardware import machine_description
+    from bert_core.training.hardware import machine_description
 
     machine = machine_description()
     result = {**machine, **result}

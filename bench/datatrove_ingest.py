@@ -33,7 +33,7 @@ from datatrove.data import Document
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bert_core.cleaning import CleaningConfig, _alpha_fraction  # noqa: E402  bertflow's own rule, one home
+from bert_core.ingest.cleaning import CleaningConfig, _alpha_fraction  # noqa: E402  bertflow's own rule, one home
 
 _DOC = re.compile(r'<doc id="([^"]*)"[^>]*>\n(.*?)</doc>', re.S)
 _WORD = re.compile(r"\S+")  # whitespace tokens, as bertflow's quality rules count words

@@ -42,12 +42,13 @@ WORDS = 500
 BERTFLOW = r"""
 import json, sys, time
 from pathlib import Path
-from bert_core import near_dedup, stage
+from bert_core import stage
+from bert_core.ingest import near_dedup
 work, n, workers = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 parts = [{"signatures_file": str(work / f"sig-{c:04d}.npy"), "eligible_file": str(work / f"ok-{c:04d}.npy")}
          for c in range(n)]
 start = time.perf_counter()
-with stage.worker_pool(workers, preload=["bert_core.near_dedup"]) as pool:
+with stage.worker_pool(workers, preload=["bert_core.ingest.near_dedup"]) as pool:
     found = near_dedup.near_duplicates(parts, threshold=0.8, num_perm=128, work_dir=Path(sys.argv[4]), executor=pool)
 seconds = time.perf_counter() - start
 Path(sys.argv[5]).write_bytes(found.astype("uint64").tobytes())
@@ -58,7 +59,7 @@ IN_MEMORY = r"""
 import json, sys, time
 from pathlib import Path
 import numpy as np
-from bert_core.dedup import DedupConfig, NearDuplicateIndex
+from bert_core.ingest.dedup import DedupConfig, NearDuplicateIndex
 work, n = Path(sys.argv[1]), int(sys.argv[2])
 index, found, ordinal = NearDuplicateIndex(DedupConfig()), [], 0
 start = time.perf_counter()
@@ -75,8 +76,8 @@ print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb(), "found": len(fou
 
 def base_documents() -> list[np.ndarray]:
     """Word hashes of the extract's articles (first WORDS words), as bertflow's dedup normalises them."""
-    from bert_core.corpus import ReadConfig, read_unit
-    from bert_core.dedup import normalized_words, word_hashes
+    from bert_core.ingest.sources import ReadConfig, read_unit
+    from bert_core.ingest.dedup import normalized_words, word_hashes
 
     docs = []
     for path in sorted(WIKI.glob("wiki_*.gz")):
@@ -99,7 +100,7 @@ def edited(base: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarra
 
 def write_copies(work: Path, docs: list[np.ndarray], copies: int) -> set[int]:
     """One signature file per copy; returns the planted near duplicates' ordinals."""
-    from bert_core.dedup import DedupConfig, minhash_signature
+    from bert_core.ingest.dedup import DedupConfig, minhash_signature
 
     config, planted = DedupConfig(), set()
     for c in range(copies):
@@ -131,8 +132,8 @@ def compare_minhash_libraries(docs: list[np.ndarray], repeats: int = 3) -> dict:
     the false-positive rate."""
     import rensa
 
-    from bert_core.dedup import DedupConfig, minhash_signature, ngram_hashes
-    from bert_core.near_dedup import band_parameters
+    from bert_core.ingest.dedup import DedupConfig, minhash_signature, ngram_hashes
+    from bert_core.ingest.near_dedup import band_parameters
 
     config = DedupConfig()
     bands, rows = band_parameters(config.near_dedup_threshold, config.num_perm)

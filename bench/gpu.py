@@ -3,7 +3,7 @@
    6 x parameters x tokens/s / the GPU's dense bf16 peak (a table of known GPUs; null when the name is unknown);
 2. `bert_core pretrain` through `launch.launch_command` (1-GPU `accelerate launch`) on shards built here from the
    bundled sample: its summary's tokens/s, precision and the optimizer it used;
-3. `bert_core.finetune` on the SST-2 sample from that run's final/, on CUDA.
+3. `bert_core.downstream.finetune` on the SST-2 sample from that run's final/, on CUDA.
 Prints one JSON line last. `BERTFLOW_GPU_CHECK_ON_CPU=1` runs the same code on a CPU at toy sizes (to check the
 script itself; its figures mean nothing).
 """
@@ -34,8 +34,8 @@ def peak_flops(name: str) -> float | None:
 def throughput(preset: str, vocab_size: int, batch: int, steps: int, device: str) -> dict:
     import torch
 
-    from bert_core.model import build_model
-    from bert_core.optim import build_optimizer
+    from bert_core.training.model import build_model
+    from bert_core.training.optim import build_optimizer
 
     torch.manual_seed(0)
     model = build_model(preset, vocab_size=vocab_size).to(device)
@@ -81,15 +81,15 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run)"
     preset, batch, steps, train_steps = ("bert-base", 128, 30, 120) if device == "cuda" else ("bert-tiny", 8, 3, 6)
-    from bert_core.examples import ExamplesConfig, generate_examples
-    from bert_core.finetune import FinetuneConfig, finetune
-    from bert_core.catalogue import get_task
-    from bert_core.cleaning import CleaningConfig
-    from bert_core.dedup import DedupConfig
-    from bert_core.ingest import IngestConfig, ingest_corpus
-    from bert_core.launch import launch_command, launch_env
-    from bert_core.pretrain import PretrainConfig
-    from bert_core.tokenizer import TokenizerConfig
+    from bert_core.examples.generation import ExamplesConfig, generate_examples
+    from bert_core.downstream.finetune import FinetuneConfig, finetune
+    from bert_core.downstream.catalogue import get_task
+    from bert_core.ingest.cleaning import CleaningConfig
+    from bert_core.ingest.dedup import DedupConfig
+    from bert_core.ingest.corpus import IngestConfig, ingest_corpus
+    from bert_core.training.launch import launch_command, launch_env
+    from bert_core.training.pretrain import PretrainConfig
+    from bert_core.examples.tokenizer import TokenizerConfig
     from bert_core import stage
 
     result: dict = {"gpu": name, "torch": torch.__version__, "cuda": torch.version.cuda}

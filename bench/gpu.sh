@@ -2,7 +2,7 @@
 # The prepared GPU check (issue 16): `bash bench/gpu.sh` from the source tree on a machine with one NVIDIA GPU.
 # Installs the project's pins into its own venv (pip's default torch on Linux x86_64 is a CUDA build), builds small
 # shards from the bundled sample, then (bench/gpu.py): bert-base seq-128 bf16 pretraining throughput and MFU against
-# the GPU's bf16 peak, fused AdamW on CUDA, a 1-GPU `accelerate launch` through bert_core.launch.launch_command, and
+# the GPU's bf16 peak, fused AdamW on CUDA, a 1-GPU `accelerate launch` through bert_core.training.launch.launch_command, and
 # the fine-tuning path on CUDA. Prints one JSON line last; about 3-5 minutes. Exits 2 with a message without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."

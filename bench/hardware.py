@@ -10,7 +10,7 @@ first (warm-up), medians over the repeats.
   elsewhere torch emulates it, 15-30x slower than fp32 on an AVX2-only EPYC. On a CPU without bf16 units
   the bf16 runs are short (EMULATED_STEPS) and run once: at full length they alone would take most of an hour.
 - Threads: one run alone, then two runs started together, (a) each with the default `num_threads=None`, so that
-  they share the cores (`bert_core.hardware.ThreadShare`), and (b) each taking every core, the way two torch
+  they share the cores (`bert_core.training.hardware.ThreadShare`), and (b) each taking every core, the way two torch
   processes do by default (OMP's thread count = the machine's cores). Goal: each of the pair keeps >= 40% of the
   solo run's throughput in (a).
 
@@ -40,7 +40,7 @@ EMULATED_STEPS, EMULATED_LOGGING = 12, 4  # bf16 on a CPU without bf16 units: tw
 
 RUN = r"""
 import json, statistics, sys
-from bert_core.pretrain import PretrainConfig, pretrain
+from bert_core.training.pretrain import PretrainConfig, pretrain
 shards, out, preset, architecture, precision, steps, logging, threads = sys.argv[1:9]
 summary = pretrain(PretrainConfig(
     shards_dir=shards, output_dir=out, preset=preset, architecture=architecture, per_device_train_batch_size=16,
@@ -54,9 +54,9 @@ print(json.dumps({"tokens_per_second": statistics.median(r["tokens_per_second"] 
 
 
 def build_shards(work: Path) -> Path:
-    from bert_core.examples import ExamplesConfig, generate_examples
-    from bert_core.ingest import IngestConfig, ingest_corpus
-    from bert_core.tokenizer import TokenizerConfig
+    from bert_core.examples.generation import ExamplesConfig, generate_examples
+    from bert_core.ingest.corpus import IngestConfig, ingest_corpus
+    from bert_core.examples.tokenizer import TokenizerConfig
 
     documents = ingest_corpus(IngestConfig(validation_fraction=0.05), work / "documents")
     return generate_examples(ExamplesConfig(max_seq_length=128, pair_objective="none", masking="dynamic",
@@ -95,7 +95,7 @@ def pair(shards: Path, work: Path, threads: int, steps: int) -> list[dict]:
 
 
 def main() -> None:
-    from bert_core.hardware import auto_precision, available_cores, cpu_bf16_unit
+    from bert_core.training.hardware import auto_precision, available_cores, cpu_bf16_unit
 
     cores = available_cores()
     emulated = cpu_bf16_unit() is None  # bf16 without bf16 units: torch emulates it (this bench runs on the CPU)

@@ -76,7 +76,7 @@ def _boundaries(sentences: list[str]) -> set[int]:
 
 
 def compare_splitters() -> list[dict]:
-    from bert_core.cleaning import split_sentences
+    from bert_core.ingest.cleaning import split_sentences
 
     paragraphs = gold_paragraphs()
     splitters = {"regex (bertflow fallback)": lambda t: split_sentences(t, splitter="regex"),
@@ -119,9 +119,9 @@ def compare_splitters() -> list[dict]:
 
 CHILD = r"""
 import json, resource, sys, time
-from bert_core.ingest import IngestConfig, ingest_corpus
-from bert_core.cleaning import CleaningConfig
-from bert_core.dedup import DedupConfig
+from bert_core.ingest.corpus import IngestConfig, ingest_corpus
+from bert_core.ingest.cleaning import CleaningConfig
+from bert_core.ingest.dedup import DedupConfig
 files, out, decon = json.loads(sys.argv[1]), sys.argv[2], tuple(json.loads(sys.argv[3]))
 cleaning = CleaningConfig(**json.loads(sys.argv[4] if len(sys.argv) > 4 else "{}"))
 dedup = DedupConfig() if decon else DedupConfig(exact=False, near=False)
@@ -135,7 +135,7 @@ HF_CHILD = r"""
 import json, sys, time
 start = time.perf_counter()
 import datasets
-from bert_core.cleaning import split_sentences
+from bert_core.ingest.cleaning import split_sentences
 files, cache = json.loads(sys.argv[1]), sys.argv[2]
 ds = datasets.load_dataset("text", data_files=files, sample_by="paragraph", split="train", cache_dir=cache)
 ds = ds.map(lambda batch: {"sentences": [split_sentences(t) for t in batch["text"]]}, batched=True, num_proc=1)
@@ -161,7 +161,7 @@ def measure_dask(files: list[str], workdir: Path) -> dict:
     from prefect_dask import DaskTaskRunner
 
     from bert_core import stage
-    from bert_core.ingest import IngestConfig
+    from bert_core.ingest.corpus import IngestConfig
     from flows.ingest import process_inputs_flow
 
     config = stage.to_jsonable(IngestConfig(sources=tuple(files), decontamination_files=DECONTAMINATE))

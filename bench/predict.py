@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 from child import report, run_child  # noqa: E402
 
-from bert_core.pyfunc_model import BATCH_SIZE as BATCH  # noqa: E402  (the registered model's batch size)
+from bert_core.registry.pyfunc_model import BATCH_SIZE as BATCH  # noqa: E402  (the registered model's batch size)
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 N_TEXTS = 2000
@@ -62,7 +62,7 @@ print(json.dumps({"seconds": seconds, "labels": [r["label"] for r in out], "peak
 
 
 def texts() -> list[str]:
-    from bert_core.corpus import SAMPLE_DIR
+    from bert_core.ingest.sources import SAMPLE_DIR
 
     path = SHARED / "tasks" / "sst2" / "dev.tsv"
     path = path if path.is_file() else SAMPLE_DIR / "sst2" / "dev.tsv"
@@ -76,11 +76,11 @@ def build_model(work: Path) -> Path:
     import torch
     from transformers import BertForSequenceClassification
 
-    from bert_core.examples import ExamplesConfig, generate_examples
-    from bert_core.ingest import IngestConfig, ingest_corpus
-    from bert_core.model import describe_model, model_config
-    from bert_core.registry import RegisterConfig, register_model
-    from bert_core.tokenizer import TokenizerConfig, load_tokenizer
+    from bert_core.examples.generation import ExamplesConfig, generate_examples
+    from bert_core.ingest.corpus import IngestConfig, ingest_corpus
+    from bert_core.training.model import describe_model, model_config
+    from bert_core.registry.registration import RegisterConfig, register_model
+    from bert_core.examples.tokenizer import TokenizerConfig, load_tokenizer
 
     documents = ingest_corpus(IngestConfig(validation_fraction=0.05), work / "documents")
     examples = generate_examples(ExamplesConfig(max_seq_length=128, pair_objective="none", masking="dynamic",

@@ -72,7 +72,7 @@ print(json.dumps({"step_seconds": step_seconds, "tokens_per_second": 32 * 128 / 
 
 OURS = r"""
 import json, statistics, sys
-from bert_core.pretrain import PretrainConfig, pretrain
+from bert_core.training.pretrain import PretrainConfig, pretrain
 steps, warmup, precision = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 config = PretrainConfig(shards_dir=sys.argv[1], output_dir=sys.argv[2], preset="bert-mini", max_seq_length=128,
                         per_device_train_batch_size=32, learning_rate=1e-4, num_warmup_steps=10,
@@ -106,7 +106,7 @@ print(json.dumps({"bf16_gflops": best(torch.bfloat16), "fp32_gflops": best(torch
 def useful_flops_per_token(shards_dir: Path, hidden: int, layers: int, vocab: int) -> float:
     """Forward + backward FLOPs per real token of an average example: encoder on its real tokens, MLM head at its
     masked positions, NSP head (multiply-add = 2 FLOPs; backward = 2 x forward)."""
-    from bert_core.data import ShardDataset
+    from bert_core.examples.shards import ShardDataset
 
     dataset = ShardDataset(shards_dir / "train")
     n = min(len(dataset), 2000)
@@ -118,10 +118,10 @@ def useful_flops_per_token(shards_dir: Path, hidden: int, layers: int, vocab: in
 
 
 def main() -> None:
-    from bert_core.dedup import DedupConfig
-    from bert_core.examples import ExamplesConfig, generate_examples
-    from bert_core.ingest import IngestConfig, ingest_corpus, read_ingested
-    from bert_core.tokenizer import TokenizerConfig, train_tokenizer
+    from bert_core.ingest.dedup import DedupConfig
+    from bert_core.examples.generation import ExamplesConfig, generate_examples
+    from bert_core.ingest.corpus import IngestConfig, ingest_corpus, read_ingested
+    from bert_core.examples.tokenizer import TokenizerConfig, train_tokenizer
 
     files = sorted(str(p) for p in WIKI.glob("wiki_*.gz"))[:2]
     if not files:

@@ -1,4 +1,4 @@
-"""What the Gopher/C4-style quality filters (`bert_core.quality`) drop from real text, and what they cost. Run with
+"""What the Gopher/C4-style quality filters (`bert_core.ingest.filters`) drop from real text, and what they cost. Run with
 no arguments: `python bench/quality.py` (about 2 minutes on one core).
 
 Reads ../shared/data (BERTFLOW_SHARED_DATA): the Wikipedia extract, the Gutenberg books and IMDb's training reviews,
@@ -35,8 +35,8 @@ SOURCES = {
 
 
 def main() -> None:
-    from bert_core.cleaning import CleaningConfig, clean_document
-    from bert_core.corpus import read_documents
+    from bert_core.ingest.cleaning import CleaningConfig, clean_document
+    from bert_core.ingest.sources import read_documents
 
     base = CleaningConfig(repetition_filter=False, prose_filter=False)
     filtered = replace(base, repetition_filter=True, prose_filter=True)

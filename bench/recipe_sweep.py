@@ -70,7 +70,7 @@ def read_run(spec: dict) -> dict:
 def log_to_mlflow(run: dict) -> str:
     from mlflow import MlflowClient
 
-    from bert_core.suite import task_metrics
+    from bert_core.downstream.suite import task_metrics
 
     metrics = {**{k: run[k] for k in ("train_tokens", "train_seconds", "eval_mlm_accuracy", "eval_mlm_loss",
                                       "corpus_tokens")}, **task_metrics(run["suite"] or [])}

@@ -48,7 +48,7 @@ REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 
 FLOOR = r"""
 import json, resource, sys, time
-from bert_core.tokenizer import load_tokenizer
+from bert_core.examples.tokenizer import load_tokenizer
 tokenizer = load_tokenizer(sys.argv[1])
 sentences = [l.rstrip("\n") for l in open(sys.argv[2], encoding="utf-8") if l.strip()]
 start = time.perf_counter()
@@ -79,8 +79,8 @@ def sample():  # this process and its descendants
 
 BERTFLOW = TREE_PEAK + r"""
 import json, resource, sys, threading, time
-from bert_core.examples import ExamplesConfig, generate_examples
-from bert_core.tokenizer import TokenizerConfig
+from bert_core.examples.generation import ExamplesConfig, generate_examples
+from bert_core.examples.tokenizer import TokenizerConfig
 if int(sys.argv[4]) > 1:  # worker processes: sample their memory (one process: its own VmHWM says it all)
     threading.Thread(target=sample, daemon=True).start()
 config = ExamplesConfig(max_seq_length=128, dupe_factor=1, tokenizer=TokenizerConfig(tokenizer_path=sys.argv[1]))
@@ -96,14 +96,14 @@ print(json.dumps({"seconds": seconds, "examples": sum(m["num_examples"] for m in
 DASK = TREE_PEAK + r"""
 import json, sys, threading, time
 from distributed import Client, get_task_stream
-from bert_core.examples import ExamplesConfig, generate_examples
+from bert_core.examples.generation import ExamplesConfig, generate_examples
 from bert_core.stage import local_data_cluster
-from bert_core.shards import read_manifest
-from bert_core.tokenizer import TokenizerConfig
+from bert_core.examples.shards import read_manifest
+from bert_core.examples.tokenizer import TokenizerConfig
 if __name__ == "__main__":
     config = ExamplesConfig(max_seq_length=128, dupe_factor=1, tokenizer=TokenizerConfig(tokenizer_path=sys.argv[1]))
     with local_data_cluster(int(sys.argv[4])) as cluster, Client(cluster) as client:  # the pipeline's own cluster
-        client.run(lambda: __import__("bert_core.examples"))  # a long-lived cluster's workers have imported it
+        client.run(lambda: __import__("bert_core.examples.generation"))  # a long-lived cluster's workers have imported it
         threading.Thread(target=sample, daemon=True).start()
         with get_task_stream(client) as stream:  # each task's compute interval on its worker
             start = time.perf_counter()
@@ -129,7 +129,7 @@ from concurrent.futures import ProcessPoolExecutor
 def encode(args):
     import os
     os.environ.update({"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
-    from bert_core.tokenizer import load_tokenizer
+    from bert_core.examples.tokenizer import load_tokenizer
     path, text, part, parts = args
     sentences = [l for l in open(text, encoding="utf-8").read().splitlines() if l.strip()][part::parts]
     load_tokenizer(path).backend_tokenizer.encode_batch_fast(sentences, add_special_tokens=False)
@@ -249,8 +249,8 @@ def google_code(work: Path) -> Path | None:
 
 def prepare(work: Path, files: list[str], name: str, limit_mb: float) -> tuple[Path, Path, float, int]:
     """Ingest files until the sentences reach `limit_mb`; write google's input format (a sentence per line)."""
-    from bert_core.dedup import DedupConfig
-    from bert_core.ingest import IngestConfig, ingest_corpus, read_ingested
+    from bert_core.ingest.dedup import DedupConfig
+    from bert_core.ingest.corpus import IngestConfig, ingest_corpus, read_ingested
 
     chosen, size = [], 0.0
     for f in files:
@@ -269,7 +269,7 @@ def prepare(work: Path, files: list[str], name: str, limit_mb: float) -> tuple[P
 
 
 def main() -> None:
-    from bert_core.tokenizer import TokenizerConfig, train_tokenizer
+    from bert_core.examples.tokenizer import TokenizerConfig, train_tokenizer
 
     files = sorted(str(p) for p in WIKI.glob("wiki_*.gz"))
     if not files:

@@ -16,7 +16,6 @@ import typing
 from functools import lru_cache
 from typing import Any
 
-
 # The default random seed of every stage (ingest's split, example generation, training, fine-tuning): one value, so a
 # pipeline's `seed` gives the run every stage would have had on its own with that seed.
 SEED = 42
@@ -134,7 +133,7 @@ def check_choice(config: Any, name: str, choices: typing.Iterable[Any]) -> None:
         raise ConfigError(f"{type(config).__name__}.{name} is {value!r}; expected one of {', '.join(map(repr, choices))}")
 
 
-# "auto": bf16 where the device runs it natively and faster, else fp32 (bert_core.hardware.resolve_mixed_precision).
+# "auto": bf16 where the device runs it natively and faster, else fp32 (bert_core.training.hardware.resolve_mixed_precision).
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 
 

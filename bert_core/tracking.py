@@ -4,7 +4,7 @@ By default tracking is embedded: a SQLite store and an artifact root under the p
 (`BERTFLOW_HOME`, default `~/.bertflow`), never wherever the current directory happens to be;
 `MLFLOW_TRACKING_URI` points it at a server instead. Params, tags and links never carry credentials (`redact`).
 Lineage tags tie a model version to the corpus, shards, config and code that produced it. The model registry and
-its promotion gate are `bert_core.registry`.
+its promotion gate are `bert_core.registry.registration`.
 """
 
 from __future__ import annotations

@@ -24,11 +24,10 @@ from typing_extensions import TypedDict  # pydantic needs this one, not typing's
 
 from bert_core import stage
 from bert_core.config import MIXED_PRECISION
-from bert_core.examples import PAIR_OBJECTIVES
+from bert_core.examples.generation import PAIR_OBJECTIVES
 from bert_core.metrics import scalar_metrics
-from bert_core.model import ARCHITECTURES, PRESETS
+from bert_core.training.model import ARCHITECTURES, PRESETS
 from tasks.registry import log_stage_run
-
 
 # Parameter types shared by the flows: Prefect validates runs against them and renders them as UI form fields
 # (choices as drop-downs, bounds checked before a run starts); each flow's docstring `Args:` gives the descriptions.

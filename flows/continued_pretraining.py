@@ -17,15 +17,15 @@ from prefect.artifacts import create_markdown_artifact
 
 from bert_core import stage
 from bert_core.config import SEED
+from bert_core.examples.generation import ExamplesConfig
+from bert_core.ingest.corpus import IngestConfig
 from bert_core.metrics import eval_metrics
-from bert_core.examples import ExamplesConfig
-from bert_core.ingest import IngestConfig
-from bert_core.pretrain import PretrainConfig
-from bert_core.model import model_description, model_hash, resolve_model
-from bert_core.registry import pin_model
+from bert_core.registry.registration import pin_model
 from bert_core.tracking import lineage_tags, ui_links
-from flows import (Fraction, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength, default_work_dir,
-                   SAMPLE_PROFILE, log_manifests)
+from bert_core.training.model import model_description, model_hash, resolve_model
+from bert_core.training.pretrain import PretrainConfig
+from flows import (SAMPLE_PROFILE, Fraction, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength,
+    default_work_dir, log_manifests)
 from flows.examples import examples_flow
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
@@ -157,7 +157,7 @@ def _stable_copy(model_dir: str, root: Path) -> str:
 
 def _preset_of(model_dir: str) -> str:
     """The preset whose sizes match a saved model's config (the pretraining output directory is named by it)."""
-    from bert_core.model import PRESETS
+    from bert_core.training.model import PRESETS
 
     config = stage.read_json(Path(model_dir) / "config.json")
     for preset, sizes in PRESETS.items():

@@ -13,13 +13,13 @@ from typing import Literal
 from prefect import flow
 
 from bert_core import stage
-from bert_core.examples import ExamplesConfig, examples_up_to_date
-from bert_core.masking import MaskingConfig
-from bert_core.tokenizer import TokenizerConfig
+from bert_core.examples.generation import ExamplesConfig, examples_up_to_date
+from bert_core.examples.masking import MaskingConfig
+from bert_core.examples.tokenizer import TokenizerConfig
 from flows import (PairObjective, PositiveInt, SeqLength, balanced_batches, dask_task_runner, data_cluster,
-                   default_work_dir)
+    default_work_dir)
 from tasks.examples import (finish_examples, finish_tokens, generate_units, plan_examples, plan_tokens, report_examples,
-                            tokenize_units)
+    tokenize_units)
 
 
 @flow(name="run-data-units")
@@ -92,8 +92,8 @@ def _local_tokenizer(tokenizer_path: str | None) -> str | None:
     """A registered model's tokenizer as its local directory; None (train one) for an alias not set yet."""
     if not tokenizer_path or not tokenizer_path.startswith("models:/"):
         return tokenizer_path
-    from bert_core.model import resolve_model
-    from bert_core.registry import alias_version
+    from bert_core.registry.registration import alias_version
+    from bert_core.training.model import resolve_model
 
     if "@" in tokenizer_path and alias_version(tokenizer_path) is None:
         logging.getLogger(__name__).info("tokenizer_path %s: no such alias yet; training a tokenizer", tokenizer_path)

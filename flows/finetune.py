@@ -1,6 +1,6 @@
 """Flow: fine-tune a pretrained model for a downstream task (default: the bundled SST-2 sample).
 
-Tasks come from the catalogue (`bert_core.catalogue`): sentence classification (sst2, imdb), sentence pairs (mrpc,
+Tasks come from the catalogue (`bert_core.downstream.catalogue`): sentence classification (sst2, imdb), sentence pairs (mrpc,
 rte), NER on CoNLL files (conll2003) and extractive QA on SQuAD JSON (squad), or a task of your own in a JSON/YAML
 file (`task_file`, or `$BERTFLOW_HOME/tasks/<name>.json`); any other task name is a sentence classification whose
 columns and labels come from the parameters.
@@ -12,10 +12,10 @@ from typing import Literal
 
 from prefect import flow
 
-from bert_core.catalogue import get_task
-from bert_core.finetune import FinetuneConfig
-from bert_core.ner import NerConfig
-from bert_core.qa import QaConfig
+from bert_core.downstream.catalogue import get_task
+from bert_core.downstream.finetune import FinetuneConfig
+from bert_core.downstream.ner import NerConfig
+from bert_core.downstream.qa import QaConfig
 from flows import LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength, default_work_dir
 from tasks.finetune import finetune, finetune_ner, finetune_qa
 
@@ -60,7 +60,7 @@ def finetune_flow(
     cores, see pretrain); `group_by_length`: batches of similar-length examples (less padding; off: plain shuffled
     batches).
     Returns the run's summary with `kind`, `task_name` and `validation_file` added; how the model reads its input
-    is in its `final/` directory (`bert_core.model.model_description`), where evaluation and registration read it.
+    is in its `final/` directory (`bert_core.training.model.model_description`), where evaluation and registration read it.
     """
     task = get_task(task_name, task_file)
     kind = task.model_kind

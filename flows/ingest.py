@@ -12,12 +12,13 @@ from pathlib import Path
 from prefect import flow, unmapped
 
 from bert_core import stage
-from bert_core.cleaning import CleaningConfig
-from bert_core.corpus import SAMPLE_SOURCES, ReadConfig
-from bert_core.textfiles import local_unit
-from bert_core.dedup import DedupConfig
-from bert_core.ingest import IngestConfig
-from flows import Fraction, NonNegativeInt, PositiveInt, balanced_batches, dask_task_runner, data_cluster, default_work_dir
+from bert_core.ingest.cleaning import CleaningConfig
+from bert_core.ingest.corpus import IngestConfig
+from bert_core.ingest.dedup import DedupConfig
+from bert_core.ingest.sources import SAMPLE_SOURCES, ReadConfig
+from bert_core.ingest.textfiles import local_unit
+from flows import (Fraction, NonNegativeInt, PositiveInt, balanced_batches, dask_task_runner, data_cluster,
+    default_work_dir)
 from tasks.ingest import finish_ingest, plan_ingest, process_inputs, report_ingest
 
 

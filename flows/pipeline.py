@@ -22,16 +22,17 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from bert_core import stage
-from bert_core.catalogue import get_task
 from bert_core.config import SEED
+from bert_core.downstream.catalogue import get_task
+from bert_core.downstream.suite import summary_line
 from bert_core.metrics import eval_metrics
-from bert_core.signatures import example_source
-from bert_core.model import pretrained_model_name
+from bert_core.registry.signatures import example_source
 from bert_core.stage import bertflow_home
-from bert_core.suite import summary_line
 from bert_core.tracking import configure_tracking, lineage_tags, redact, ui_links
+from bert_core.training.model import pretrained_model_name
 from deployments import deployment_parameters
-from flows import PositiveInt, data_cluster, default_work_dir, log_manifests, manifest_metrics, stage_overrides, stage_parameters
+from flows import (PositiveInt, data_cluster, default_work_dir, log_manifests, manifest_metrics, stage_overrides,
+    stage_parameters)
 from flows.evaluate import evaluate_flow
 from flows.examples import examples_flow
 from flows.finetune import finetune_flow
@@ -79,7 +80,7 @@ def bert_pipeline(
         task_name: sst2, imdb, mrpc, rte (classification), conll2003 (NER), squad (extractive QA), or a name of your
             own: defined in `task_file` or `$BERTFLOW_HOME/tasks/<name>.json|yaml` (kind, columns, labels, files), else
             a sentence classification (then give the files and `finetune` columns). sst2, mrpc and squad ship a sample.
-        task_file: A JSON/YAML file of task catalogue entries (see bert_core.catalogue) that defines `task_name`.
+        task_file: A JSON/YAML file of task catalogue entries (see bert_core.downstream.catalogue) that defines `task_name`.
         task_train_file: Fine-tuning training file (TSV/CSV/JSON/JSONL/Parquet, CoNLL, SQuAD JSON).
         task_validation_file: Dev file: the fine-tuned model and the current champion are both scored on it; its
             texts are always kept out of the pretraining corpus.

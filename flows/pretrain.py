@@ -6,10 +6,10 @@ from typing import Literal
 
 from prefect import flow
 
-from bert_core.model import model_name
-from bert_core.pretrain import PretrainConfig
+from bert_core.training.model import model_name
+from bert_core.training.pretrain import PretrainConfig
 from flows import (Architecture, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, Preset, SeqLength,
-                   default_work_dir)
+    default_work_dir)
 from tasks.pretrain import pretrain
 
 

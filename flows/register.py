@@ -6,8 +6,8 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from bert_core.metrics import scalar_metrics
-from bert_core.model import pretrained_model_name
-from bert_core.registry import RegisterConfig
+from bert_core.registry.registration import RegisterConfig
+from bert_core.training.model import pretrained_model_name
 from tasks.registry import register_model
 
 

@@ -13,12 +13,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from bert_core import registry, tracking
+from bert_core import tracking
+from bert_core.registry import registration
 
 
 @task(name="rollback", cache_policy=NO_CACHE)
 def rollback(name: str, version: str, reason: str) -> dict:
-    result = registry.rollback(name, version, reason=reason)
+    result = registration.rollback(name, version, reason=reason)
     get_run_logger().info("%s: champion v%s -> v%s (%s)", name, result["previous_champion"], version, reason or "-")
     return result
 

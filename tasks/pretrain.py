@@ -24,12 +24,11 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks import TRAINING_TAG
-
-from bert_core import launch
-from bert_core import pretrain as pretrain_lib
 from bert_core import stage, tracking
-from bert_core.model import model_name
+from bert_core.training import launch
+from bert_core.training import pretrain as pretrain_lib
+from bert_core.training.model import model_name
+from tasks import TRAINING_TAG
 
 logger = logging.getLogger(__name__)
 # How long a launch may take to exit once its run is saved: ranks end their own teardown after

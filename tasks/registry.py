@@ -11,9 +11,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from bert_core import registry, stage, tracking
+from bert_core import stage, tracking
+from bert_core.registry import registration
 from tasks import REGISTRY_LIMIT
-
 
 
 def _registry_slot():
@@ -28,9 +28,9 @@ def _registry_slot():
 
 
 @task(name="register_model", cache_policy=NO_CACHE)
-def register_model(config: registry.RegisterConfig) -> dict:
+def register_model(config: registration.RegisterConfig) -> dict:
     with _registry_slot():
-        info = registry.register_model(config)
+        info = registration.register_model(config)
     get_run_logger().info("%s v%s aliases %s: %s", info["name"], info["version"], info["aliases"], info["reason"])
     return info
 

@@ -1,4 +1,4 @@
-"""Prefect task for the downstream suite: `bert_core.suite.run_suite`, its report as Prefect artifacts."""
+"""Prefect task for the downstream suite: `bert_core.downstream.suite.run_suite`, its report as Prefect artifacts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bert_core import suite
+from bert_core.downstream import suite
 from tasks import TRAINING_TAG
 
 

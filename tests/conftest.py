@@ -30,10 +30,10 @@ os.environ.pop("PREFECT_API_URL", None)
 
 import pytest  # noqa: E402
 
-from bert_core.ingest import IngestConfig, ingest_corpus  # noqa: E402
-from bert_core.examples import ExamplesConfig, generate_examples  # noqa: E402
-from bert_core.pretrain import PretrainConfig  # noqa: E402
-from bert_core.tokenizer import TokenizerConfig  # noqa: E402
+from bert_core.examples.generation import ExamplesConfig, generate_examples  # noqa: E402
+from bert_core.examples.tokenizer import TokenizerConfig  # noqa: E402
+from bert_core.ingest.corpus import IngestConfig, ingest_corpus  # noqa: E402
+from bert_core.training.pretrain import PretrainConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_EXAMPLES = ExamplesConfig(max_seq_length=64, examples_per_shard=1000, tokenizer=TokenizerConfig(vocab_size=2000))
@@ -61,7 +61,7 @@ def tiny_pretrain_config(examples_dir: Path, output_dir: Path, **overrides) -> P
 @pytest.fixture(scope="session")
 def pretrained(examples_dir, tmp_path_factory) -> dict:
     """A bert-tiny pretrained for 30 steps on the tiny shards (its training summary)."""
-    from bert_core.pretrain import pretrain
+    from bert_core.training.pretrain import pretrain
 
     return pretrain(tiny_pretrain_config(examples_dir, tmp_path_factory.mktemp("pretrain") / "run"))
 

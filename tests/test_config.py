@@ -15,14 +15,14 @@ import pytest
 
 from bert_core import stage
 from bert_core.config import ConfigError
-from bert_core.dedup import DedupConfig
-from bert_core.examples import ExamplesConfig
-from bert_core.finetune import FinetuneConfig
-from bert_core.ingest import IngestConfig
-from bert_core.masking import MaskingConfig
-from bert_core.pretrain import PretrainConfig
-from bert_core.qa import QaConfig
-from bert_core.tokenizer import TokenizerConfig
+from bert_core.downstream.finetune import FinetuneConfig
+from bert_core.downstream.qa import QaConfig
+from bert_core.examples.generation import ExamplesConfig
+from bert_core.examples.masking import MaskingConfig
+from bert_core.examples.tokenizer import TokenizerConfig
+from bert_core.ingest.corpus import IngestConfig
+from bert_core.ingest.dedup import DedupConfig
+from bert_core.training.pretrain import PretrainConfig
 from tests.conftest import REPO
 
 PRETRAIN = {"shards_dir": "x", "output_dir": "y"}
@@ -123,8 +123,8 @@ def test_finetuning_from_a_model_directory_without_a_tokenizer_is_refused(pretra
     """It used to succeed with a 5-token vocabulary: every input [UNK], dev accuracy 49%."""
     import shutil
 
-    from bert_core.corpus import SAMPLE_DIR
-    from bert_core.finetune import finetune
+    from bert_core.downstream.finetune import finetune
+    from bert_core.ingest.sources import SAMPLE_DIR
 
     bare = tmp_path / "bare"
     shutil.copytree(pretrained["final_dir"], bare)

@@ -12,15 +12,15 @@ import pytest
 import yaml
 from prefect.flows import load_flow_from_entrypoint
 
-from bert_core.cleaning import CleaningConfig
-from bert_core.corpus import ReadConfig
-from bert_core.dedup import DedupConfig
-from bert_core.examples import ExamplesConfig
-from bert_core.finetune import FinetuneConfig
-from bert_core.ingest import IngestConfig
-from bert_core.masking import MaskingConfig
-from bert_core.pretrain import PretrainConfig
-from bert_core.tokenizer import TokenizerConfig
+from bert_core.downstream.finetune import FinetuneConfig
+from bert_core.examples.generation import ExamplesConfig
+from bert_core.examples.masking import MaskingConfig
+from bert_core.examples.tokenizer import TokenizerConfig
+from bert_core.ingest.cleaning import CleaningConfig
+from bert_core.ingest.corpus import IngestConfig
+from bert_core.ingest.dedup import DedupConfig
+from bert_core.ingest.sources import ReadConfig
+from bert_core.training.pretrain import PretrainConfig
 from deployments import PREFECT_YAML
 from flows import SAMPLE_PROFILE
 from tests.conftest import REPO

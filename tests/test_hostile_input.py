@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from bert_core.cleaning import CleaningConfig
-from bert_core.corpus import SAMPLE_DIR, input_units, read_documents
-from bert_core.ingest import IngestConfig, ingest_corpus, read_ingested
+from bert_core.ingest.cleaning import CleaningConfig
+from bert_core.ingest.corpus import IngestConfig, ingest_corpus, read_ingested
+from bert_core.ingest.sources import SAMPLE_DIR, input_units, read_documents
 
 REPO = Path(__file__).resolve().parents[1]
 MULTILINGUAL = Path(__file__).resolve().parent / "data" / "multilingual"

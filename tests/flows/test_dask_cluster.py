@@ -14,18 +14,19 @@ from dataclasses import replace
 
 from distributed import Client, LocalCluster
 
-from bert_core import stage, tokens
+from bert_core import stage
+from bert_core.examples import token_store
+from bert_core.examples.generation import generate_examples
+from bert_core.ingest.corpus import IngestConfig, ingest_corpus
 from flows import data_cluster
-from bert_core.examples import generate_examples
-from bert_core.ingest import IngestConfig, ingest_corpus
 from tests.conftest import TINY_EXAMPLES
 from tests.flows.test_examples_flow import _checksums
 from tests.flows.test_ingest_flow import _rows
 
 RUN = r"""
 import json, sys
-from bert_core import tokens
-tokens._UNIT_BYTES = 20_000  # the sample in several tokenizing units
+from bert_core.examples import token_store
+token_store._UNIT_BYTES = 20_000  # the sample in several tokenizing units
 from prefect.client.orchestration import get_client
 from flows.examples import examples_flow
 from flows.ingest import ingest_flow
@@ -61,7 +62,7 @@ def test_ingest_and_examples_on_a_cluster_started_outside_the_flow(tmp_path, mon
     assert all(result["completed"].get(name, 0) >= 1 for name in ("process_inputs", "tokenize_units",
                                                                    "generate_units")), result
 
-    monkeypatch.setattr(tokens, "_UNIT_BYTES", 20_000)  # the same units, in this one process
+    monkeypatch.setattr(token_store, "_UNIT_BYTES", 20_000)  # the same units, in this one process
     serial_documents = ingest_corpus(IngestConfig(validation_fraction=0.1), tmp_path / "serial" / "ingest")
     reference = generate_examples(replace(TINY_EXAMPLES, unit_tokens=50_000), serial_documents,
                                   tmp_path / "serial" / "examples")

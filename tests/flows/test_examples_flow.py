@@ -2,8 +2,8 @@
 
 from dataclasses import replace
 
-from bert_core.examples import generate_examples
-from bert_core.shards import read_manifest
+from bert_core.examples.generation import generate_examples
+from bert_core.examples.shards import read_manifest
 from flows.examples import examples_flow
 from tests.conftest import TINY_EXAMPLES
 

@@ -5,10 +5,10 @@ import os
 
 import pyarrow.parquet as pq
 
-from bert_core.cleaning import CleaningConfig
-from bert_core.ingest import IngestConfig, ingest_corpus
+from bert_core.ingest.cleaning import CleaningConfig
+from bert_core.ingest.corpus import IngestConfig, ingest_corpus
 from flows.ingest import ingest_flow
-from tests.test_corpus import write_corpus
+from tests.ingest.test_sources import write_corpus
 
 
 def _rows(out):

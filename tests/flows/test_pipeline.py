@@ -132,7 +132,7 @@ def test_continued_pretraining_from_the_champion(run, tmp_path):
     """The nightly flow: new text, the champion's tokenizer and weights, a gate on the same held-out shards."""
     from mlflow.tracking import MlflowClient
 
-    from bert_core.corpus import SAMPLE_DIR
+    from bert_core.ingest.sources import SAMPLE_DIR
     from flows.continued_pretraining import continued_pretraining
 
     params = dict(sources=[str(SAMPLE_DIR / "corpus" / "wikipedia")], base_model="models:/flowtest-bert-tiny@champion",
@@ -180,7 +180,7 @@ def test_a_task_defined_only_in_a_file_runs_through_the_pipeline(run, tmp_path):
     encoder of the module's run are reused (same dev texts kept out of the corpus), so only fine-tuning runs."""
     import json
 
-    from bert_core.catalogue import SAMPLE_DIR
+    from bert_core.downstream.catalogue import SAMPLE_DIR
 
     home, summary = run
     task_file = tmp_path / "reviews.json"
@@ -262,7 +262,7 @@ def test_the_suite_runs_in_the_pipeline_and_reaches_mlflow(run):
 def test_the_champions_tokenizer_is_reused_when_there_is_one(run):
     """The weekly deployment's examples.tokenizer_path: the champion encoder's tokenizer, or a new one while no
     champion exists."""
-    from bert_core.tokenizer import load_backend, tokenizer_hash
+    from bert_core.examples.tokenizer import load_backend, tokenizer_hash
     from flows.examples import _local_tokenizer
 
     home, summary = run

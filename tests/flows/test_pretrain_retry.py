@@ -7,7 +7,7 @@ import torch
 from prefect import flow
 from safetensors.torch import load_file
 
-from bert_core.launch import FAULT_ENV
+from bert_core.training.launch import FAULT_ENV
 from tasks.pretrain import pretrain as pretrain_task
 from tests.conftest import tiny_pretrain_config
 

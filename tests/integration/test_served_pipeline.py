@@ -243,14 +243,14 @@ def test_cron_schedules_fire_and_pause_through_the_api(served):
 
 def _register_task_champions(settings, monkeypatch, work: Path) -> None:
     """Pair, NER and QA champions on the MLflow server: tiny fine-tunes of the run's registered encoder."""
-    from bert_core.catalogue import get_task
-    from bert_core.corpus import SAMPLE_DIR
-    from bert_core.finetune import FinetuneConfig, finetune
-    from bert_core.model import resolve_model
-    from bert_core.ner import NerConfig, finetune_ner
-    from bert_core.qa import QaConfig, finetune_qa
-    from bert_core.registry import RegisterConfig, register_model
-    from tests.test_ner import SENTENCES, write_conll
+    from bert_core.downstream.catalogue import get_task
+    from bert_core.downstream.finetune import FinetuneConfig, finetune
+    from bert_core.downstream.ner import NerConfig, finetune_ner
+    from bert_core.downstream.qa import QaConfig, finetune_qa
+    from bert_core.ingest.sources import SAMPLE_DIR
+    from bert_core.registry.registration import RegisterConfig, register_model
+    from bert_core.training.model import resolve_model
+    from tests.downstream.test_ner import SENTENCES, write_conll
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_url)
     monkeypatch.setenv("BERTFLOW_HOME", str(work))
