@@ -43,7 +43,7 @@ SETTINGS = {"bert-mini": (400, 3e-4), "all-minilm-l6-v2": (200, 5e-5)}
 
 BERTFLOW = r"""
 import json, sys, time
-from bert_core.downstream.finetune import FinetuneConfig, finetune
+from bert_core.downstream.classification import FinetuneConfig, finetune
 model, train, dev, out, steps, lr, seed, precision, grouped = sys.argv[1:10]
 start = time.perf_counter()
 summary = finetune(FinetuneConfig(model_name_or_path=model, train_file=train, validation_file=dev, output_dir=out,

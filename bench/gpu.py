@@ -82,7 +82,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run)"
     preset, batch, steps, train_steps = ("bert-base", 128, 30, 120) if device == "cuda" else ("bert-tiny", 8, 3, 6)
     from bert_core.examples.generation import ExamplesConfig, generate_examples
-    from bert_core.downstream.finetune import FinetuneConfig, finetune
+    from bert_core.downstream.classification import FinetuneConfig, finetune
     from bert_core.downstream.catalogue import get_task
     from bert_core.ingest.cleaning import CleaningConfig
     from bert_core.ingest.dedup import DedupConfig

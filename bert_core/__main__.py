@@ -36,7 +36,7 @@ def _pretrain(args) -> object:
 
 
 def _finetune(args) -> object:
-    from bert_core.downstream.finetune import FinetuneConfig, finetune
+    from bert_core.downstream.classification import FinetuneConfig, finetune
 
     return finetune(stage.load_config(FinetuneConfig, args.config))
 
@@ -113,10 +113,9 @@ def _predict(args) -> None:
         if pairs is None:
             raise SystemExit("predict --task qa: give the questions with --text and their contexts with --pair")
         results = [{"question": t, "context": p, **r}
-                   for t, p, r in zip(texts, pairs, predict.answer(model, texts, pairs, args.max_seq_length or 384))]
+                   for t, p, r in zip(texts, pairs, predict.answer(model, texts, pairs, args.max_seq_length))]
     elif args.task == "classify":
-        results = [{"text": t, **r} for t, r in zip(texts, predict.classify(model, texts, pairs,
-                                                                                  args.max_seq_length or 128))]
+        results = [{"text": t, **r} for t, r in zip(texts, predict.classify(model, texts, pairs, args.max_seq_length))]
     else:
         if not args.output:
             raise SystemExit("predict --task embed: give --output PATH (writes PATH.npy and PATH.arrow)")
@@ -200,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="fill-mask guesses per [MASK]")
     p.add_argument("--pooling", default="mean", choices=("mean", "cls"), help="sentence vector for --task embed")
     p.add_argument("--output", type=Path, help="--task embed: write OUTPUT.npy (pooled) and OUTPUT.arrow (tokens)")
-    p.add_argument("--max-seq-length", type=int, default=None, help="default: 128, and 384 for --task qa")
+    p.add_argument("--max-seq-length", type=int, default=None, help="default: the fine-tuning default of the --task's kind (classification, QA)")
     p.set_defaults(run=_predict)
 
     p = sub.add_parser("register", help="log a model to MLflow, register it and apply the promotion gate")

@@ -13,11 +13,9 @@ from typing import Literal
 from prefect import flow
 
 from bert_core.downstream.catalogue import get_task
-from bert_core.downstream.finetune import FinetuneConfig
-from bert_core.downstream.ner import NerConfig
-from bert_core.downstream.qa import QaConfig
+from bert_core.downstream.classification import FinetuneConfig
 from flows import LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength, default_work_dir
-from tasks.finetune import finetune, finetune_ner, finetune_qa
+from tasks.finetune import finetune_task
 
 
 @flow(name="finetune")
@@ -55,7 +53,7 @@ def finetune_flow(
     labels and truncation of that GLUE-style file (the column and label parameters override them; any other
     classification task needs them); conll2003 trains NER on CoNLL files (label_names: its tags), squad extractive
     QA on SQuAD JSON. Without train/validation files the task's own are used (bundled for sst2, mrpc, squad).
-    `max_seq_length` defaults to the task's (384 for squad), else 128. `mixed_precision` "auto": bf16 where the
+    `max_seq_length` defaults to the task's, else its kind's (`bert_core.downstream.kinds`). `mixed_precision` "auto": bf16 where the
     device has bf16 units that measure faster, else fp32; `num_threads`: torch threads (empty: a share of the
     cores, see pretrain); `group_by_length`: batches of similar-length examples (less padding; off: plain shuffled
     batches).
@@ -63,29 +61,17 @@ def finetune_flow(
     is in its `final/` directory (`bert_core.training.model.model_description`), where evaluation and registration read it.
     """
     task = get_task(task_name, task_file)
-    kind = task.model_kind
+    kind = task.task_kind
     train_file, validation_file = task.files(train_file, validation_file)
-    common = dict(model_name_or_path=model_name_or_path, train_file=train_file, validation_file=validation_file,
-                  output_dir=str(default_work_dir(work_dir) / "finetune" / task_name),
-                  per_device_train_batch_size=per_device_train_batch_size,
-                  gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
-                  num_train_epochs=num_train_epochs, max_train_steps=max_train_steps, eval_steps=eval_steps,
-                  early_stopping_patience=early_stopping_patience, mixed_precision=mixed_precision,
-                  num_threads=num_threads, group_by_length=group_by_length, seed=seed)
-    if kind == "question-answering":
-        config = QaConfig(max_seq_length=max_seq_length or task.max_seq_length or QaConfig.max_seq_length, **common)
-        summary = finetune_qa(config)
-    elif kind == "token-classifier":
-        labels = tuple(label_names) if label_names else task.label_names
-        config = NerConfig(max_seq_length=max_seq_length or task.max_seq_length or NerConfig.max_seq_length,
-                           label_names=labels, **common)
-        summary = finetune_ner(config)
-    else:
-        preset = task.classification_fields()
-        overrides = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column,
-                     "label_names": tuple(label_names) if label_names else None, "truncation": truncation}
-        preset.update({k: v for k, v in overrides.items() if v is not None})
-        config = FinetuneConfig(max_seq_length=max_seq_length or task.max_seq_length or FinetuneConfig.max_seq_length,
-                                freeze_encoder=freeze_encoder, class_weights=class_weights, **common, **preset)
-        summary = finetune(config)
-    return {**summary, "kind": kind, "task_name": task_name, "validation_file": validation_file}
+    config = kind.build_config(
+        task, model_name_or_path=model_name_or_path, train_file=train_file, validation_file=validation_file,
+        output_dir=str(default_work_dir(work_dir) / "finetune" / task_name), text_column=text_column,
+        text_pair_column=text_pair_column, label_column=label_column,
+        label_names=tuple(label_names) if label_names else None, truncation=truncation, max_seq_length=max_seq_length,
+        per_device_train_batch_size=per_device_train_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
+        num_train_epochs=num_train_epochs, max_train_steps=max_train_steps, eval_steps=eval_steps,
+        early_stopping_patience=early_stopping_patience, freeze_encoder=freeze_encoder, class_weights=class_weights,
+        mixed_precision=mixed_precision, num_threads=num_threads, group_by_length=group_by_length, seed=seed)
+    summary = finetune_task(config)
+    return {**summary, "kind": kind.model_kind, "task_name": task_name, "validation_file": validation_file}

@@ -24,6 +24,7 @@ from pydantic import Field
 from bert_core import stage
 from bert_core.config import SEED
 from bert_core.downstream.catalogue import get_task
+from bert_core.downstream.kinds import DEFAULT_MODEL_KIND, PRETRAINED, model_kind
 from bert_core.downstream.suite import summary_line
 from bert_core.metrics import eval_metrics
 from bert_core.registry.signatures import example_source
@@ -233,14 +234,12 @@ def _links(summary: dict) -> dict[str, str]:
 
 
 def _models_table(summary: dict) -> list[dict]:
-    rows = []
-    for role, info in (("pretrained", summary["registered"]["pretrained"]),
-                       ("task", summary["registered"]["classifier"])):
+    rows, encoder = [], summary["pretrained"]
+    for info, metrics, metric in (
+            (summary["registered"]["pretrained"], encoder, "suite_score" if "suite_score" in encoder else "eval_mlm_loss"),
+            (summary["registered"]["classifier"], summary["classifier"], summary.get("task", {}).get("primary_metric"))):
         if not info:
             continue
-        metrics = summary["pretrained"] if role == "pretrained" else summary["classifier"]
-        metric = summary["task"]["primary_metric"] if role == "task" else (
-            "suite_score" if "suite_score" in metrics else "eval_mlm_loss")
         rows.append({"model": info["name"], "version": info["version"], "aliases": ", ".join(info["aliases"]),
                      "metric": metric, "value": round(float(metrics.get(metric, float("nan"))), 4),
                      "promoted": info["promoted"], "reason": info["reason"]})
@@ -259,7 +258,7 @@ def render_summary(summary: dict, *, markdown: bool = False) -> str:
     models = [reg["pretrained"]] + ([reg["classifier"]] if reg.get("classifier") else [])
     uri = summary["tracking_uri"]
     task = summary.get("task", {})
-    kind, pairs = (task.get("kind", "classifier"), task.get("pairs", False)) if reg.get("classifier") else ("pretrained", False)
+    kind, pairs = (task.get("kind", DEFAULT_MODEL_KIND), task.get("pairs", False)) if reg.get("classifier") else (PRETRAINED, False)
     clf_name = reg["classifier"]["name"] if reg.get("classifier") else reg["pretrained"]["name"]
     lines = [
         f"bert-pipeline finished in {summary['seconds']:.0f} s; outputs under {summary['work_dir']}",
@@ -322,14 +321,7 @@ def _suite_lines(summary: dict) -> list[str]:
 
 
 def _task_line(summary: dict) -> str:
-    clf, kind = summary["classifier"], summary.get("task", {}).get("kind", "classifier")
-    nan = float("nan")
-    if kind == "question-answering":
-        return f"qa model:   dev exact match {clf.get('eval_exact_match', nan):.1f}, F1 {clf.get('eval_f1', nan):.1f}"
-    if kind == "token-classifier":
-        return (f"ner model:  dev entity F1 {clf.get('eval_f1', nan):.3f} (precision {clf.get('eval_precision', nan):.3f}, "
-                f"recall {clf.get('eval_recall', nan):.3f})")
-    return f"classifier: dev accuracy {clf.get('eval_accuracy', nan):.1%}, F1 {clf.get('eval_f1', nan):.3f}"
+    return model_kind(summary.get("task", {}).get("kind", DEFAULT_MODEL_KIND)).summary_line(summary["classifier"])
 
 
 def main(argv: list[str] | None = None) -> int:

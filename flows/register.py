@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
+from bert_core.downstream.kinds import PRETRAINED
 from bert_core.metrics import scalar_metrics
 from bert_core.registry.registration import RegisterConfig
 from bert_core.training.model import pretrained_model_name
@@ -61,7 +62,7 @@ def register_flow(
         model_dir=pretrained_dir,
         registered_model_name=(pretrained_registered_name
                                or encoder_registered_name(registered_model_prefix, pretrained_dir)),
-        kind="pretrained",
+        kind=PRETRAINED,
         run_name=f"pretrain-{pretrained_model_name(pretrained_dir)}",
         **(dict(primary_metric="suite_score", greater_is_better=True) if "suite_score" in (pretrained_metrics or {})
            else dict(primary_metric="eval_mlm_loss", greater_is_better=False,

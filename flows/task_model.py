@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 from bert_core import stage
 from bert_core.config import SEED
 from bert_core.downstream.catalogue import get_task
-from bert_core.downstream.finetune import FinetuneConfig
+from bert_core.downstream.classification import FinetuneConfig
 from bert_core.metrics import eval_metrics
 from bert_core.registry.registration import pin_model
 from flows import SAMPLE_PROFILE, LearningRate, MixedPrecision, PositiveInt, default_work_dir

@@ -1,36 +1,20 @@
-"""Prefect tasks for fine-tuning: sequence classification, NER and extractive QA."""
+"""Prefect task for fine-tuning any task kind: the kind's training function (`bert_core.downstream.kinds`)."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from bert_core.downstream import finetune as finetune_lib
-from bert_core.downstream import ner as ner_lib
-from bert_core.downstream import qa as qa_lib
+from bert_core.downstream.finetune import finetune_task as finetune_task_lib
+from bert_core.downstream.kinds import kind_of_config
 from tasks import TRAINING_TAG
 
 
-@task(name="finetune", cache_policy=NO_CACHE, tags=[TRAINING_TAG])
-def finetune(config: finetune_lib.FinetuneConfig) -> dict:
-    logger = get_run_logger()
-    summary = finetune_lib.finetune(config)
-    logger.info("finetune: dev accuracy %.4f, F1 %.4f after %d steps", summary["eval_accuracy"], summary["eval_f1"],
-                summary["steps"])
-    return summary
-
-
-@task(name="finetune_ner", cache_policy=NO_CACHE, tags=[TRAINING_TAG])
-def finetune_ner(config: ner_lib.NerConfig) -> dict:
-    summary = ner_lib.finetune_ner(config)
-    get_run_logger().info("finetune_ner: dev entity F1 %.4f (precision %.4f, recall %.4f) after %d steps",
-                          summary["eval_f1"], summary["eval_precision"], summary["eval_recall"], summary["steps"])
-    return summary
-
-
-@task(name="finetune_qa", cache_policy=NO_CACHE, tags=[TRAINING_TAG])
-def finetune_qa(config: qa_lib.QaConfig) -> dict:
-    summary = qa_lib.finetune_qa(config)
-    get_run_logger().info("finetune_qa: dev exact match %.2f, F1 %.2f after %d steps (%s)", summary["eval_exact_match"],
-                          summary["eval_f1"], summary["steps"], summary["train"])
+@task(name="finetune_task", cache_policy=NO_CACHE, tags=[TRAINING_TAG])
+def finetune_task(config) -> dict:
+    """`bert_core.downstream.finetune.finetune_task`: the config's kind trains (classification, NER, QA, ...)."""
+    summary = finetune_task_lib(config)
+    kind = kind_of_config(config)
+    get_run_logger().info("finetune (%s task): %s after %d steps", kind.name, kind.model.summary_line(summary),
+                          summary["steps"])
     return summary

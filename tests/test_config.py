@@ -15,7 +15,7 @@ import pytest
 
 from bert_core import stage
 from bert_core.config import ConfigError
-from bert_core.downstream.finetune import FinetuneConfig
+from bert_core.downstream.classification import FinetuneConfig
 from bert_core.downstream.qa import QaConfig
 from bert_core.examples.generation import ExamplesConfig
 from bert_core.examples.masking import MaskingConfig
@@ -123,7 +123,7 @@ def test_finetuning_from_a_model_directory_without_a_tokenizer_is_refused(pretra
     """It used to succeed with a 5-token vocabulary: every input [UNK], dev accuracy 49%."""
     import shutil
 
-    from bert_core.downstream.finetune import finetune
+    from bert_core.downstream.classification import finetune
     from bert_core.ingest.sources import SAMPLE_DIR
 
     bare = tmp_path / "bare"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from prefect.flows import load_flow_from_entrypoint
 
-from bert_core.downstream.finetune import FinetuneConfig
+from bert_core.downstream.classification import FinetuneConfig
 from bert_core.examples.generation import ExamplesConfig
 from bert_core.examples.masking import MaskingConfig
 from bert_core.examples.tokenizer import TokenizerConfig

@@ -8,9 +8,9 @@ known kind needs no code: a small JSON or YAML file with the fields of `Task`, g
     {"name": "my-reviews", "kind": "sentence", "text_column": "review", "label_column": "stars",
      "label_names": ["bad", "good"], "train_file": "/data/reviews/train.tsv", "validation_file": "/data/reviews/dev.tsv"}
 
-Kinds: `sentence` and `pair` (sequence classification: TSV/CSV/JSONL/Parquet read by `finetune.read_task_file`),
-`token` (NER on CoNLL files, `ner.read_conll`), `span-qa` (extractive QA on SQuAD JSON, `qa.read_squad`). Each kind
-fixes the model kind it trains (`model_kind`), its reader and its primary metric (higher is better).
+Kinds (`bert_core.downstream.kinds`): `sentence` and `pair` (sequence classification on TSV/CSV/JSONL/Parquet),
+`token` (NER on CoNLL files), `span-qa` (extractive QA on SQuAD JSON). A task's kind fixes the model kind it trains
+(`model_kind`), its reader, its primary metric (higher is better) and its default sequence length.
 A name that is in neither place is a sentence classification whose columns come from the caller's parameters.
 """
 
@@ -22,24 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from bert_core.config import ConfigError, check_choice, check_fields, check_range
+from bert_core.downstream.kinds import DEFAULT_TASK_KIND, TASK_KINDS, TaskKind
 from bert_core.ingest.sources import SAMPLE_DIR
 from bert_core.stage import bertflow_home
-
-CONLL2003_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
-
-# Task kind -> the registered model kind it trains (the kinds of pyfunc_model.KINDS other than "pretrained").
-MODEL_KIND = {"sentence": "classifier", "pair": "classifier", "token": "token-classifier",
-              "span-qa": "question-answering"}
-TASK_MODEL_KINDS = tuple(dict.fromkeys(MODEL_KIND.values()))
-# The metric that ranks models of a kind (dev set; higher is better): what evaluation compares with the champion
-# and what the promotion gate uses, as eval_<metric>.
-PRIMARY_METRIC = {"classifier": "accuracy", "token-classifier": "f1", "question-answering": "f1"}
 
 
 @dataclass(frozen=True, kw_only=True)
 class Task:
     name: str
-    kind: str  # "sentence", "pair", "token" or "span-qa"
+    kind: str  # a task kind of `bert_core.downstream.kinds`: "sentence", "pair", "token" or "span-qa"
     text_column: str = "sentence"  # sentence / pair kinds
     text_pair_column: str | None = None  # pair kind: the second text
     label_column: str = "label"
@@ -49,7 +40,7 @@ class Task:
     train_file: str | None = None  # bundled sample: relative to bert_core/sample_data; or an absolute path
     validation_file: str | None = None
     decontamination_columns: tuple[str, ...] | None = None  # dev-file columns kept out of the corpus; None: the kind's
-    max_seq_length: int | None = None  # default: 384 for span-qa, else the caller's (128)
+    max_seq_length: int | None = None  # default: the kind's (its config class's `max_seq_length`)
     # (train, validation) names inside a data directory laid out like GLUE's and ../shared/data/tasks
     # (`sst2/train.tsv`, `conll2003/valid.txt`); default: the sample's names.
     data_files: tuple[str, ...] | None = None
@@ -58,24 +49,29 @@ class Task:
 
     def __post_init__(self):
         check_fields(self)
-        check_choice(self, "kind", tuple(MODEL_KIND))
+        check_choice(self, "kind", tuple(TASK_KINDS))
         check_choice(self, "truncation", ("head", "head_tail"))
         check_range(self, "max_seq_length", low=8)
-        if self.kind == "pair" and not self.text_pair_column:
-            raise ConfigError(f"task {self.name!r} is of kind 'pair'; expected a text_pair_column")
-        if self.kind == "token" and self.label_names == Task.label_names:
-            object.__setattr__(self, "label_names", CONLL2003_TAGS)
+        if self.task_kind.needs_text_pair and not self.text_pair_column:
+            raise ConfigError(f"task {self.name!r} is of kind {self.kind!r}; expected a text_pair_column")
+        if self.task_kind.label_names and self.label_names == Task.label_names:
+            object.__setattr__(self, "label_names", self.task_kind.label_names)
         if (self.train_file is None) != (self.validation_file is None):
             raise ConfigError(f"task {self.name!r}: give both train_file and validation_file, or neither")
 
     @property
+    def task_kind(self) -> TaskKind:
+        """Everything that differs by kind: config class, training function, reader, metrics, defaults."""
+        return TASK_KINDS[self.kind]
+
+    @property
     def model_kind(self) -> str:
-        return MODEL_KIND[self.kind]
+        return self.task_kind.model_kind
 
     @property
     def primary_metric(self) -> str:
         """The registered metric name the promotion gate compares (`eval_accuracy`, `eval_f1`)."""
-        return f"eval_{PRIMARY_METRIC[self.model_kind]}"
+        return f"eval_{self.task_kind.model.primary_metric}"
 
     def files(self, train_file: str | None = None, validation_file: str | None = None, *,
               data_dir: str | Path | None = None) -> tuple[str, str]:
@@ -98,22 +94,16 @@ class Task:
                if f is not None]
         return train_file or own[0], validation_file or own[1]
 
-    def classification_fields(self) -> dict[str, Any]:
-        """The `FinetuneConfig` fields this entry sets (sentence and pair kinds)."""
-        values = {"text_column": self.text_column, "text_pair_column": self.text_pair_column,
-                  "label_column": self.label_column, "label_names": self.label_names, "truncation": self.truncation}
-        if self.metric_for_best_model:
-            values["metric_for_best_model"] = self.metric_for_best_model
-        return values
+    def config_fields(self) -> dict[str, Any]:
+        """The fields of its kind's config this entry sets (columns, labels, truncation, the best-model metric)."""
+        return {name: getattr(self, name) for name in self.task_kind.task_fields if getattr(self, name) is not None}
 
     def decontamination_specs(self, validation_file: str, text_column: str | None = None) -> list[str]:
         """`path::columns` specs of the dev-file texts to keep out of the pretraining corpus."""
         if self.decontamination_columns is not None:
             columns = list(self.decontamination_columns)
-        elif self.kind == "token":
-            columns = []  # CoNLL files are one word per line: nothing to match sentences against
-        elif self.kind == "span-qa":
-            columns = ["context"]
+        elif self.task_kind.decontamination_columns is not None:
+            columns = list(self.task_kind.decontamination_columns)
         else:
             columns = [text_column or self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
         return [f"{validation_file}::{','.join(columns)}"] if columns else []
@@ -134,7 +124,7 @@ BUILTIN: dict[str, Task] = {task.name: task for task in (
     Task(name="conll2003", kind="token", data_files=("conll2003/train.txt", "conll2003/valid.txt"),
          hub_dataset="eriktks/conll2003"),
     Task(name="ner", kind="token"),
-    Task(name="squad", kind="span-qa", max_seq_length=384,
+    Task(name="squad", kind="span-qa",
          train_file="squad/train.json.gz", validation_file="squad/dev.json.gz", hub_dataset="rajpurkar/squad"),
 )}
 
@@ -190,4 +180,4 @@ def get_task(name: str, task_file: str | None = None) -> Task:
         path = bertflow_home() / "tasks" / f"{name}{suffix}"
         if path.is_file():
             return get_task(name, str(path))
-    return Task(name=name, kind="sentence")
+    return Task(name=name, kind=DEFAULT_TASK_KIND)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bert_core.downstream.catalogue import PRIMARY_METRIC, TASK_MODEL_KINDS
+from bert_core.downstream.kinds import DEFAULT_MODEL_KIND, MODEL_KINDS, model_kind
 from bert_core.downstream.reports import bar_plot, render_task_report, write_confusion_matrix_plot
 from bert_core.metrics import classification_metrics
 from bert_core.training.model import evaluate_objective, model_description, resolve_model
@@ -37,8 +37,8 @@ class EvaluateConfig:
     champion_dir: str | None = None  # a model (directory or models:/name@champion) to compare with on the same file
     output_dir: str | None = None  # where the task model's report goes
     # How the classifier reads `data_file`. Empty: what its directory describes (bertflow's fine-tuning writes it);
-    # for a model from elsewhere, the classifier, "sentence"/"label" columns, 128 tokens (QA: doc_stride 128).
-    kind: str | None = None  # "classifier", "token-classifier" (NER) or "question-answering"
+    # for a model from elsewhere, a classifier read with its kind's config defaults (columns, window, doc_stride).
+    kind: str | None = None  # a model kind of `bert_core.downstream.kinds` ("classifier", "token-classifier", ...)
     text_column: str | None = None
     text_pair_column: str | None = None
     label_column: str | None = None
@@ -64,7 +64,7 @@ def evaluate_models(config: EvaluateConfig) -> dict[str, Any]:
         output_dir = config.output_dir or str(Path(config.classifier_dir).parent / "evaluation")
         champion = resolve_model(config.champion_dir) if config.champion_dir else None
         model_dir = resolve_model(config.classifier_dir)
-        result = evaluate_task(config.kind or model_description(model_dir).get("kind", "classifier"), model_dir,
+        result = evaluate_task(config.kind or model_description(model_dir).get("kind", DEFAULT_MODEL_KIND), model_dir,
                                config.data_file, output_dir, champion_dir=champion,
                                **{k: getattr(config, k) for k in _READING})
         results["classifier"] = {k: v for k, v in result.items() if k != "report_markdown"}
@@ -88,20 +88,6 @@ def evaluate_pretrained(model_dir: str | Path, shards_dir: str | Path, *, batch_
     return evaluate_objective(PretrainingObjective(model), dataset, collator, batch_size=batch_size, device="cpu")
 
 
-def evaluate_classifier(
-    model_dir: str | Path,
-    data_file: str | Path,
-    output_dir: str | Path,
-    *,
-    text_column: str = "sentence",
-    label_column: str = "label",
-    max_seq_length: int = 128,
-) -> dict[str, Any]:
-    """Score a saved sequence classifier on a labelled file; write metrics JSON, predictions and a confusion plot."""
-    return evaluate_task("classifier", model_dir, data_file, output_dir, text_column=text_column,
-                         label_column=label_column, max_seq_length=max_seq_length)["metrics"]
-
-
 # --- Task models: one scoring function per kind, one report for all ---
 
 # Model kinds and their primary metric: bert_core.downstream.catalogue.
@@ -114,11 +100,11 @@ class TaskScore:
     plots: dict[str, Any]  # name -> callable(path) drawing a plot
 
 
-def _score_classifier(model_dir, data_file, *, text_column, text_pair_column, label_column, max_seq_length,
+def score_classifier(model_dir, data_file, *, text_column, text_pair_column, label_column, max_seq_length,
                       truncation, **_) -> TaskScore:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from bert_core.downstream.finetune import predict_labels, read_task_file
+    from bert_core.downstream.classification import predict_labels, read_task_file
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
@@ -136,7 +122,7 @@ def _score_classifier(model_dir, data_file, *, text_column, text_pair_column, la
     return TaskScore(metrics, rows, labels == predictions, plots)
 
 
-def _score_ner(model_dir, data_file, *, max_seq_length, **_) -> TaskScore:
+def score_ner(model_dir, data_file, *, max_seq_length, **_) -> TaskScore:
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     from bert_core.downstream.ner import entity_metrics, predict_tags, read_conll
@@ -163,7 +149,7 @@ def _score_ner(model_dir, data_file, *, max_seq_length, **_) -> TaskScore:
     return TaskScore(metrics, rows, correct, plots)
 
 
-def _score_qa(model_dir, data_file, *, max_seq_length, doc_stride, **_) -> TaskScore:
+def score_qa(model_dir, data_file, *, max_seq_length, doc_stride, **_) -> TaskScore:
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     from bert_core.downstream.qa import answer_questions, question_score, summarise_scores
@@ -197,9 +183,6 @@ def _question_type(question: str) -> str:
     return "other"
 
 
-_SCORERS = {"classifier": _score_classifier, "token-classifier": _score_ner, "question-answering": _score_qa}
-
-
 def mcnemar_p_value(new_only: int, champion_only: int) -> float:
     """Two-sided exact McNemar test: the probability of a split of the discordant examples at least this uneven
     if both models were equally good (binomial, p = 1/2)."""
@@ -212,9 +195,14 @@ def mcnemar_p_value(new_only: int, champion_only: int) -> float:
     return min(1.0, 2 * tail)
 
 
-# How a task model reads a dev file, for a model whose directory does not say (`model.describe_model` does).
-_READING = {"text_column": "sentence", "text_pair_column": None, "label_column": "label", "max_seq_length": 128,
-            "truncation": "head", "doc_stride": 128}
+# How a task model reads a dev file: the options of the scorers. A model whose directory does not say
+# (`model.describe_model` does) is read with its kind's config defaults.
+_READING = ("text_column", "text_pair_column", "label_column", "max_seq_length", "truncation", "doc_stride")
+
+
+def _reading_defaults(kind: str) -> dict[str, Any]:
+    config = model_kind(kind).config_class
+    return {name: getattr(config, name, None) for name in _READING}
 
 
 def evaluate_task(kind: str | None, model_dir: str | Path, data_file: str | Path, output_dir: str | Path, *,
@@ -238,15 +226,17 @@ def evaluate_task(kind: str | None, model_dir: str | Path, data_file: str | Path
     if kind and described.get("kind") and kind != described["kind"]:
         raise ValueError(f"{model_dir} is a {described['kind']} model, not a {kind}")
     kind = kind or described.get("kind")
-    if kind not in _SCORERS:
-        raise ValueError(f"unknown task kind {kind!r} for {model_dir}; one of {TASK_MODEL_KINDS}")
+    scored = [name for name, spec in MODEL_KINDS.items() if spec.scorer]
+    if kind not in scored:
+        raise ValueError(f"unknown task kind {kind!r} for {model_dir}; one of {tuple(scored)}")
+    spec = model_kind(kind)
     options = {k: reading[k] if reading.get(k) is not None else described.get(k, default)
-               for k, default in _READING.items()}
-    score = _SCORERS[kind](model_dir, data_file, **options)
-    champion = _SCORERS[kind](champion_dir, data_file, **options) if champion_dir else None
+               for k, default in _reading_defaults(kind).items()}
+    score = spec.score(model_dir, data_file, **options)
+    champion = spec.score(champion_dir, data_file, **options) if champion_dir else None
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    primary = PRIMARY_METRIC[kind]
+    primary = spec.primary_metric
     comparison = None
     if champion is not None:
         if len(champion.correct) != len(score.correct):

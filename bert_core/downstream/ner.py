@@ -21,8 +21,8 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCol
 
 from bert_core import stage
 from bert_core.config import check_positive
-from bert_core.downstream.catalogue import CONLL2003_TAGS
 from bert_core.downstream.finetune import TrainingConfig, fit, run_key, train_loader, training_accelerator
+from bert_core.downstream.kinds import CONLL2003_TAGS
 from bert_core.training.model import load_with_task_head, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def encode_words(tokenizer, sentences: list[list[str]], tags: list[list[int]] | 
 
 
 @torch.no_grad()
-def predict_tags(model, tokenizer, sentences: list[list[str]], *, max_seq_length: int = 128, batch_size: int = 64,
+def predict_tags(model, tokenizer, sentences: list[list[str]], *, max_seq_length: int = NerConfig.max_seq_length, batch_size: int = 64,
                  device: str | torch.device = "cpu") -> list[list[str]]:
     """A tag per word (its first piece's prediction; `O` for words past max_seq_length)."""
     model.eval()
@@ -150,4 +150,4 @@ def finetune_ner(config: NerConfig) -> dict[str, Any]:
 
     return fit(accelerator, model, tokenizer, loader, loss_of=loss_of, dev_metrics=dev_metrics, config=config,
                output_dir=output_dir, key=key, stage_name="finetune-ner", summary={"train_sentences": len(train)},
-               description={"kind": "token-classifier", "label_names": config.label_names})
+               description={"label_names": config.label_names})

@@ -50,11 +50,14 @@ def next_sentence_probability(model_dir: str, first: list[str], second: list[str
 
 
 def classify(model_dir: str, texts: list[str], pairs: list[str] | None = None,
-             max_seq_length: int = 128) -> list[dict[str, Any]]:
-    """Label and class probabilities of each text (or text pair) from a fine-tuned classifier."""
+             max_seq_length: int | None = None) -> list[dict[str, Any]]:
+    """Label and class probabilities of each text (or text pair) from a fine-tuned classifier (`max_seq_length`
+    None: fine-tuning's default)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from bert_core.downstream.finetune import predict_labels
+    from bert_core.downstream.classification import FinetuneConfig, predict_labels
+
+    max_seq_length = max_seq_length or FinetuneConfig.max_seq_length
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
@@ -64,12 +67,15 @@ def classify(model_dir: str, texts: list[str], pairs: list[str] | None = None,
              "probabilities": {n: round(float(q), 6) for n, q in zip(names, p)}} for i, p in zip(ids, probabilities)]
 
 
-def answer(model_dir: str, questions: list[str], contexts: list[str], max_seq_length: int = 384,
-           doc_stride: int = 128) -> list[dict[str, Any]]:
-    """The answer span of each question in its context from a fine-tuned extractive QA model (see `bert_core.downstream.qa`)."""
+def answer(model_dir: str, questions: list[str], contexts: list[str], max_seq_length: int | None = None,
+           doc_stride: int | None = None) -> list[dict[str, Any]]:
+    """The answer span of each question in its context from a fine-tuned extractive QA model (see
+    `bert_core.downstream.qa`; None: QA fine-tuning's window and stride)."""
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from bert_core.downstream.qa import answer_questions
+    from bert_core.downstream.qa import QaConfig, answer_questions
+
+    max_seq_length, doc_stride = max_seq_length or QaConfig.max_seq_length, doc_stride or QaConfig.doc_stride
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForQuestionAnswering.from_pretrained(model_dir)

@@ -207,9 +207,9 @@ def training_features(tokenizer, questions: list[Question], config: QaConfig,
     return TokenRows.from_chunks(chunks()), counts
 
 
-def answer_questions(model, tokenizer, questions: list[str], contexts: list[str], *, max_seq_length: int = 384,
-                     doc_stride: int = 128, max_query_length: int = 64, max_answer_length: int = 30,
-                     n_best_size: int = 20, batch_size: int = 64, device="cpu") -> list[dict[str, Any]]:
+def answer_questions(model, tokenizer, questions: list[str], contexts: list[str], *,
+                     max_seq_length: int = QaConfig.max_seq_length, doc_stride: int = QaConfig.doc_stride,
+                     max_query_length: int = 64, max_answer_length: int = 30, n_best_size: int = 20, batch_size: int = 64, device="cpu") -> list[dict[str, Any]]:
     """The best answer span of each question in its context: text, character start, score (start + end logit) and
     probability (softmax over the window's start times end logits)."""
     import torch
@@ -298,4 +298,4 @@ def finetune_qa(config: QaConfig) -> dict[str, Any]:
 
     return fit(accelerator, model, tokenizer, loader, loss_of=loss_of, dev_metrics=dev_metrics, config=config,
                output_dir=output_dir, key=key, stage_name="finetune-qa", summary={"train": counts},
-               description={"kind": "question-answering", "doc_stride": config.doc_stride})
+               description={"doc_stride": config.doc_stride})

@@ -31,7 +31,9 @@ import numpy as np
 from bert_core import stage
 from bert_core.config import ConfigError, check_fields, check_positive
 from bert_core.downstream.catalogue import get_task
-from bert_core.downstream.finetune import FinetuneConfig, finetune
+from bert_core.downstream.finetune import TrainingConfig
+from bert_core.downstream.kinds import TASK_KINDS, load
+from bert_core.metrics import classification_metrics
 from bert_core.training.model import resolve_model
 
 # Suite sizes: what a run costs. `tiny` is for tests and smoke runs (about a minute on 2 cores for a bert-tiny).
@@ -59,7 +61,7 @@ class SuiteConfig:
     learning_rates: tuple[float, ...] | None = None
     num_train_epochs: int | None = None
     max_train_steps: int | None = None
-    max_seq_length: int = 128
+    max_seq_length: int = TrainingConfig.max_seq_length
     early_stopping_patience: int = 1
     per_device_train_batch_size: int = 32
     twin_dir: str | None = None  # where the twin and its runs are cached; default: $BERTFLOW_HOME/suite-twins
@@ -139,8 +141,6 @@ def random_init_twin(encoder_dir: str | Path, cache_root: str | Path, seed: int 
 def _arm_runs(model_dir: Path, out: Path, task, files: tuple[str, str],
               protocol: dict[str, Any]) -> tuple[dict[float, list[float]], int]:
     """Dev scores by learning rate (one per seed) of one arm on one task, and how many runs were already done."""
-    from bert_core.downstream.ner import NerConfig, finetune_ner
-
     metric = suite_metric(task)
     scores: dict[float, list[float]] = {}
     reused = 0
@@ -154,10 +154,7 @@ def _arm_runs(model_dir: Path, out: Path, task, files: tuple[str, str],
                           max_train_steps=protocol["max_train_steps"],
                           early_stopping_patience=protocol["early_stopping_patience"],
                           per_device_train_batch_size=protocol["per_device_train_batch_size"], seed=seed)
-            if task.model_kind == "token-classifier":
-                summary = finetune_ner(NerConfig(**common, label_names=task.label_names))
-            else:
-                summary = finetune(FinetuneConfig(**common, **task.classification_fields()))
+            summary = task.task_kind.run(task.task_kind.build_config(task, **common))
             scores.setdefault(lr, []).append(float(summary[metric]))
     return scores, reused
 
@@ -194,9 +191,10 @@ def run_suite(config: SuiteConfig) -> dict[str, Any]:
     twin = random_init_twin(encoder, twin_root)
     tasks = [get_task(name, config.task_file) for name in protocol["tasks"]]
     for task in tasks:
-        if task.model_kind not in ("classifier", "token-classifier"):
-            raise ConfigError(f"suite task {task.name!r} is a {task.model_kind} task; the suite runs sentence, pair "
-                              f"and token classification tasks")
+        if not task.task_kind.in_suite:
+            suited = ", ".join(kind.name for kind in TASK_KINDS.values() if kind.in_suite)
+            raise ConfigError(f"suite task {task.name!r} is a {task.kind} task; the suite runs tasks of the kinds "
+                              f"{suited}")
     rows, twin_reused = [], 0
     for task in tasks:
         files = config.task_files(task)
@@ -224,20 +222,23 @@ def run_suite(config: SuiteConfig) -> dict[str, Any]:
 
 
 def _task_facts(task, files: tuple[str, str]) -> dict[str, Any]:
-    """How many training and dev examples (sentences for NER) the task's files hold, and the majority baseline:
-    the suite metric of predicting the training set's most frequent label for every dev example (NER: no entity,
-    entity F1 0). A score near it means the arm learned little (MRPC's dev F1 is 0.812 for "paraphrase" on all)."""
-    if task.model_kind == "token-classifier":
-        from bert_core.downstream.ner import read_conll
+    """How many training and dev examples the task's files hold, and the majority baseline: the suite metric of
+    predicting the training set's most frequent label for every dev example. A score near it means the arm learned
+    little (MRPC's dev F1 is 0.812 for "paraphrase" on all). Each kind names its own (`kinds.TaskKind.baseline`)."""
+    return load(task.task_kind.baseline)(task, files)
 
-        return {"train_examples": len(read_conll(files[0])), "validation_examples": len(read_conll(files[1])),
-                "majority_baseline": 0.0}
-    from bert_core.downstream.finetune import read_task_file
-    from bert_core.metrics import classification_metrics
 
+def token_facts(task, files: tuple[str, str]) -> dict[str, Any]:
+    """NER: sentences, and "no entity anywhere" as the floor (entity F1 0)."""
+    return {"train_examples": len(task.task_kind.read(files[0])),
+            "validation_examples": len(task.task_kind.read(files[1])), "majority_baseline": 0.0}
+
+
+def classification_facts(task, files: tuple[str, str]) -> dict[str, Any]:
+    """Sentence and pair classification: examples, and the training set's most frequent label as the floor."""
     (train, _, train_labels), (dev, _, dev_labels) = [
-        read_task_file(f, task.text_column, task.label_column, text_pair_column=task.text_pair_column,
-                       label_names=task.label_names) for f in files]
+        task.task_kind.read(f, text_column=task.text_column, label_column=task.label_column,
+                            text_pair_column=task.text_pair_column, label_names=task.label_names) for f in files]
     majority = np.full_like(dev_labels, np.bincount(train_labels).argmax())
     baseline = classification_metrics(dev_labels, majority, len(task.label_names))
     return {"train_examples": len(train), "validation_examples": len(dev),

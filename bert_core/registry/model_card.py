@@ -10,15 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from bert_core.downstream.catalogue import get_task
+from bert_core.downstream.kinds import model_kind
 from bert_core.metrics import scalar_metrics
 from bert_core.registry.signatures import example_source
 
 
 def model_card(config: Any, model_hash: str) -> str:
     """A markdown model card for a version (`config`: its RegisterConfig, kind already resolved)."""
-    kind = {"classifier": "text classifier", "token-classifier": "token classifier (NER)",
-            "question-answering": "extractive question answering model",
-            "pretrained": "pretrained encoder"}[config.kind]
+    kind = model_kind(config.kind).description
     tags = config.tags
     lines = [f"# {config.registered_model_name}", "", f"A {kind} trained by bertflow."]
     if tags.get("bertflow.parent_model"):
@@ -35,26 +34,18 @@ def model_card(config: Any, model_hash: str) -> str:
     lines += ["", "## Lineage", "", f"- model files sha256: `{model_hash}`"]
     lines += [f"- {k}: `{v}`" for k, v in sorted(lineage.items())]
     example = f"model.predict({example_source(config.kind, config.text_pair)})"
-    if config.kind == "pretrained":
-        example += "  # params={'task': 'nsp' (with a text_pair column) | 'embed'}"
+    example += model_kind(config.kind).use_note
     lines += ["", "## Use", "", "```python", "import mlflow", "import pandas as pd",
               f"model = mlflow.pyfunc.load_model('models:/{config.registered_model_name}@champion')", example, "```",
               "", "Weights are stored as safetensors; the pyfunc wrapper is code, not a pickle."]
     return "\n".join(lines) + "\n"
 
 
-# Registered model kind, or a task kind of the catalogue -> the Hub's pipeline tag / task type
-PIPELINE_TAG = {"classifier": "text-classification", "token-classifier": "token-classification",
-                "question-answering": "question-answering", "pretrained": "fill-mask",
-                "sentence": "text-classification", "pair": "text-classification", "token": "token-classification",
-                "span-qa": "question-answering"}
-
-
 def _eval_result(task, metric: str, value: float, name: str | None = None, task_type: str | None = None):
     from huggingface_hub import EvalResult
 
     dataset, _, dataset_config = (task.hub_dataset or task.name).partition(":")
-    return EvalResult(task_type=task_type or PIPELINE_TAG[task.kind], dataset_type=dataset, dataset_name=task.name,
+    return EvalResult(task_type=task_type or task.task_kind.model.pipeline_tag, dataset_type=dataset, dataset_name=task.name,
                       dataset_config=dataset_config or None, dataset_split="validation",
                       metric_type=metric.removeprefix("eval_"), metric_value=float(value), metric_name=name)
 
@@ -70,7 +61,7 @@ def hub_card(config: Any, model_hash: str) -> str:
     metrics, results, datasets = scalar_metrics(config.metrics), [], []
     model_config = Path(config.model_dir) / "config.json"
     architecture = json.loads(model_config.read_text()).get("model_type") if model_config.is_file() else None
-    if config.kind == "pretrained":
+    if model_kind(config.kind).suite_results:
         for key, value in sorted(metrics.items()):
             if key.startswith("suite_") and key.endswith("_pretrained_mean"):
                 task = get_task(key[len("suite_"):-len("_pretrained_mean")])
@@ -80,13 +71,13 @@ def hub_card(config: Any, model_hash: str) -> str:
                 results.append(_eval_result(task, metric, value, name))
     elif config.task:
         task = get_task(config.task)
-        results = [_eval_result(task, key, value, task_type=PIPELINE_TAG[config.kind])
+        results = [_eval_result(task, key, value, task_type=model_kind(config.kind).pipeline_tag)
                    for key, value in sorted(metrics.items()) if key.startswith("eval_") and key != "eval_loss"]
         datasets.append(task.hub_dataset)
     sources = json.loads(config.tags.get("bertflow.corpus_sources", "[]") or "[]")
     datasets += [s[len("hf:"):] for s in sources if isinstance(s, str) and s.startswith("hf:")]
     data = ModelCardData(
-        language="en", license=config.license, library_name="transformers", pipeline_tag=PIPELINE_TAG[config.kind],
+        language="en", license=config.license, library_name="transformers", pipeline_tag=model_kind(config.kind).pipeline_tag,
         tags=["bertflow", *([architecture] if architecture else [])],
         datasets=sorted({d.split(":")[0] for d in datasets if d}) or None,
         metrics=sorted({r.metric_type for r in results}) or None,

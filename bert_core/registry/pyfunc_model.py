@@ -28,7 +28,10 @@ import mlflow
 import mlflow.pyfunc
 import pandas as pd
 
+# The behaviours of `predict`, by the kind registration writes into model_config (the kinds themselves are
+# bert_core.downstream.kinds'; this file is logged as code and loads without bertflow, so it is told, not importing).
 KINDS = ("classifier", "token-classifier", "question-answering", "pretrained")
+REQUIRED = ("kind", "model_class", "max_seq_length")  # written at registration (registration.pyfunc_config)
 BATCH_SIZE = 64  # texts per forward pass unless model_config says otherwise
 
 
@@ -81,24 +84,21 @@ class BertPyfuncModel(mlflow.pyfunc.PythonModel):
 
         self.torch = torch
         config = context.model_config or {}
-        self.kind = config.get("kind", "classifier")
+        missing = [key for key in REQUIRED if key not in config]
+        if missing:
+            raise ValueError(f"model_config has no {missing}; expected the {list(REQUIRED)} that bertflow's "
+                             "registration writes")
+        self.kind = config["kind"]
         if self.kind not in KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}; one of {KINDS}")
-        self.max_seq_length = int(config.get("max_seq_length", 384 if self.kind == "question-answering" else 128))
-        self.doc_stride = int(config.get("doc_stride", min(128, self.max_seq_length // 2)))
+        self.max_seq_length = int(config["max_seq_length"])
+        self.doc_stride = int(config.get("doc_stride", self.max_seq_length // 2))
         self.max_answer_length = int(config.get("max_answer_length", 30))
         self.top_k = int(config.get("top_k", 5))
         self.batch_size = int(config.get("batch_size", BATCH_SIZE))  # texts per forward pass, in length order
         path = context.artifacts["model_dir"]
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-        loader = {"classifier": transformers.AutoModelForSequenceClassification,
-                  "token-classifier": transformers.AutoModelForTokenClassification,
-                  "question-answering": transformers.AutoModelForQuestionAnswering,
-                  "pretrained": transformers.AutoModelForPreTraining}[self.kind]
-        model_type = transformers.AutoConfig.from_pretrained(path).model_type
-        if self.kind == "pretrained" and model_type == "modernbert":
-            loader = transformers.AutoModelForMaskedLM  # ModernBERT pretrains MLM only: no pretraining-heads class
-        self.model = loader.from_pretrained(path).eval()
+        self.model = getattr(transformers, config["model_class"]).from_pretrained(path).eval()
 
     # The hints are what MLflow passes after enforcing the signature: a DataFrame for every kind (a list or a string
     # given to a model with an unnamed string column arrives as a one-column DataFrame).

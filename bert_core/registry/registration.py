@@ -30,10 +30,10 @@ from mlflow.tracking import MlflowClient
 
 from bert_core import stage
 from bert_core.config import check_fields, check_non_negative
+from bert_core.downstream.kinds import DEFAULT_MODEL_KIND, model_kind
 from bert_core.metrics import scalar_metrics
 from bert_core.registry import signatures
 from bert_core.registry.model_card import hub_card, model_card
-from bert_core.registry.pyfunc_model import KINDS  # the serving wrapper (self-contained) is the home of the model kinds
 from bert_core.stage import bertflow_home
 from bert_core.tracking import PRECISION_TAG, configure_tracking, ensure_experiment, flatten_params, redact
 from bert_core.training.model import HUB_CARD, model_description
@@ -50,15 +50,15 @@ class RegisterConfig:
     model_dir: str
     registered_model_name: str
     # What the model is and how it reads its input; empty: what its directory describes (`model.describe_model`),
-    # else a single-sentence classifier with a 128-token window (384 for question answering).
-    kind: str | None = None  # "classifier", "token-classifier", "question-answering" or "pretrained"
+    # else a single-sentence classifier; the window, when neither says, is its kind's default.
+    kind: str | None = None  # a model kind of `bert_core.downstream.kinds`: "classifier", ..., "pretrained"
     text_pair: bool | None = None  # a sentence-pair classifier: its pyfunc takes `text` and `text_pair` columns
     experiment_name: str = "bertflow"
     run_name: str | None = None
     primary_metric: str = "eval_accuracy"
     greater_is_better: bool = True
     min_improvement: float = 0.0
-    max_seq_length: int | None = None  # the pyfunc's window (default 128; 384 for question answering)
+    max_seq_length: int | None = None  # the pyfunc's window (default: the model's description, else its kind's)
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
@@ -82,8 +82,8 @@ class RegisterConfig:
     def __post_init__(self):
         check_fields(self)
         check_non_negative(self, "min_improvement")
-        if self.kind is not None and self.kind not in KINDS:
-            raise ValueError(f"unknown model kind {self.kind!r}; one of {KINDS}")
+        if self.kind is not None:
+            model_kind(self.kind)  # an unknown kind is a ConfigError naming the known ones
 
 
 def alias_version(model_uri: str, home: str | Path | None = None) -> str | None:
@@ -273,8 +273,22 @@ def with_model_description(config: RegisterConfig) -> RegisterConfig:
     tags = {**({"bertflow.tokenizer_sha256": described["tokenizer_sha256"]} if described.get("tokenizer_sha256") else {}),
             **({PRECISION_TAG: described["mixed_precision"]} if described.get("mixed_precision") else {}),
             **config.tags}
-    return replace(config, kind=config.kind or described.get("kind", "classifier"), text_pair=text_pair,
+    return replace(config, kind=config.kind or described.get("kind", DEFAULT_MODEL_KIND), text_pair=text_pair,
                    max_seq_length=config.max_seq_length or described.get("max_seq_length"), tags=tags)
+
+
+def pyfunc_config(config: RegisterConfig) -> dict[str, Any]:
+    """What the pyfunc model reads at load time (it runs without bertflow, so it is told, not looked up): its kind,
+    the transformers class that loads it, its window and, for kinds that slide a window, the stride."""
+    spec = model_kind(config.kind)
+    model_json = Path(config.model_dir) / "config.json"
+    model_type = json.loads(model_json.read_text()).get("model_type") if model_json.is_file() else None
+    max_seq_length = config.max_seq_length or spec.max_seq_length
+    values = {"kind": config.kind, "model_class": spec.class_for(model_type), "max_seq_length": max_seq_length}
+    stride = getattr(spec.config_class, "doc_stride", None)
+    if stride is not None:  # at most half the window: a window always moves past a stride's overlap
+        values["doc_stride"] = min(stride, max_seq_length // 2)
+    return values
 
 
 def register_model(config: RegisterConfig) -> dict[str, Any]:
@@ -330,14 +344,11 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
         mlflow.set_tags(tags)
         mlflow.log_text(card, "model_card.md")
         signature, example = signatures.signature(config.kind, config.text_pair)
-        model_config = {"kind": config.kind}
-        if config.max_seq_length:
-            model_config["max_seq_length"] = config.max_seq_length
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_CODE),
             artifacts={"model_dir": str(config.model_dir)},
-            model_config=model_config,
+            model_config=pyfunc_config(config),
             signature=signature,
             input_example=example,
             pip_requirements=_requirements(),

@@ -6,20 +6,21 @@ from pathlib import Path
 import pytest
 
 from bert_core.config import ConfigError
-from bert_core.downstream.catalogue import BUILTIN, CONLL2003_TAGS, SAMPLE_DIR, get_task, load_task_file
+from bert_core.downstream.catalogue import BUILTIN, SAMPLE_DIR, get_task, load_task_file
+from bert_core.downstream.kinds import CONLL2003_TAGS
 
 
 def test_builtin_tasks_carry_their_columns_labels_metric_and_samples():
     mrpc = get_task("mrpc")
     assert mrpc.model_kind == "classifier" and mrpc.primary_metric == "eval_accuracy"
-    assert mrpc.classification_fields() == {"text_column": "#1 String", "text_pair_column": "#2 String",
+    assert mrpc.config_fields() == {"text_column": "#1 String", "text_pair_column": "#2 String",
                                             "label_column": "Quality", "label_names": ("not_paraphrase", "paraphrase"),
                                             "truncation": "head", "metric_for_best_model": "f1"}
     assert mrpc.files() == (str(SAMPLE_DIR / "mrpc" / "train.tsv"), str(SAMPLE_DIR / "mrpc" / "dev.tsv"))
     assert mrpc.decontamination_specs("dev.tsv") == ["dev.tsv::#1 String,#2 String"]
     assert get_task("imdb").truncation == "head_tail"
     squad = get_task("squad")
-    assert (squad.model_kind, squad.primary_metric, squad.max_seq_length) == ("question-answering", "eval_f1", 384)
+    assert (squad.model_kind, squad.primary_metric, squad.task_kind.max_seq_length) == ("question-answering", "eval_f1", 384)
     assert squad.decontamination_specs("dev.json") == ["dev.json::context"]
     conll = get_task("conll2003")
     assert conll.model_kind == "token-classifier" and conll.label_names == CONLL2003_TAGS

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from bert_core.downstream.finetune import FinetuneConfig, finetune, read_labelled_texts
+from bert_core.downstream.classification import FinetuneConfig, finetune, read_labelled_texts
 from bert_core.ingest.sources import SAMPLE_DIR
 from bert_core.training.model import model_description
 
@@ -68,7 +68,7 @@ def _mrpc_config(pretrained, out, **overrides):
 def test_sentence_pair_classification_on_mrpc(pretrained, tmp_path):
     from transformers import AutoTokenizer
 
-    from bert_core.downstream.finetune import encode_texts, read_task_file
+    from bert_core.downstream.classification import encode_texts, read_task_file
 
     texts, pairs, labels = read_task_file(MRPC_DEV, "#1 String", "Quality", text_pair_column="#2 String")
     assert len(texts) == len(pairs) == 408 and abs(labels.mean() - 279 / 408) < 1e-9  # BOM-prefixed header read
@@ -83,7 +83,7 @@ def test_sentence_pair_classification_on_mrpc(pretrained, tmp_path):
 def test_the_saved_model_is_the_best_evaluated_one(pretrained, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from bert_core.downstream.finetune import predict_labels, read_task_file
+    from bert_core.downstream.classification import predict_labels, read_task_file
     from bert_core.metrics import classification_metrics
 
     summary = finetune(_mrpc_config(pretrained, tmp_path / "best", eval_steps=3, max_train_steps=15,
@@ -121,7 +121,7 @@ def test_frozen_encoder_trains_only_the_head(pretrained, tmp_path):
 def test_head_tail_truncation_keeps_both_ends(pretrained):
     from transformers import AutoTokenizer
 
-    from bert_core.downstream.finetune import encode_texts
+    from bert_core.downstream.classification import encode_texts
 
     tokenizer = AutoTokenizer.from_pretrained(pretrained["final_dir"])
     text = "the opening line is great . " + "filler words go here . " * 200 + "but the ending was awful"
@@ -137,7 +137,7 @@ def test_head_tail_truncation_keeps_both_ends(pretrained):
 def test_string_labels_and_model_resolution(tmp_path, pretrained):
     import sys
 
-    from bert_core.downstream.finetune import read_task_file
+    from bert_core.downstream.classification import read_task_file
     from bert_core.training.model import resolve_model
 
     path = tmp_path / "rte.tsv"
@@ -164,7 +164,7 @@ def test_string_labels_and_model_resolution(tmp_path, pretrained):
 
 
 def test_several_seeds_report_mean_and_spread(pretrained, tmp_path):
-    from bert_core.downstream.finetune import finetune_seeds
+    from bert_core.downstream.classification import finetune_seeds
 
     summary = finetune_seeds(_mrpc_config(pretrained, tmp_path / "seeds", max_train_steps=4), seeds=(1, 2))
     assert summary["seeds"] == [1, 2] and len(summary["runs"]) == 2
@@ -179,7 +179,7 @@ def test_encoded_rows_match_the_tokenizer_across_chunks(pretrained):
     import numpy as np
     from transformers import AutoTokenizer
 
-    from bert_core.downstream.finetune import encode_dataset, encode_texts, predict_labels
+    from bert_core.downstream.classification import encode_dataset, encode_texts, predict_labels
 
     tokenizer = AutoTokenizer.from_pretrained(pretrained["final_dir"])
     texts = ["a short one .", "a much longer sentence about the river and the bank .", "x", "the end of it all ."]
@@ -205,7 +205,8 @@ def test_training_batches_group_similar_lengths(pretrained):
     import numpy as np
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
-    from bert_core.downstream.finetune import encode_dataset, train_loader
+    from bert_core.downstream.classification import encode_dataset
+    from bert_core.downstream.finetune import train_loader
 
     tokenizer = AutoTokenizer.from_pretrained(pretrained["final_dir"])
     texts, labels = read_labelled_texts(SST2_TRAIN, "sentence", "label")

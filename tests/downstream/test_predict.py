@@ -31,7 +31,7 @@ def test_fill_mask_and_next_sentence(pretrained):
 
 
 def test_classification_of_texts_and_pairs(pretrained, tmp_path):
-    from bert_core.downstream.finetune import FinetuneConfig, finetune
+    from bert_core.downstream.classification import FinetuneConfig, finetune
 
     summary = finetune(FinetuneConfig(
         model_name_or_path=pretrained["final_dir"], train_file=str(SAMPLE_DIR / "mrpc" / "train.tsv"),

@@ -244,7 +244,7 @@ def test_cron_schedules_fire_and_pause_through_the_api(served):
 def _register_task_champions(settings, monkeypatch, work: Path) -> None:
     """Pair, NER and QA champions on the MLflow server: tiny fine-tunes of the run's registered encoder."""
     from bert_core.downstream.catalogue import get_task
-    from bert_core.downstream.finetune import FinetuneConfig, finetune
+    from bert_core.downstream.classification import FinetuneConfig, finetune
     from bert_core.downstream.ner import NerConfig, finetune_ner
     from bert_core.downstream.qa import QaConfig, finetune_qa
     from bert_core.ingest.sources import SAMPLE_DIR
@@ -255,7 +255,7 @@ def _register_task_champions(settings, monkeypatch, work: Path) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_url)
     monkeypatch.setenv("BERTFLOW_HOME", str(work))
     encoder = resolve_model("models:/itest-bert-tiny@champion")
-    mrpc = {k: v for k, v in get_task("mrpc").classification_fields().items() if k != "metric_for_best_model"}
+    mrpc = {k: v for k, v in get_task("mrpc").config_fields().items() if k != "metric_for_best_model"}
     pairs = finetune(FinetuneConfig(model_name_or_path=encoder, train_file=str(SAMPLE_DIR / "mrpc" / "train.tsv"),
                                     validation_file=str(SAMPLE_DIR / "mrpc" / "dev.tsv"), max_seq_length=64,
                                     max_train_steps=5, output_dir=str(work / "mrpc"), mixed_precision="no", **mrpc))

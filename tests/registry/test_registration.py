@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from bert_core.downstream.finetune import FinetuneConfig, finetune
+from bert_core.downstream.classification import FinetuneConfig, finetune
 from bert_core.ingest.sources import SAMPLE_DIR
 from bert_core.registry.registration import CHAMPION, RegisterConfig, register_model
 

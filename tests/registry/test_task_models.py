@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 
 from bert_core.downstream.catalogue import get_task
+from bert_core.downstream.classification import FinetuneConfig, finetune
 from bert_core.downstream.evaluation import evaluate_task, mcnemar_p_value
-from bert_core.downstream.finetune import FinetuneConfig, finetune
 from bert_core.downstream.ner import NerConfig, finetune_ner
 from bert_core.downstream.qa import QaConfig, finetune_qa
 from bert_core.ingest.sources import SAMPLE_DIR
 from bert_core.registry.registration import CHAMPION, RegisterConfig, register_model
 from tests.downstream.test_ner import SENTENCES, write_conll
 
-MRPC = {k: v for k, v in get_task("mrpc").classification_fields().items() if k != "metric_for_best_model"}
+MRPC = {k: v for k, v in get_task("mrpc").config_fields().items() if k != "metric_for_best_model"}
 
 
 @pytest.fixture(scope="module")

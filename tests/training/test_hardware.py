@@ -13,7 +13,8 @@ import time
 import pytest
 import torch
 
-from bert_core.downstream.finetune import FinetuneConfig, run_key
+from bert_core.downstream.classification import FinetuneConfig
+from bert_core.downstream.finetune import run_key
 from bert_core.training import hardware
 
 AMX_EPYC = {"model": "Intel(R) Xeon(R) Platinum 8480+", "flags": frozenset({"avx2", "avx512f", "amx_bf16", "amx_tile"})}

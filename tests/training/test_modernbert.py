@@ -13,7 +13,7 @@ import pytest
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from bert_core import stage
-from bert_core.downstream.finetune import FinetuneConfig
+from bert_core.downstream.classification import FinetuneConfig
 from bert_core.examples.generation import generate_examples
 from bert_core.ingest.sources import SAMPLE_DIR
 from bert_core.registry.registration import CHAMPION, RegisterConfig, register_model
