@@ -323,3 +323,23 @@ def worker_pool(workers: int, *, preload: list[str]) -> Iterator[typing.Any]:
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_single_threaded_worker,
                              initargs=(os.getpid(),)) as pool:
         yield pool
+
+
+def default_work_dir(work_dir: str | None) -> Path:
+    """Stage outputs live under the project data directory unless a work_dir is given."""
+    return Path(work_dir) if work_dir else bertflow_home() / "work"
+
+
+def balanced_batches(items: list, sizes: list[float], num_batches: int) -> list[list]:
+    """Split items into about `num_batches` batches of similar total size, keeping their order inside each.
+
+    One Prefect task per batch instead of per item keeps the orchestration overhead (API calls, state changes)
+    small next to the work when there are thousands of small items.
+    """
+    loads = [0.0] * max(1, min(num_batches, len(items)))
+    batches: list[list[int]] = [[] for _ in loads]
+    for index in sorted(range(len(items)), key=lambda i: -sizes[i]):
+        target = loads.index(min(loads))
+        batches[target].append(index)
+        loads[target] += sizes[index]
+    return [[items[i] for i in sorted(batch)] for batch in batches if batch]

@@ -214,3 +214,12 @@ class RunMetrics:
             self.client.log_batch(self.run_id, metrics=metrics)
         except Exception as error:  # noqa: BLE001 - tracking trouble must not stop a training run
             logger.warning("could not log metrics to MLflow run %s: %s", self.run_id, error)
+
+
+def manifest_metrics(record: dict) -> dict[str, float]:
+    """The numeric top-level fields of a stage manifest or summary, and its per-reason rejection counts, as
+    MLflow metrics of the stage's run."""
+    out = scalar_metrics(record)
+    for reason, count in (record.get("documents_rejected") or {}).items():
+        out[f"documents_rejected_{reason}"] = float(count)
+    return out

@@ -21,18 +21,19 @@ from bert_core.examples.generation import ExamplesConfig
 from bert_core.ingest.corpus import IngestConfig
 from bert_core.metrics import eval_metrics
 from bert_core.registry.registration import pin_model
+from bert_core.stage import default_work_dir
 from bert_core.tracking import lineage_tags, ui_links
 from bert_core.training.model import model_description, model_hash, resolve_model
 from bert_core.training.pretrain import PretrainConfig
-from flows import (SAMPLE_PROFILE, Fraction, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength,
-    default_work_dir, log_manifests)
 from flows.examples import examples_flow
 from flows.ingest import ingest_flow
+from flows.parameters import (SAMPLE_PROFILE, Fraction, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt,
+    SeqLength)
 from flows.pretrain import pretrain_flow
 from flows.register import register_flow
 from flows.suite import SuiteParameters, encoder_gate, suite_flow
 from tasks.evaluate import evaluate_pretrained
-from tasks.registry import finish_run, log_stage_run, parent_run
+from tasks.registry import finish_run, log_manifests, log_stage_run, parent_run
 
 
 @flow(name="continued-pretraining")

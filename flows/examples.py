@@ -16,8 +16,9 @@ from bert_core import stage
 from bert_core.examples.generation import ExamplesConfig, examples_up_to_date
 from bert_core.examples.masking import MaskingConfig
 from bert_core.examples.tokenizer import TokenizerConfig
-from flows import (PairObjective, PositiveInt, SeqLength, balanced_batches, dask_task_runner, data_cluster,
-    default_work_dir)
+from bert_core.stage import balanced_batches, default_work_dir
+from flows.cluster import dask_task_runner, data_cluster
+from flows.parameters import PairObjective, PositiveInt, SeqLength
 from tasks.examples import (finish_examples, finish_tokens, generate_units, plan_examples, plan_tokens, report_examples,
     tokenize_units)
 

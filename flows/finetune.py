@@ -14,7 +14,8 @@ from prefect import flow
 
 from bert_core.downstream.catalogue import get_task
 from bert_core.downstream.classification import FinetuneConfig
-from flows import LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength, default_work_dir
+from bert_core.stage import default_work_dir
+from flows.parameters import LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength
 from tasks.finetune import finetune_task
 
 

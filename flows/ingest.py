@@ -17,8 +17,9 @@ from bert_core.ingest.corpus import IngestConfig
 from bert_core.ingest.dedup import DedupConfig
 from bert_core.ingest.sources import SAMPLE_SOURCES, ReadConfig
 from bert_core.ingest.textfiles import local_unit
-from flows import (Fraction, NonNegativeInt, PositiveInt, balanced_batches, dask_task_runner, data_cluster,
-    default_work_dir)
+from bert_core.stage import balanced_batches, default_work_dir
+from flows.cluster import dask_task_runner, data_cluster
+from flows.parameters import Fraction, NonNegativeInt, PositiveInt
 from tasks.ingest import finish_ingest, plan_ingest, process_inputs, report_ingest
 
 

@@ -28,20 +28,20 @@ from bert_core.downstream.kinds import DEFAULT_MODEL_KIND, PRETRAINED, model_kin
 from bert_core.downstream.suite import summary_line
 from bert_core.metrics import eval_metrics
 from bert_core.registry.signatures import example_source
-from bert_core.stage import bertflow_home
-from bert_core.tracking import configure_tracking, lineage_tags, redact, ui_links
+from bert_core.stage import bertflow_home, default_work_dir
+from bert_core.tracking import configure_tracking, lineage_tags, manifest_metrics, redact, ui_links
 from bert_core.training.model import pretrained_model_name
 from deployments import deployment_parameters
-from flows import (PositiveInt, data_cluster, default_work_dir, log_manifests, manifest_metrics, stage_overrides,
-    stage_parameters)
+from flows.cluster import data_cluster
 from flows.evaluate import evaluate_flow
 from flows.examples import examples_flow
 from flows.finetune import finetune_flow
 from flows.ingest import ingest_flow
+from flows.parameters import PositiveInt, stage_overrides, stage_parameters
 from flows.pretrain import pretrain_flow
 from flows.register import encoder_registered_name, register_flow
 from flows.suite import SuiteParameters, encoder_gate, suite_flow
-from tasks.registry import finish_run, log_stage_run, parent_run
+from tasks.registry import finish_run, log_manifests, log_stage_run, parent_run
 
 # What the pipeline wires itself (inputs, outputs, seed, workers) is not a stage parameter.
 _WIRED = ("work_dir", "seed", "n_workers", "dask_address")

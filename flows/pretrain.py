@@ -6,10 +6,10 @@ from typing import Literal
 
 from prefect import flow
 
+from bert_core.stage import default_work_dir
 from bert_core.training.model import model_name
 from bert_core.training.pretrain import PretrainConfig
-from flows import (Architecture, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, Preset, SeqLength,
-    default_work_dir)
+from flows.parameters import Architecture, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, Preset, SeqLength
 from tasks.pretrain import pretrain
 
 

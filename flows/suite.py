@@ -16,8 +16,9 @@ from prefect import flow
 from bert_core.downstream import suite
 from bert_core.downstream.suite import SIZES, SuiteConfig
 from bert_core.registry.registration import CHAMPION, alias_version
+from bert_core.stage import default_work_dir
 from bert_core.training.model import model_hash
-from flows import default_work_dir, stage_parameters
+from flows.parameters import stage_parameters
 from tasks.suite import run_suite
 
 

@@ -19,8 +19,9 @@ from bert_core.downstream.catalogue import get_task
 from bert_core.downstream.classification import FinetuneConfig
 from bert_core.metrics import eval_metrics
 from bert_core.registry.registration import pin_model
-from flows import SAMPLE_PROFILE, LearningRate, MixedPrecision, PositiveInt, default_work_dir
+from bert_core.stage import default_work_dir
 from flows.finetune import finetune_flow
+from flows.parameters import SAMPLE_PROFILE, LearningRate, MixedPrecision, PositiveInt
 from flows.register import register_flow
 from tasks.evaluate import evaluate_task_model
 from tasks.registry import finish_run, log_stage_run, parent_run

@@ -4,12 +4,7 @@ Caching is off on purpose (`NO_CACHE`): Prefect's default key hashes the task's 
 idempotence lives in the library's stage records instead.
 """
 
-import os
-
-# Let bert_core's own log lines reach the Prefect run logs (and the UI), not only the console.
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "bert_core")
-
-# Tag of the tasks that train (pretrain, finetune*): a Prefect tag concurrency limit of this name bounds how many
+# Tag of the tasks that train (pretrain, finetune_task): a Prefect tag concurrency limit of this name bounds how many
 # train at once (deployments/servers.py `setup` creates it with 1 slot, i.e. one GPU job at a time).
 TRAINING_TAG = "bertflow-training"
 # A global concurrency limit of this name with 1 slot serialises registrations across workers on different machines

@@ -13,6 +13,7 @@ from prefect.concurrency.sync import concurrency
 
 from bert_core import stage, tracking
 from bert_core.registry import registration
+from bert_core.tracking import manifest_metrics
 from tasks import REGISTRY_LIMIT
 
 
@@ -83,3 +84,15 @@ def parent_run(run_name: str, stage_tag: str, tags: dict[str, str] | None = None
     except BaseException:
         finish_run(run_id, "FAILED")
         raise
+
+
+def log_manifests(run_id: str, stage_name: str, output_dir: str) -> dict:
+    """One nested MLflow run for a data stage (ingest, or examples per split): its manifest counts as metrics, the
+    manifests as artifacts. Returns the manifest (examples: one per split)."""
+    out = Path(output_dir)
+    splits = ("",) if stage_name == "ingest" else ("train", "validation")
+    manifests = {split: stage.read_json(out / split / "manifest.json") for split in splits}
+    metrics = {f"{split}_{k}" if split else k: v for split, m in manifests.items() for k, v in manifest_metrics(m).items()}
+    log_stage_run(run_id, stage_name, output_dir, metrics=metrics,
+                  artifacts=[str(out / split / "manifest.json") for split in splits])
+    return manifests[""] if stage_name == "ingest" else manifests

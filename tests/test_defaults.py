@@ -22,7 +22,7 @@ from bert_core.ingest.dedup import DedupConfig
 from bert_core.ingest.sources import ReadConfig
 from bert_core.training.pretrain import PretrainConfig
 from deployments import PREFECT_YAML
-from flows import SAMPLE_PROFILE
+from flows.parameters import SAMPLE_PROFILE
 from tests.conftest import REPO
 
 INGEST = (IngestConfig, ReadConfig, CleaningConfig, DedupConfig)
@@ -81,7 +81,7 @@ def test_the_sample_profile_names_stage_flow_parameters_it_changes(monkeypatch):
 
 
 def test_the_pipeline_passes_the_profile_under_the_runs_own_values():
-    from flows import stage_overrides
+    from flows.parameters import stage_overrides
 
     assert stage_overrides("pretrain", None) == SAMPLE_PROFILE["pretrain"]
     assert stage_overrides("pretrain", {"max_train_steps": 7})["max_train_steps"] == 7

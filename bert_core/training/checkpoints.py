@@ -128,3 +128,37 @@ def window_metrics(totals: dict[str, float], elapsed: float, world: int) -> dict
         "loader_share": totals["loader_seconds"] / world / elapsed,
         "collate_share": totals["collate_seconds"] / world / elapsed,
     }
+
+
+class MetricsProgress:
+    """Training progress from the run's `metrics.jsonl` (one JSON record per logging step, with its `step`), read as
+    it grows: a structured channel, where a log line's wording may change. A budgeted run's records carry its
+    planned length (`planned_steps`) and `eta_seconds`, which the artifact's description shows."""
+
+    def __init__(self, path: Path, total_steps: int):
+        self.path, self.total, self.offset, self.step = path, total_steps, 0, -1
+        self.eta: float | None = None
+
+    def percent(self) -> float | None:
+        """The progress when it moved since the last call, else None."""
+        if not self.path.is_file():
+            return None
+        if self.path.stat().st_size < self.offset:  # a resumed run rewrote the file from its checkpoint
+            self.offset = 0
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
+        self.offset += len(complete)
+        records = [json.loads(line) for line in complete.splitlines() if line.strip()]
+        for record in records:
+            self.total = record.get("planned_steps", self.total)
+            self.eta = record.get("eta_seconds", self.eta)
+        if not records or max(r["step"] for r in records) == self.step:
+            return None
+        self.step = max(r["step"] for r in records)
+        return 100.0 * self.step / max(1, self.total)
+
+    def description(self) -> str:
+        eta = "" if self.eta is None else f", about {self.eta / 60:.1f} min left"
+        return f"Pretraining: step {max(self.step, 0)} of {self.total}{eta}"

@@ -8,16 +8,21 @@ causes some participants to fail", pytorch/gloo#155; gloo's worker threads still
 interpreter finalises, pytorch/pytorch#179291). One such hang kept a finished 12-step 2-process gloo run alive past a
 600 s test timeout in CI (its summary was already printed); the same run ended cleanly 25 times in a row on this
 machine. So a launched rank ends with `end_training` under a watchdog and leaves with `exit_now`, which skips
-interpreter finalisation: neither can hang a finished run, and a stuck teardown prints its stacks.
+interpreter finalisation: neither can hang a finished run, and a stuck teardown prints its stacks. On the parent's
+side, `run_launch` supervises a launch: it streams the launch's lines, and a launch whose run is saved but that has
+not exited a grace time later is ended with every process below it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import hashlib
 import logging
 import os
+import queue
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -158,3 +163,64 @@ def broadcast_flag(accelerator: Accelerator, flag: bool) -> bool:
         return flag
     tensor = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(tensor, reduction="sum").item() > 0)
+
+
+# How long a launch may take to exit once its run is saved: ranks end their own teardown after TEARDOWN_SECONDS;
+# this covers the launcher around them.
+TEARDOWN_GRACE_SECONDS = 2 * TEARDOWN_SECONDS + 30
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid`, deepest first (Linux /proc; elsewhere none)."""
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            for child in map(int, children.read_text().split()):
+                found += _descendants(child) + [child]
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def run_launch(command: list[str], env: dict, on_line, saved, grace_seconds: float = TEARDOWN_GRACE_SECONDS,
+               log: logging.Logger | logging.LoggerAdapter = logger) -> int:
+    """Run a training launch, handing each output line to `on_line`; its exit code. A launch whose run is saved
+    (`saved()` true) but that has not exited `grace_seconds` later, a hang in the distributed runtime's teardown,
+    is killed with its processes and counts as finished (0): it must not hold the worker (or a test) for good."""
+    lines: queue.Queue[str | None] = queue.Queue()
+    # Not a `with` block: closing the pipe would wait for a reader blocked on a leftover process that holds it.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               bufsize=1)
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, name="launch-output", daemon=True).start()
+    saved_at = exited_at = None
+    while True:
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
+            line = ""
+        if line is None:
+            break
+        if line.strip():
+            on_line(line.rstrip())
+        now = time.monotonic()
+        if process.poll() is not None:
+            exited_at = exited_at or now
+            if now - exited_at > 5 and lines.empty():  # a leftover process holds the pipe: stop reading
+                break
+        elif saved_at is None and saved():
+            saved_at = now
+        elif saved_at is not None and now - saved_at > grace_seconds:
+            log.warning("the run is saved but its launch has not exited %.0f s later (a teardown hang); ending "
+                        "its processes", grace_seconds)
+            for pid in _descendants(process.pid) + [process.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            process.wait()
+            return 0
+    return process.wait()

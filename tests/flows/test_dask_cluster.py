@@ -18,7 +18,7 @@ from bert_core import stage
 from bert_core.examples import token_store
 from bert_core.examples.generation import generate_examples
 from bert_core.ingest.corpus import IngestConfig, ingest_corpus
-from flows import data_cluster
+from flows.cluster import data_cluster
 from tests.conftest import TINY_EXAMPLES
 from tests.flows.test_examples_flow import _checksums
 from tests.flows.test_ingest_flow import _rows

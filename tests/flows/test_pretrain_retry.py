@@ -43,7 +43,7 @@ def test_a_launch_that_hangs_after_its_run_is_saved_is_ended(tmp_path):
     import sys
     import time
 
-    from tasks.pretrain import run_launch
+    from bert_core.training.launch import run_launch
 
     saved, child_pid = tmp_path / "saved", tmp_path / "child.pid"
     hang = ("import subprocess, sys, time, pathlib\n"

@@ -226,10 +226,10 @@ def test_dynamic_masking_trains_on_the_examples_stage_masking(documents_dir, tmp
 def test_pretraining_progress_is_read_from_the_metrics_records(tmp_path):
     """The Prefect task's progress bar follows metrics.jsonl (JSON records), not the wording of a log line; a line
     being written is read when complete, and a resumed run that rewrote the file is followed from its start."""
-    from tasks.pretrain import _Progress
+    from bert_core.training.checkpoints import MetricsProgress
 
     path = tmp_path / "metrics.jsonl"
-    progress = _Progress(path, total_steps=20)
+    progress = MetricsProgress(path, total_steps=20)
     assert progress.percent() is None  # no file yet
     path.write_text('{"step": 0, "eval_mlm_loss": 9.0}\n{"step": 5, "loss": 8.0}\n{"step": 1')
     assert progress.percent() == 25.0 and progress.percent() is None  # nothing new; the cut line waits
