@@ -17,57 +17,79 @@ from bert_core import stage
 
 
 def _ingest(args) -> object:
-    from bert_core.ingest.corpus import IngestConfig, ingest_corpus
+    from bert_core.ingest.corpus import (  # lazy: the CLI imports a stage's code only when it runs
+        IngestConfig,
+        ingest_corpus,
+    )
 
     return str(ingest_corpus(stage.load_config(IngestConfig, args.config), args.output_dir))
 
 
 def _examples(args) -> object:
-    from bert_core.examples.generation import ExamplesConfig, generate_examples
+    from bert_core.examples.generation import (  # lazy: the CLI imports a stage's code only when it runs
+        ExamplesConfig,
+        generate_examples,
+    )
 
     return str(generate_examples(stage.load_config(ExamplesConfig, args.config), args.documents_dir, args.output_dir,
                                  tokens_dir=args.tokens_dir, workers=args.workers))
 
 
 def _pretrain(args) -> object:
-    from bert_core.training.pretrain import PretrainConfig, pretrain
+    from bert_core.training.pretrain import (  # lazy: the CLI imports a stage's code only when it runs
+        PretrainConfig,
+        pretrain,
+    )
 
     return pretrain(stage.load_config(PretrainConfig, args.config))
 
 
 def _finetune(args) -> object:
-    from bert_core.downstream.classification import FinetuneConfig, finetune
+    from bert_core.downstream.classification import (  # lazy: the CLI imports a stage's code only when it runs
+        FinetuneConfig,
+        finetune,
+    )
 
     return finetune(stage.load_config(FinetuneConfig, args.config))
 
 
 def _finetune_ner(args) -> object:
-    from bert_core.downstream.ner import NerConfig, finetune_ner
+    from bert_core.downstream.ner import (  # lazy: the CLI imports a stage's code only when it runs
+        NerConfig,
+        finetune_ner,
+    )
 
     return finetune_ner(stage.load_config(NerConfig, args.config))
 
 
 def _finetune_qa(args) -> object:
-    from bert_core.downstream.qa import QaConfig, finetune_qa
+    from bert_core.downstream.qa import QaConfig, finetune_qa  # lazy: the CLI imports a stage's code only when it runs
 
     return finetune_qa(stage.load_config(QaConfig, args.config))
 
 
 def _split_squad(args) -> object:
-    from bert_core.downstream.qa import split_squad_by_article
+    from bert_core.downstream.qa import split_squad_by_article  # lazy: the CLI imports a stage's code only when it runs
 
     return split_squad_by_article(args.squad_file, args.train_out, args.eval_out, eval_articles=args.eval_articles,
                                   seed=args.seed)
 
 
 def _evaluate(args) -> object:
-    from bert_core.downstream.evaluation import EvaluateConfig, evaluate_models
+    from bert_core.downstream.evaluation import (  # lazy: the CLI imports a stage's code only when it runs
+        EvaluateConfig,
+        evaluate_models,
+    )
 
     return evaluate_models(stage.load_config(EvaluateConfig, args.config))
 
 
 def _suite(args) -> object:
-    from bert_core.downstream.suite import SuiteConfig, run_suite, summary_line
+    from bert_core.downstream.suite import (  # lazy: the CLI imports a stage's code only when it runs
+        SuiteConfig,
+        run_suite,
+        summary_line,
+    )
 
     report = run_suite(stage.load_config(SuiteConfig, args.config))
     print(summary_line(report), file=sys.stderr)
@@ -75,21 +97,24 @@ def _suite(args) -> object:
 
 
 def _register(args) -> object:
-    from bert_core.registry.registration import RegisterConfig, register_model
+    from bert_core.registry.registration import (  # lazy: the CLI imports a stage's code only when it runs
+        RegisterConfig,
+        register_model,
+    )
 
     return register_model(stage.load_config(RegisterConfig, args.config))
 
 
 def _rollback(args) -> object:
-    from bert_core.registry.registration import rollback
+    from bert_core.registry.registration import rollback  # lazy: the CLI imports a stage's code only when it runs
 
     return rollback(args.model, args.version, reason=args.reason)
 
 
 def _predict(args) -> None:
-    from bert_core.downstream import predict
-    from bert_core.ingest.textfiles import read_table_file
-    from bert_core.training.model import resolve_model
+    from bert_core.downstream import predict  # lazy: the CLI imports a stage's code only when it runs
+    from bert_core.ingest.textfiles import read_table_file  # lazy: the CLI imports a stage's code only when it runs
+    from bert_core.training.model import resolve_model  # lazy: the CLI imports a stage's code only when it runs
 
     model = resolve_model(args.model)
     texts, pairs = list(args.text or []), list(args.pair or []) or None
@@ -125,7 +150,7 @@ def _predict(args) -> None:
 
 
 def _inspect(args) -> None:
-    from bert_core.examples.quality import describe_examples
+    from bert_core.examples.quality import describe_examples  # lazy: the CLI imports a stage's code only when it runs
 
     print(describe_examples(args.shards_dir, args.n))
 
@@ -199,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="fill-mask guesses per [MASK]")
     p.add_argument("--pooling", default="mean", choices=("mean", "cls"), help="sentence vector for --task embed")
     p.add_argument("--output", type=Path, help="--task embed: write OUTPUT.npy (pooled) and OUTPUT.arrow (tokens)")
-    p.add_argument("--max-seq-length", type=int, default=None, help="default: the fine-tuning default of the --task's kind (classification, QA)")
+    p.add_argument("--max-seq-length", type=int, default=None,
+                   help="default: fine-tuning's default for the --task (classify, qa)")
     p.set_defaults(run=_predict)
 
     p = sub.add_parser("register", help="log a model to MLflow, register it and apply the promotion gate")
@@ -234,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     if result is not None:
         json.dump(stage.to_jsonable(result), sys.stdout, indent=2)
         sys.stdout.write("\n")
-    from bert_core.training import launch
+    from bert_core.training import launch  # lazy: the CLI imports a stage's code only when it runs
 
     if launch.launched_rank():  # its work is saved: no interpreter finalisation to hang in (see bert_core.training.launch)
         launch.exit_now(0)

@@ -13,17 +13,22 @@ import glob
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
 import socket
+import threading
 import time
 import typing
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+
+from bert_core.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +83,6 @@ def hash_path(path: str | Path) -> str:
 def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Build a config dataclass from a dict (nested configs from nested dicts), rejecting unknown keys; the
     dataclass checks its values (`bert_core.config`)."""
-    from bert_core.config import ConfigError
-
     if not isinstance(data, dict):
         raise ConfigError(f"{cls.__name__} is {type(data).__name__}; expected a JSON object of options")
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -107,8 +110,6 @@ def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 def load_config(cls: type[T], path: str | Path) -> T:
     """A config from a JSON file; every problem with the file or its values is a `ConfigError` naming the file."""
-    from bert_core.config import ConfigError
-
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -252,8 +253,6 @@ def end_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
     forkserver and resource tracker alive with it. The parent is named by pid because a forkserver's workers are
     children of the forkserver, not of the stage.
     """
-    import threading
-
     def watch() -> None:
         while pid_alive(parent_pid):
             time.sleep(poll_seconds)
@@ -292,8 +291,8 @@ DATA_WORKER_DASK_CONFIG = {"distributed.worker.profile.enabled": False, "distrib
 def local_data_cluster(n_workers: int, env: dict[str, str] | None = None) -> Iterator[typing.Any]:
     """A Dask LocalCluster of `n_workers` single-threaded processes (`SINGLE_THREADED` plus `env` in each), with
     `DATA_WORKER_DASK_CONFIG`: the cluster a data stage starts for itself, and the one its benchmarks measure."""
-    import dask
-    from distributed import LocalCluster
+    import dask  # lazy: every stage imports this module; only a pipeline's data cluster needs Dask (~1 s)
+    from distributed import LocalCluster  # lazy: as dask
 
     with dask.config.set(DATA_WORKER_DASK_CONFIG), \
             LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -315,8 +314,6 @@ def worker_pool(workers: int, *, preload: list[str]) -> Iterator[typing.Any]:
     if workers <= 1:
         yield None
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(preload)

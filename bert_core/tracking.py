@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -174,8 +175,6 @@ def ui_links(run_id: str | None = None, model: tuple[str, str] | None = None) ->
 
 def source_commit() -> str:
     """The git commit of the bertflow checkout in use, or "unknown" for an installed copy."""
-    import subprocess
-
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
                              text=True, timeout=10, check=False)

@@ -104,3 +104,20 @@ def test_no_module_is_over_400_lines():
     long = {str(p.relative_to(REPO)): n for folder in ("bert_core", "flows", "tasks")
             for p in sorted((REPO / folder).rglob("*.py")) if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
     assert not long, long
+
+
+def test_function_level_imports_say_why():
+    """An import inside a function is there to keep a process's start-up light (the CLI, a training rank, a data
+    worker) or to import only the library a config chooses; each says which in a comment. Others go at the top."""
+    import ast
+
+    silent = []
+    for path in sorted((REPO / "bert_core").rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        lines = source.splitlines()
+        for function in ast.walk(ast.parse(source)):
+            if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                silent += [f"{path.relative_to(REPO)}:{node.lineno}" for node in ast.walk(function)
+                           if isinstance(node, (ast.Import, ast.ImportFrom))
+                           and "#" not in lines[node.lineno - 1] + lines[node.end_lineno - 1]]
+    assert not silent, silent

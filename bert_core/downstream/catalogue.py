@@ -21,6 +21,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bert_core.config import ConfigError, check_choice, check_fields, check_range
 from bert_core.downstream.kinds import DEFAULT_TASK_KIND, TASK_KINDS, TaskKind
 from bert_core.ingest.sources import SAMPLE_DIR
@@ -137,8 +139,6 @@ def load_task_file(path: str | Path) -> list[Task]:
     except FileNotFoundError:
         raise ConfigError(f"task file {path} does not exist; expected a JSON or YAML file of task entries") from None
     if path.suffix.lower() in {".yaml", ".yml"}:
-        import yaml
-
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:

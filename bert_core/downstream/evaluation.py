@@ -13,15 +13,26 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from math import comb
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+    AutoModelForTokenClassification, AutoTokenizer)
 
+from bert_core.downstream.classification import predict_labels, read_task_file
 from bert_core.downstream.kinds import DEFAULT_MODEL_KIND, MODEL_KINDS, model_kind
+from bert_core.downstream.ner import entity_metrics, predict_tags, read_conll
+from bert_core.downstream.qa import answer_questions, question_score, summarise_scores
 from bert_core.downstream.reports import bar_plot, render_task_report, write_confusion_matrix_plot
+from bert_core.examples.shards import ShardDataset
+from bert_core.ingest.textfiles import read_squad
 from bert_core.metrics import classification_metrics
-from bert_core.training.model import evaluate_objective, model_description, resolve_model
+from bert_core.stage import atomic_file, write_json
+from bert_core.training.data import PretrainingCollator
+from bert_core.training.model import (PretrainingObjective, evaluate_objective, load_pretraining_model,
+    model_description, resolve_model)
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +85,6 @@ def evaluate_models(config: EvaluateConfig) -> dict[str, Any]:
 def evaluate_pretrained(model_dir: str | Path, shards_dir: str | Path, *, batch_size: int = 64) -> dict[str, float]:
     """Held-out MLM/NSP metrics of a saved pretrained encoder (BERT or ModernBERT) on one split of static-masked
     shards."""
-    from bert_core.examples.shards import ShardDataset
-    from bert_core.training.data import PretrainingCollator
-    from bert_core.training.model import PretrainingObjective, load_pretraining_model
-
     dataset = ShardDataset(shards_dir)
     if not dataset.static_masks:
         raise ValueError(f"{shards_dir} holds unmasked examples; held-out evaluation needs static masks")
@@ -102,10 +109,6 @@ class TaskScore:
 
 def score_classifier(model_dir, data_file, *, text_column, text_pair_column, label_column, max_seq_length,
                       truncation, **_) -> TaskScore:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from bert_core.downstream.classification import predict_labels, read_task_file
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -123,10 +126,6 @@ def score_classifier(model_dir, data_file, *, text_column, text_pair_column, lab
 
 
 def score_ner(model_dir, data_file, *, max_seq_length, **_) -> TaskScore:
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-    from bert_core.downstream.ner import entity_metrics, predict_tags, read_conll
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForTokenClassification.from_pretrained(model_dir)
     sentences = read_conll(data_file)
@@ -150,11 +149,6 @@ def score_ner(model_dir, data_file, *, max_seq_length, **_) -> TaskScore:
 
 
 def score_qa(model_dir, data_file, *, max_seq_length, doc_stride, **_) -> TaskScore:
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-
-    from bert_core.downstream.qa import answer_questions, question_score, summarise_scores
-    from bert_core.ingest.textfiles import read_squad
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForQuestionAnswering.from_pretrained(model_dir)
     questions = read_squad(data_file)
@@ -186,8 +180,6 @@ def _question_type(question: str) -> str:
 def mcnemar_p_value(new_only: int, champion_only: int) -> float:
     """Two-sided exact McNemar test: the probability of a split of the discordant examples at least this uneven
     if both models were equally good (binomial, p = 1/2)."""
-    from math import comb
-
     n, k = new_only + champion_only, min(new_only, champion_only)
     if n == 0:
         return 1.0
@@ -217,8 +209,6 @@ def evaluate_task(kind: str | None, model_dir: str | Path, data_file: str | Path
     doc_stride) come from its directory's description; given values override it, for models without one.
     Returns {"kind", "primary_metric", "metrics", "champion_metrics", "comparison", "reports"}.
     """
-    from bert_core.stage import atomic_file, write_json
-
     described = model_description(model_dir)
     unknown = sorted(set(reading) - set(_READING))
     if unknown:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate.utils import set_seed
+from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
 
 from bert_core import stage
@@ -103,8 +104,6 @@ def predict_tags(model, tokenizer, sentences: list[list[str]], *, max_seq_length
 
 def entity_metrics(true_tags: list[list[str]], predicted: list[list[str]]) -> dict[str, Any]:
     """Entity-level precision, recall and F1 (exact span and type, seqeval's CoNLL rules), overall and per type."""
-    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
-
     report = classification_report(true_tags, predicted, output_dict=True, zero_division=0)
     return {
         "f1": float(f1_score(true_tags, predicted, zero_division=0)),

@@ -13,14 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
+from transformers import (AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+    AutoTokenizer, BertForNextSentencePrediction)
+
+from bert_core.downstream.classification import FinetuneConfig, predict_labels
+from bert_core.downstream.qa import QaConfig, answer_questions
+from bert_core.examples.shards import write_table_file
 
 TASKS = ("fill-mask", "nsp", "classify", "qa", "embed")
 
 
 def fill_mask(model_dir: str, texts: list[str], top_k: int = 5) -> list[list[list[dict[str, Any]]]]:
     """For each text, for each [MASK] in it, the top_k (token, score) guesses."""
-    from transformers import pipeline
+    from transformers import pipeline  # lazy: transformers.pipelines loads every task's code; fill-mask only
 
     fill = pipeline("fill-mask", model=model_dir, tokenizer=model_dir, top_k=top_k, device="cpu")
     results = []
@@ -37,8 +44,6 @@ def fill_mask(model_dir: str, texts: list[str], top_k: int = 5) -> list[list[lis
 @torch.no_grad()
 def next_sentence_probability(model_dir: str, first: list[str], second: list[str]) -> list[float]:
     """P(second follows first) from the pretraining NSP head (label 0 = actual next)."""
-    from transformers import AutoConfig, AutoTokenizer, BertForNextSentencePrediction
-
     model_type = AutoConfig.from_pretrained(model_dir).model_type
     if model_type != "bert":
         raise ValueError(f"{model_dir} is a {model_type} model without a next-sentence head; next-sentence "
@@ -53,10 +58,6 @@ def classify(model_dir: str, texts: list[str], pairs: list[str] | None = None,
              max_seq_length: int | None = None) -> list[dict[str, Any]]:
     """Label and class probabilities of each text (or text pair) from a fine-tuned classifier (`max_seq_length`
     None: fine-tuning's default)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from bert_core.downstream.classification import FinetuneConfig, predict_labels
-
     max_seq_length = max_seq_length or FinetuneConfig.max_seq_length
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -71,10 +72,6 @@ def answer(model_dir: str, questions: list[str], contexts: list[str], max_seq_le
            doc_stride: int | None = None) -> list[dict[str, Any]]:
     """The answer span of each question in its context from a fine-tuned extractive QA model (see
     `bert_core.downstream.qa`; None: QA fine-tuning's window and stride)."""
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-
-    from bert_core.downstream.qa import QaConfig, answer_questions
-
     max_seq_length, doc_stride = max_seq_length or QaConfig.max_seq_length, doc_stride or QaConfig.doc_stride
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -89,11 +86,6 @@ def answer(model_dir: str, questions: list[str], contexts: list[str], max_seq_le
 def embed(model_dir: str, texts: list[str], output: str | Path, *, pooling: str = "mean",
           max_seq_length: int = 512, batch_size: int = 32) -> dict[str, Any]:
     """Write pooled sentence vectors (`.npy`) and per-token vectors (`.arrow`); return their paths and shapes."""
-    import pyarrow as pa
-    from transformers import AutoModel, AutoTokenizer
-
-    from bert_core.examples.shards import write_table_file
-
     if pooling not in {"mean", "cls"}:
         raise ValueError(f"unknown pooling {pooling!r}; choose 'mean' or 'cls'")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -125,8 +117,6 @@ def embed(model_dir: str, texts: list[str], output: str | Path, *, pooling: str 
 
 def token_vectors(arrow_path: str | Path, hidden_size: int) -> list[tuple[list[str], np.ndarray]]:
     """Read back `embed`'s per-token file: (tokens, vectors of shape (tokens, hidden)) per text."""
-    import pyarrow as pa
-
     table = pa.ipc.open_file(str(arrow_path)).read_all()
     return [(tokens, np.asarray(flat, dtype=np.float32).reshape(-1, hidden_size))
             for tokens, flat in zip(table.column("tokens").to_pylist(), table.column("vectors").to_pylist())]

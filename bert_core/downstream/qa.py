@@ -31,13 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from accelerate.utils import set_seed
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding
 
 from bert_core import stage
 from bert_core.config import ConfigError, check_positive
 from bert_core.downstream.finetune import TrainingConfig, fit, run_key, train_loader, training_accelerator
 from bert_core.ingest.textfiles import Question, read_squad
 from bert_core.training.data import TokenRows
-from bert_core.training.model import load_with_task_head
+from bert_core.training.model import load_with_task_head, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -212,8 +215,6 @@ def answer_questions(model, tokenizer, questions: list[str], contexts: list[str]
                      max_query_length: int = 64, max_answer_length: int = 30, n_best_size: int = 20, batch_size: int = 64, device="cpu") -> list[dict[str, Any]]:
     """The best answer span of each question in its context: text, character start, score (start + end logit) and
     probability (softmax over the window's start times end logits)."""
-    import torch
-
     model.eval()
     encoded = encode_windows(tokenizer, questions, contexts, max_seq_length=max_seq_length, doc_stride=doc_stride,
                              max_query_length=max_query_length)
@@ -260,12 +261,6 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def finetune_qa(config: QaConfig) -> dict[str, Any]:
     """Fine-tune an extractive QA model; score EM/F1 on the validation file; skip when done with the same inputs."""
-    import torch
-    from accelerate.utils import set_seed
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding
-
-    from bert_core.training.model import resolve_model
-
     output_dir = Path(config.output_dir)
     model_path = resolve_model(config.model_name_or_path)
     key = run_key(config, model_path, version=2)

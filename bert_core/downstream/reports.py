@@ -8,10 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 
 from bert_core.metrics import scalar_metrics
 from bert_core.stage import write_json
+
+matplotlib.use("Agg")  # files only, no display: before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,11 +26,6 @@ class ReportPaths:
 
 def write_pretraining_report(metrics_jsonl: str | Path, output_dir: str | Path) -> ReportPaths:
     """Plot training and held-out loss curves from a pretraining metrics.jsonl; write the report JSON."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
     train = [r for r in records if "loss" in r]
     held_out = [r for r in records if "eval_mlm_loss" in r]
@@ -58,11 +57,6 @@ def write_pretraining_report(metrics_jsonl: str | Path, output_dir: str | Path) 
 
 def write_confusion_matrix_plot(confusion: list[list[int]], label_names: list[str], path: str | Path, *,
                                 title: str = "Confusion matrix (dev)") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     matrix = np.asarray(confusion)
     size = max(4.0, 0.6 * len(label_names) + 1.5)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -81,11 +75,6 @@ def write_confusion_matrix_plot(confusion: list[list[int]], label_names: list[st
 
 
 def bar_plot(values: dict[str, float], counts: dict[str, int], path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = list(values)
     ax.bar(names, [values[n] for n in names], color="#4c72b0")

@@ -26,15 +26,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
+import torch
+from scipy import stats
+from transformers import AutoConfig, AutoTokenizer
 
 from bert_core import stage
 from bert_core.config import ConfigError, check_fields, check_positive
 from bert_core.downstream.catalogue import get_task
 from bert_core.downstream.finetune import TrainingConfig
 from bert_core.downstream.kinds import TASK_KINDS, load
+from bert_core.examples.tokenizer import tokenizer_hash
 from bert_core.metrics import classification_metrics
-from bert_core.training.model import resolve_model
+from bert_core.training.model import PRETRAINING_CLASSES, architecture_of, resolve_model
+
+matplotlib.use("Agg")  # files only, no display: before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
 
 # Suite sizes: what a run costs. `tiny` is for tests and smoke runs (about a minute on 2 cores for a bert-tiny).
 # `data_dir_tasks`: tasks added when `data_dir` holds their files; `data_dir` then also supplies the size's own
@@ -114,12 +122,6 @@ def _has_files(task, data_dir: str) -> bool:
 def random_init_twin(encoder_dir: str | Path, cache_root: str | Path, seed: int = TWIN_SEED) -> Path:
     """The encoder's random-init twin (same config and tokenizer, fresh weights from `seed`), built once per
     architecture, tokenizer and seed under `cache_root`."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer
-
-    from bert_core.examples.tokenizer import tokenizer_hash
-    from bert_core.training.model import PRETRAINING_CLASSES, architecture_of
-
     encoder_dir = Path(encoder_dir)
     config = AutoConfig.from_pretrained(encoder_dir)
     # Not the encoder's path (`_name_or_path`: every new encoder would miss the cache) nor its tokenizer files' bytes
@@ -172,8 +174,6 @@ def _best(scores: dict[float, list[float]]) -> tuple[float, list[float]]:
 
 def paired_p_value(a: list[float], b: list[float]) -> float:
     """Two-sided paired t-test over seeds (NaN with fewer than 2 pairs or no spread in the differences)."""
-    from scipy import stats
-
     diff = np.asarray(a) - np.asarray(b)
     if diff.size < 2 or np.allclose(diff, diff[0]):  # equal differences up to float noise: no spread to test
         return float("nan")
@@ -278,11 +278,6 @@ def task_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def plot_report(report: dict[str, Any], path: Path) -> None:
     """Per-task bars of both arms (mean over seeds) with their std as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = report["tasks"]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(rows), 3.6))

@@ -40,8 +40,8 @@ from bert_core.examples.pairs import (MASK_ID, NUM_SPECIAL, UnitExamples, assemb
 from bert_core.examples.quality import check_quality, quality_from_statistics, unit_statistics
 from bert_core.examples.shards import (arrow_array, list_array, merge_units, shard_schema, verify_shards,
     with_system_memory_pool, write_table_file)
-from bert_core.examples.token_store import TokenStore
-from bert_core.examples.tokenizer import TokenizerConfig
+from bert_core.examples.token_store import TokenStore, tokenize_corpus, tokens_key
+from bert_core.examples.tokenizer import TokenizerConfig, continuation_mask, load_backend, save_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -227,8 +227,6 @@ def generate_unit(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def examples_key(config: ExamplesConfig, documents_dir: str | Path) -> str:
-    from bert_core.examples.token_store import tokens_key
-
     return stage.hash_json({"config": config, "tokens": tokens_key(config.tokenizer, documents_dir), "version": 3})
 
 
@@ -259,9 +257,6 @@ def plan_examples(config: ExamplesConfig, documents_dir: str | Path, output_dir:
     The plan is plain data: `key`, `tokens_dir`, `parts_dir`, `splits` (name -> documents, static) and `units`
     (the specs `generate_unit` runs). An up-to-date output gives `up_to_date: True` and no units.
     """
-    from bert_core.examples.token_store import tokenize_corpus
-    from bert_core.examples.tokenizer import continuation_mask, load_backend
-
     documents_dir, output_dir = Path(documents_dir), Path(output_dir)
     tokens_dir = Path(tokens_dir) if tokens_dir else output_dir.with_name("tokens")
     stage.remove_stale_temporaries(output_dir)  # a killed run's half-written shard set
@@ -307,8 +302,6 @@ def plan_examples(config: ExamplesConfig, documents_dir: str | Path, output_dir:
 @with_system_memory_pool
 def finish_examples(plan: dict[str, Any], stats: list[dict[str, Any]]) -> Path:
     """Check quality, merge every split's parts into shards, write the stage record; remove the parts."""
-    from bert_core.examples.tokenizer import load_backend, save_tokenizer
-
     output_dir = Path(plan["output_dir"])
     if plan.get("up_to_date"):
         return output_dir

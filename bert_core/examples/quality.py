@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from bert_core.examples.pairs import MASK_ID, UNK_ID, UnitExamples
+from bert_core.examples.shards import ShardDataset, read_manifest
+from bert_core.examples.tokenizer import load_tokenizer
 
 
 def unit_statistics(examples: UnitExamples, masked: tuple | None, is_special: np.ndarray, max_seq_length: int) -> dict[str, Any]:
@@ -111,9 +113,6 @@ def describe_examples(shards_dir: str | Path, n: int = 3) -> str:
 
     `shards_dir` is a split directory (`<examples>/train`) or an examples directory (its train split is shown).
     """
-    from bert_core.examples.shards import ShardDataset, read_manifest
-    from bert_core.examples.tokenizer import load_tokenizer
-
     shards_dir = Path(shards_dir)
     if (shards_dir / "train").is_dir():
         shards_dir = shards_dir / "train"

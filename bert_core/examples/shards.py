@@ -9,17 +9,18 @@ of examples, so that data-parallel ranks never wait on one another; the remainde
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import math
 import mmap
+import resource
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
-import torch
 
 from bert_core import stage
 
@@ -75,8 +76,6 @@ def release_free_memory() -> None:
     global _malloc_trim
     if _malloc_trim is None:
         try:
-            import ctypes
-
             _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
         except (OSError, AttributeError):
             _malloc_trim = False
@@ -292,8 +291,6 @@ _MERGE_RANGE_EXAMPLES = 2048  # examples per key range of the merge: its memory,
 
 def _allow_open_files(needed: int) -> None:
     """Raise the open-file limit (each memory-mapped part file holds a descriptor) or say what to change."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if needed <= soft:
         return
@@ -332,8 +329,9 @@ def merge_units(unit_files: list[Path], total: int, output_dir: Path, *, schema:
     return writer.finish(vocab_size=vocab_size, metadata=metadata)
 
 
-class ShardDataset(torch.utils.data.Dataset):
-    """Random access to the examples of one split of Arrow shards."""
+class ShardDataset:
+    """Random access to the examples of one split of Arrow shards: a map-style dataset (`len`, `[index]`) that torch's
+    DataLoader takes as it is. No torch here: the example-generation workers import this module."""
 
     def __init__(self, shards_dir: str | Path):
         tables, self.manifest = open_shards(shards_dir)

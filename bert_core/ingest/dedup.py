@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from bert_core.config import check_choice, check_fields, check_positive, check_range
+from bert_core.ingest.near_dedup import exact_duplicates, near_duplicates, write_exact_keys
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # Combining marks of scripts whose vowel signs and diacritics are not word characters to `re` (Mn/Mc categories).
@@ -103,12 +105,12 @@ def minhash_signature(hashes: np.ndarray, config: DedupConfig) -> np.ndarray:
     """The MinHash signature (num_perm uint64) of a document's word shingles."""
     shingles = ngram_hashes(hashes, min(config.shingle_size, max(1, hashes.size)))
     if config.minhash == "rensa":
-        import rensa
+        import rensa  # lazy: only the configured MinHash library is imported
 
         rows = rensa.RMinHash.digest_matrix_from_flat_token_hashes(
             shingles, np.array([0, shingles.size], dtype=np.uint64), config.num_perm, config.seed).to_rows()
         return np.asarray(rows[0], dtype=np.uint64)
-    from datasketch import MinHash
+    from datasketch import MinHash  # lazy: only the configured MinHash library is imported
 
     minhash = MinHash(num_perm=config.num_perm, seed=config.seed, hashfunc=int, scheme="affine32")
     # datasketch's permutations expect 32-bit input hashes.
@@ -121,14 +123,14 @@ class NearDuplicateIndex:
     kept document): the reference `bert_core.ingest.near_dedup` is measured against, not what the ingest stage runs."""
 
     def __init__(self, config: DedupConfig):
-        from datasketch import MinHashLSH
+        from datasketch import MinHashLSH  # lazy: the in-memory reference index only (tests, bench)
 
         self.config = config
         self._lsh = MinHashLSH(threshold=config.near_dedup_threshold, num_perm=config.num_perm)
         self._signatures: dict[str, np.ndarray] = {}
 
     def seen_before(self, key: str, signature: np.ndarray) -> bool:
-        from datasketch import LeanMinHash
+        from datasketch import LeanMinHash  # lazy: the in-memory reference index only (tests, bench)
 
         minhash = LeanMinHash(seed=self.config.seed, hashvalues=signature, scheme="affine32")
         for candidate in self._lsh.query(minhash):
@@ -149,10 +151,6 @@ def reject_documents(part_files: list[Path], config: DedupConfig, work_dir: str 
     are found among the documents left (`near_dedup.near_duplicates`, its units on `executor`). Both are sorted
     and merged on disk (`bert_core.ingest.near_dedup`). Memory: one part at a time, one key range of a merge, and one
     byte per document for the codes."""
-    import pyarrow.parquet as pq
-
-    from bert_core.ingest.near_dedup import exact_duplicates, near_duplicates, write_exact_keys
-
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     codes, signature_files, key_files, first = [], [], [], 0

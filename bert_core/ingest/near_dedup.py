@@ -43,7 +43,7 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio constant: mixes a band's ro
 
 def band_parameters(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows per band) minimising false positives + false negatives at `threshold`, as datasketch does."""
-    from datasketch.lsh import _optimal_param
+    from datasketch.lsh import _optimal_param  # lazy: datasketch imports scipy; only the band plan needs it
 
     return _optimal_param(threshold, num_perm, 0.5, 0.5)
 

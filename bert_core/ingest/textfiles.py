@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
+import zstandard
 
 from bert_core.ingest.cleaning import looks_like_text
 
@@ -29,8 +32,6 @@ class _ZstdReader(io.RawIOBase):
     """
 
     def __init__(self, path):
-        import zstandard
-
         self._file = open(path, "rb")
         self._context = zstandard.ZstdDecompressor()
         self._object = self._context.decompressobj()
@@ -170,9 +171,6 @@ def read_table_file(path: str | Path, *, string_columns: tuple[str, ...] = ()) -
     TSV is read without quoting, as GLUE's own readers do (its fields contain bare quotes); `string_columns` are
     kept as text even when they look numeric.
     """
-    import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
-
     path = Path(path)
     suffixes = [s.lower() for s in path.suffixes if s.lower() not in {".gz", ".bz2"}]
     kind = suffixes[-1] if suffixes else ""

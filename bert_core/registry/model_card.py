@@ -9,8 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
 from bert_core.downstream.catalogue import get_task
 from bert_core.downstream.kinds import model_kind
+from bert_core.downstream.suite import suite_metric
 from bert_core.metrics import scalar_metrics
 from bert_core.registry.signatures import example_source
 
@@ -42,8 +45,6 @@ def model_card(config: Any, model_hash: str) -> str:
 
 
 def _eval_result(task, metric: str, value: float, name: str | None = None, task_type: str | None = None):
-    from huggingface_hub import EvalResult
-
     dataset, _, dataset_config = (task.hub_dataset or task.name).partition(":")
     return EvalResult(task_type=task_type or task.task_kind.model.pipeline_tag, dataset_type=dataset, dataset_name=task.name,
                       dataset_config=dataset_config or None, dataset_split="validation",
@@ -54,10 +55,6 @@ def hub_card(config: Any, model_hash: str) -> str:
     """`model_card` behind the Hub's metadata block: language, license, the datasets it was trained on (the task's,
     and the corpus' `hf:` sources), pipeline tag and the evaluation results (the task's dev metrics; for an encoder,
     its downstream suite: the pretrained arm's mean over seeds, with the random-init twin's beside it)."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    from bert_core.downstream.suite import suite_metric
-
     metrics, results, datasets = scalar_metrics(config.metrics), [], []
     model_config = Path(config.model_dir) / "config.json"
     architecture = json.loads(model_config.read_text()).get("model_type") if model_config.is_file() else None

@@ -79,8 +79,8 @@ def entities_from_tags(words: list[str], tags: list[str]) -> list[dict]:
 
 class BertPyfuncModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        import torch
-        import transformers
+        import torch  # lazy: MLflow imports this file to find the model class before it loads one
+        import transformers  # lazy: as torch
 
         self.torch = torch
         config = context.model_config or {}

@@ -21,6 +21,7 @@ import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -370,8 +371,6 @@ def register_model(config: RegisterConfig) -> dict[str, Any]:
 
 def _requirements() -> list[str]:
     """Exact versions of what the pyfunc model imports; given explicitly so MLflow does not infer them by import."""
-    from importlib.metadata import version
-
     torch_version = version("torch").split("+")[0]
     return [f"torch=={torch_version}", f"transformers=={version('transformers')}",
             f"tokenizers=={version('tokenizers')}", f"mlflow=={version('mlflow')}", "pandas"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
@@ -19,8 +20,6 @@ def example_input(kind: str, pairs: bool = False) -> Any:
     """The example as `predict` takes it: a list of texts or a DataFrame."""
     example = model_kind(kind).example_input(pairs)
     if isinstance(example, dict):
-        import pandas as pd
-
         return pd.DataFrame(example)
     return list(example)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from bert_core.examples.masking import MaskingConfig, mask_sequences
 from bert_core.examples.tokenizer import SPECIAL_TOKENS
@@ -170,8 +171,6 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         return math.ceil(len(self.lengths) / self.batch_size)
 
     def __iter__(self):
-        from transformers.trainer_pt_utils import get_length_grouped_indices
-
         order = get_length_grouped_indices(self.lengths, self.step_rows, generator=self.generator)
         steps = [order[i : i + self.step_rows] for i in range(0, len(order), self.step_rows)]
         full = len(order) // self.step_rows

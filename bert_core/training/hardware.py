@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import statistics
 import tempfile
 import time
@@ -63,8 +64,6 @@ def cpu_info() -> dict[str, object]:
                 elif name in ("flags", "Features") and not flags:
                     flags = set(value.split())
     except OSError:
-        import platform
-
         model = platform.processor() or platform.machine()
     return {"model": model or "unknown CPU", "flags": frozenset(flags)}
 

@@ -16,6 +16,8 @@ gradients stay synchronised.
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
+import importlib.util
 import logging
 import re
 from pathlib import Path
@@ -24,7 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertForPreTraining, ModernBertConfig, ModernBertForMaskedLM, PretrainedConfig
+from transformers import (AutoConfig, BertConfig, BertForPreTraining, ModernBertConfig, ModernBertForMaskedLM,
+    PretrainedConfig)
 
 from bert_core import stage
 
@@ -92,8 +95,6 @@ def architecture_of(config: PretrainedConfig) -> str:
 
 def load_pretraining_model(path: str | Path) -> torch.nn.Module:
     """A saved pretrained encoder with its pretraining heads, BERT or ModernBERT (by its config.json)."""
-    from transformers import AutoConfig
-
     return PRETRAINING_CLASSES[architecture_of(AutoConfig.from_pretrained(path))].from_pretrained(path)
 
 
@@ -170,9 +171,9 @@ def _locate_model(name_or_path: str) -> str:
     if Path(name_or_path).is_dir():
         return str(name_or_path)
     if name_or_path.startswith("models:/"):
-        import mlflow
+        import mlflow  # lazy: each launched training rank imports this module; mlflow costs it 1.5-2 s
 
-        from bert_core.tracking import configure_tracking
+        from bert_core.tracking import configure_tracking  # lazy: imports mlflow, as above
 
         configure_tracking()
         # The registered pyfunc keeps the save_pretrained directory as its artifact "model_dir", stored under
@@ -182,8 +183,6 @@ def _locate_model(name_or_path: str) -> str:
         if "model_dir" not in artifacts:
             raise FileNotFoundError(f"{name_or_path} is not a bertflow model (no model_dir artifact)")
         return str(local / artifacts["model_dir"]["path"])
-    import importlib.resources
-    import importlib.util
 
     package = name_or_path.replace("-", "_")
     # Only a dotted Python name can be a package; a path like ./x or ../models/x that does not exist is not one.
