@@ -38,8 +38,23 @@ def load(reference: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
+class _Configured:
+    """A kind whose defaults are its config class's (`config`: "module:Class")."""
+
+    config: str
+
+    @property
+    def config_class(self) -> type:
+        return load(self.config)
+
+    @property
+    def max_seq_length(self) -> int:
+        """The window of this kind by default: its config class's `max_seq_length`, written once there."""
+        return self.config_class.max_seq_length
+
+
 @dataclass(frozen=True, kw_only=True)
-class ModelKind:
+class ModelKind(_Configured):
     """What a model is and how it is served: the registry, evaluation, model cards and the pyfunc model read it."""
 
     name: str  # written into the model's bertflow_model.json and the registered pyfunc's model_config
@@ -57,15 +72,6 @@ class ModelKind:
     use_note: str = ""  # what the model card adds after the example call
     suite_results: bool = False  # its card's results are the downstream suite's (an encoder), not its own dev scores
     summary: str = ""  # the pipeline summary's line for a model of this kind: a format string over its metrics
-
-    @property
-    def config_class(self) -> type:
-        return load(self.config)
-
-    @property
-    def max_seq_length(self) -> int:
-        """The window a model of this kind reads by default: its config class's default."""
-        return self.config_class.max_seq_length
 
     def class_for(self, model_type: str | None) -> str:
         """The transformers Auto class that loads a model of this kind with this `model_type`."""
@@ -91,7 +97,7 @@ class ModelKind:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TaskKind:
+class TaskKind(_Configured):
     """How a task of this kind is read and trained: the catalogue, the fine-tuning flow and the suite read it."""
 
     name: str  # a catalogue entry's `kind`
@@ -111,14 +117,6 @@ class TaskKind:
     @property
     def model(self) -> ModelKind:
         return MODEL_KINDS[self.model_kind]
-
-    @property
-    def config_class(self) -> type:
-        return load(self.config)
-
-    @property
-    def max_seq_length(self) -> int:
-        return self.config_class.max_seq_length
 
     def run(self, config) -> dict[str, Any]:
         """Fine-tune: the kind's training function on its config."""
