@@ -166,7 +166,7 @@ def test_a_rank_whose_teardown_hangs_prints_its_stacks_and_exits_0():
     """A process group that never shuts down (a PyTorch distributed-runtime hang after the outputs are saved, seen
     once in CI) must not hold the launcher: the rank logs every thread's stack and exits 0 after the timeout."""
     script = ("import logging, time\n"
-              "from bert_core import launch\n"
+              "from bert_core.training import launch\n"
               "logging.basicConfig(level='INFO')\n"
               "class Stuck:\n"
               "    num_processes, process_index = 2, 1\n"
