@@ -13,7 +13,6 @@ import glob
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import re
 import shutil
@@ -23,7 +22,6 @@ import time
 import typing
 import uuid
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -291,7 +289,7 @@ DATA_WORKER_DASK_CONFIG = {"distributed.worker.profile.enabled": False, "distrib
 def local_data_cluster(n_workers: int, env: dict[str, str] | None = None) -> Iterator[typing.Any]:
     """A Dask LocalCluster of `n_workers` single-threaded processes (`SINGLE_THREADED` plus `env` in each), with
     `DATA_WORKER_DASK_CONFIG`: the cluster a data stage starts for itself, and the one its benchmarks measure."""
-    import dask  # lazy: every stage imports this module; only a pipeline's data cluster needs Dask (~1 s)
+    import dask  # lazy: every stage imports this module; only a pipeline's data cluster needs Dask, a slow import
     from distributed import LocalCluster  # lazy: as dask
 
     with dask.config.set(DATA_WORKER_DASK_CONFIG), \
@@ -314,6 +312,8 @@ def worker_pool(workers: int, *, preload: list[str]) -> Iterator[typing.Any]:
     if workers <= 1:
         yield None
         return
+    import multiprocessing  # lazy: every CLI run imports this module; a worker pool is a data stage's alone
+    from concurrent.futures import ProcessPoolExecutor  # lazy: as multiprocessing
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(preload)

@@ -14,8 +14,6 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
-import blingfire
-
 from bert_core.config import check_choice, check_fields, check_fraction, check_non_negative, check_positive
 from bert_core.ingest.filters import quality_reason
 
@@ -163,6 +161,8 @@ def _split_regex(paragraph: str) -> list[str]:
 
 
 def _split_blingfire(paragraph: str) -> list[str]:
+    import blingfire  # lazy: kept out of every ingest worker's start-up; the regex splitter needs none of it
+
     return blingfire.text_to_sentences(paragraph).split("\n")
 
 

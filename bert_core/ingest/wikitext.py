@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 
-import mwparserfromhell
-
 _WIKI_DROP_LINKS = re.compile(r"^\s*:?\s*(file|image|category|media):", re.I)
 
 
 def wikitext_to_text(wikitext: str) -> str:
     """Plain text of a MediaWiki article: templates, refs, tables, files, categories and headings removed, links
     replaced by their text, one paragraph per block."""
+    import mwparserfromhell  # lazy: kept out of every ingest worker's start-up; only XML dumps need it
+
     code = mwparserfromhell.parse(wikitext)
     for node in list(code.ifilter_tags(recursive=True)):
         if str(node.tag).lower() in {"table", "ref", "gallery", "math", "timeline", "references"}:

@@ -171,7 +171,7 @@ def _locate_model(name_or_path: str) -> str:
     if Path(name_or_path).is_dir():
         return str(name_or_path)
     if name_or_path.startswith("models:/"):
-        import mlflow  # lazy: each launched training rank imports this module; mlflow costs it 1.5-2 s
+        import mlflow  # lazy: each launched training rank imports this module; mlflow is a slow import
 
         from bert_core.tracking import configure_tracking  # lazy: imports mlflow, as above
 
