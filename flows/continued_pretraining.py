@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from pydantic import Field
 
 from bert_core import stage
-from bert_core.config import SEED
+from bert_core.config import SEED, given
 from bert_core.examples.generation import ExamplesConfig
-from bert_core.ingest.corpus import IngestConfig
 from bert_core.metrics import eval_metrics
 from bert_core.registry.registration import pin_model
 from bert_core.stage import default_work_dir
@@ -27,11 +28,11 @@ from bert_core.training.model import model_description, model_hash, resolve_mode
 from bert_core.training.pretrain import PretrainConfig
 from flows.examples import examples_flow
 from flows.ingest import ingest_flow
-from flows.parameters import (SAMPLE_PROFILE, Fraction, LearningRate, MixedPrecision, NonNegativeInt, PositiveInt,
-    SeqLength)
+from flows.parameters import (CONTINUED_PROFILE, ContinuedExamples, ContinuedPretrain, IngestParameters,
+    SuiteParameters)
 from flows.pretrain import pretrain_flow
 from flows.register import register_flow
-from flows.suite import SuiteParameters, encoder_gate, suite_flow
+from flows.suite import encoder_gate, suite_flow
 from tasks.evaluate import evaluate_pretrained
 from tasks.registry import finish_run, log_manifests, log_stage_run, parent_run
 
@@ -41,15 +42,11 @@ def continued_pretraining(
     sources: list[str] | None = None,
     base_model: str = "models:/bertflow-bert-tiny@champion",
     work_dir: str | None = None,
-    validation_fraction: Fraction = IngestConfig.validation_fraction,
-    max_seq_length: SeqLength = ExamplesConfig.max_seq_length,
-    per_device_train_batch_size: PositiveInt = PretrainConfig.per_device_train_batch_size,
-    learning_rate: LearningRate = PretrainConfig.learning_rate,  # the config's 1e-4: the weights are trained already
-    num_warmup_steps: NonNegativeInt = SAMPLE_PROFILE["pretrain"]["num_warmup_steps"],
-    max_train_steps: PositiveInt = SAMPLE_PROFILE["pretrain"]["max_train_steps"],
-    mixed_precision: MixedPrecision = PretrainConfig.mixed_precision,
+    ingest: IngestParameters | None = None,
+    examples: ContinuedExamples | None = None,
+    pretrain: ContinuedPretrain | None = None,
     registered_model_name: str | None = None,
-    min_improvement: float = 0.0,
+    min_improvement: Annotated[float, Field(ge=0.0)] = 0.0,
     suite: SuiteParameters | None = None,
     seed: int = SEED,
 ) -> dict:
@@ -60,13 +57,14 @@ def continued_pretraining(
         base_model: The encoder to continue from: `models:/<name>@champion`, `models:/<name>/<version>` or a
             local `final/` directory.
         work_dir: Where stage outputs go; empty: `$BERTFLOW_HOME/work/continued`.
-        validation_fraction: Share of the new documents held out to score the new model and the champion.
-        max_seq_length: Tokens per example (at most the base model's positions).
-        per_device_train_batch_size: Examples per device per step.
-        learning_rate: Peak learning rate; lower than from scratch, the weights are already trained.
-        num_warmup_steps: Linear warm-up steps.
-        max_train_steps: Optimizer steps on the new text.
-        mixed_precision: auto (bf16 where this machine runs it faster than fp32), no, bf16 or fp16.
+        ingest: The IngestConfig fields this run changes, e.g. {"validation_fraction": 0.1}: the held-out share
+            scores the new model and the champion.
+        examples: The ExamplesConfig fields this run changes, e.g. {"max_seq_length": 128} (at most the base
+            model's positions); the tokenizer and the pair objective are the base model's.
+        pretrain: The PretrainConfig fields this run changes, e.g. {"max_train_steps": 200, "learning_rate": 5e-5};
+            the size and architecture are the base model's. Defaults: 500 steps, 50 warm-up, the config's learning
+            rate (lower than the sample's from scratch: the weights are trained already); evaluation at the end and
+            a checkpoint half-way unless given.
         registered_model_name: MLflow name of the result; empty: the base model's registered name (a local
             directory needs one).
         min_improvement: The new version must lower the held-out MLM loss (or raise the suite score) by more than
@@ -86,23 +84,19 @@ def continued_pretraining(
     if not name:
         raise ValueError("base_model is a local directory: give registered_model_name")
     with parent_run("continued-pretraining", "continued-pretraining", {"bertflow.base_model": base_model}) as run_id:
-        documents_dir = ingest_flow(sources=sources, work_dir=str(work), validation_fraction=validation_fraction,
-                                    seed=seed)
+        documents_dir = ingest_flow(sources=sources, work_dir=str(work), ingest=ingest, seed=seed)
         log_manifests(run_id, "ingest", documents_dir)
         # The base model's own pair objective (a ModernBERT base has no pair head) and architecture.
         base = model_description(base_dir)
-        examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), tokenizer_path=base_dir,
-                                     max_seq_length=max_seq_length, seed=seed,
-                                     pair_objective=base.get("pair_objective", ExamplesConfig.pair_objective))
-        preset = _preset_of(base_dir)
-        pretrained = pretrain_flow(
-            shards_dir=examples_dir, work_dir=str(work), preset=preset,
-            architecture=base.get("architecture", PretrainConfig.architecture),
-            per_device_train_batch_size=per_device_train_batch_size, learning_rate=learning_rate,
-            num_warmup_steps=num_warmup_steps, max_train_steps=max_train_steps, mixed_precision=mixed_precision,
-            eval_steps=max_train_steps, checkpointing_steps=max(1, max_train_steps // 2), init_from=base_dir,
-            seed=seed, mlflow_parent_run_id=run_id,
-        )
+        examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), seed=seed, examples={
+            **given(examples), "tokenizer": {"tokenizer_path": base_dir},
+            "pair_objective": base.get("pair_objective", ExamplesConfig.pair_objective)})
+        settings = given(pretrain, CONTINUED_PROFILE["pretrain"])
+        steps = settings["max_train_steps"]
+        settings = {"eval_steps": steps, "checkpointing_steps": max(1, steps // 2), **settings}
+        pretrained = pretrain_flow(shards_dir=examples_dir, work_dir=str(work), seed=seed, mlflow_parent_run_id=run_id,
+                                   pretrain={**settings, "preset": _preset_of(base_dir), "init_from": base_dir,
+                                             "architecture": base.get("architecture", PretrainConfig.architecture)})
         validation = str(Path(examples_dir) / "validation")
         # The champion and the new model on the same held-out shards of the new text.
         new_metrics = eval_metrics(evaluate_pretrained(pretrained["final_dir"], validation))
@@ -111,7 +105,7 @@ def continued_pretraining(
         pretrain_dir = Path(pretrained["final_dir"]).parent
         gate = None
         if suite is not None:
-            report = suite_flow(encoder=pretrained["final_dir"], work_dir=str(work), **suite)
+            report = suite_flow(encoder=pretrained["final_dir"], work_dir=str(work), suite=suite)
             gate = encoder_gate(report, name, suite, str(work))
         registered = register_flow(
             pretrained_dir=pretrained["final_dir"],

@@ -13,12 +13,11 @@ from typing import Literal
 from prefect import flow
 
 from bert_core import stage
+from bert_core.config import SEED, PositiveInt, given
 from bert_core.examples.generation import ExamplesConfig, examples_up_to_date
-from bert_core.examples.masking import MaskingConfig
-from bert_core.examples.tokenizer import TokenizerConfig
 from bert_core.stage import balanced_batches, default_work_dir
 from flows.cluster import dask_task_runner, data_cluster
-from flows.parameters import PairObjective, PositiveInt, SeqLength
+from flows.parameters import ExamplesParameters
 from tasks.examples import (finish_examples, finish_tokens, generate_units, plan_examples, plan_tokens, report_examples,
     tokenize_units)
 
@@ -37,43 +36,31 @@ def units_flow(units: list[dict], kind: Literal["tokens", "examples"], num_batch
 def examples_flow(
     documents_dir: str,
     work_dir: str | None = None,
-    vocab_size: PositiveInt = TokenizerConfig.vocab_size,
-    tokenizer_path: str | None = None,
-    max_seq_length: SeqLength = ExamplesConfig.max_seq_length,
-    short_seq_prob: float = ExamplesConfig.short_seq_prob,
-    pair_objective: PairObjective = ExamplesConfig.pair_objective,
-    dupe_factor: PositiveInt = ExamplesConfig.dupe_factor,
-    masking: Literal["static", "dynamic"] = ExamplesConfig.masking,
-    mlm_probability: float = MaskingConfig.mlm_probability,
-    max_predictions_per_seq: PositiveInt | None = MaskingConfig.max_predictions_per_seq,
-    whole_word_mask: bool = MaskingConfig.whole_word_mask,
-    examples_per_shard: PositiveInt = ExamplesConfig.examples_per_shard,
-    seed: int = ExamplesConfig.seed,
-    unit_tokens: PositiveInt = ExamplesConfig.unit_tokens,
+    examples: ExamplesParameters | None = None,
+    seed: int = SEED,
     n_workers: PositiveInt = 1,
     dask_address: str | None = None,
 ) -> str:
-    """`pair_objective`: "nsp" (BERT), "sop" (ALBERT) or "none" (RoBERTa full sentences, MLM only).
+    """Train a WordPiece tokenizer (or reuse one) and write pretraining examples into shards; returns the directory.
 
-    `tokenizer_path`: a tokenizer to reuse instead of training one (a directory, tokenizer.json or vocab.txt), or a
-    registered encoder's, `models:/<name>@champion`: while that alias is unset (a first run), a tokenizer is trained.
-    Reusing the champion's keeps every encoder on one vocabulary, so their held-out MLM losses compare and the
-    downstream suite's random-init twin (cached per tokenizer) is reused.
+    Args:
+        documents_dir: An ingest output directory.
+        work_dir: Outputs go to `<work_dir>/examples` (and the token store to `<work_dir>/tokens`); empty:
+            `$BERTFLOW_HOME/work`.
+        examples: The fields of `ExamplesConfig` this run changes, e.g. {"max_seq_length": 128, "pair_objective":
+            "sop", "masking": "dynamic", "tokenizer": {"vocab_size": 30522}, "mlm": {"mlm_probability": 0.15}}.
+            `tokenizer.tokenizer_path` may name a registered encoder's tokenizer, `models:/<name>@champion`: while
+            that alias is unset (a first run), a tokenizer is trained. Reusing the champion's keeps every encoder on
+            one vocabulary, so their held-out MLM losses compare and the suite's random-init twin is reused.
+        seed: Random seed of the pairs and the masks.
+        n_workers: Above 1, a local Dask cluster of that many single-threaded processes.
+        dask_address: An existing Dask scheduler to run on instead (tcp://host:8786).
     """
-    tokenizer_path = _local_tokenizer(tokenizer_path)
-    config = ExamplesConfig(
-        max_seq_length=max_seq_length,
-        short_seq_prob=short_seq_prob,
-        pair_objective=pair_objective,
-        dupe_factor=dupe_factor,
-        masking=masking,
-        examples_per_shard=examples_per_shard,
-        seed=seed,
-        unit_tokens=unit_tokens,
-        tokenizer=TokenizerConfig(vocab_size=vocab_size, tokenizer_path=tokenizer_path),
-        mlm=MaskingConfig(mlm_probability=mlm_probability, max_predictions_per_seq=max_predictions_per_seq,
-                          whole_word_mask=whole_word_mask),
-    )
+    values = given(examples)
+    tokenizer = values.get("tokenizer", {})
+    if tokenizer.get("tokenizer_path"):
+        values["tokenizer"] = {**tokenizer, "tokenizer_path": _local_tokenizer(tokenizer["tokenizer_path"])}
+    config = stage.config_from_dict(ExamplesConfig, {**values, "seed": seed})
     output_dir = default_work_dir(work_dir) / "examples"
     if examples_up_to_date(config, documents_dir, output_dir):
         report_examples(output_dir)

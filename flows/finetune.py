@@ -8,14 +8,12 @@ columns and labels come from the parameters.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from prefect import flow
 
+from bert_core.config import SEED, given
 from bert_core.downstream.catalogue import get_task
-from bert_core.downstream.classification import FinetuneConfig
 from bert_core.stage import default_work_dir
-from flows.parameters import LearningRate, MixedPrecision, NonNegativeInt, PositiveInt, SeqLength
+from flows.parameters import FinetuneParameters
 from tasks.finetune import finetune_task
 
 
@@ -27,52 +25,33 @@ def finetune_flow(
     train_file: str | None = None,
     validation_file: str | None = None,
     work_dir: str | None = None,
-    text_column: str | None = None,
-    text_pair_column: str | None = None,
-    label_column: str | None = None,
-    label_names: list[str] | None = None,
-    truncation: str | None = None,
-    max_seq_length: SeqLength | None = None,
-    per_device_train_batch_size: PositiveInt = FinetuneConfig.per_device_train_batch_size,
-    gradient_accumulation_steps: PositiveInt = FinetuneConfig.gradient_accumulation_steps,
-    learning_rate: LearningRate = FinetuneConfig.learning_rate,
-    num_train_epochs: PositiveInt = FinetuneConfig.num_train_epochs,
-    max_train_steps: PositiveInt | None = None,
-    eval_steps: PositiveInt | None = None,
-    early_stopping_patience: NonNegativeInt = FinetuneConfig.early_stopping_patience,
-    freeze_encoder: bool = FinetuneConfig.freeze_encoder,
-    class_weights: Literal["balanced"] | None = None,
-    mixed_precision: MixedPrecision = FinetuneConfig.mixed_precision,
-    num_threads: PositiveInt | None = FinetuneConfig.num_threads,
-    group_by_length: bool = FinetuneConfig.group_by_length,
-    seed: int = FinetuneConfig.seed,
+    finetune: FinetuneParameters | None = None,
+    seed: int = SEED,
 ) -> dict:
-    """Fine-tune `model_name_or_path` (a directory, models:/name@alias, or a package that ships a model).
+    """Fine-tune `model_name_or_path` for `task_name`; returns the run's summary with `kind`, `task_name` and
+    `validation_file` added (how the model reads its input is in its `final/` directory, where evaluation and
+    registration read it).
 
-    `task_name` is looked up in the task catalogue (`task_file`: a JSON/YAML file of your own task entries; else the
-    built-ins, else `$BERTFLOW_HOME/tasks/<task_name>.json|yaml`): sst2 / imdb / mrpc / rte fill in the columns,
-    labels and truncation of that GLUE-style file (the column and label parameters override them; any other
-    classification task needs them); conll2003 trains NER on CoNLL files (label_names: its tags), squad extractive
-    QA on SQuAD JSON. Without train/validation files the task's own are used (bundled for sst2, mrpc, squad).
-    `max_seq_length` defaults to the task's, else its kind's (`bert_core.downstream.kinds`). `mixed_precision` "auto": bf16 where the
-    device has bf16 units that measure faster, else fp32; `num_threads`: torch threads (empty: a share of the
-    cores, see pretrain); `group_by_length`: batches of similar-length examples (less padding; off: plain shuffled
-    batches).
-    Returns the run's summary with `kind`, `task_name` and `validation_file` added; how the model reads its input
-    is in its `final/` directory (`bert_core.training.model.model_description`), where evaluation and registration read it.
+    Args:
+        model_name_or_path: A directory, `models:/name@alias`, or an installed package that ships a model.
+        task_name: Looked up in the task catalogue: sst2, imdb, mrpc, rte (classification), conll2003 (NER), squad
+            (extractive QA), a task of `task_file` or `$BERTFLOW_HOME/tasks/<task_name>.json|yaml`; any other name
+            is a sentence classification whose columns and labels `finetune` gives.
+        task_file: A JSON/YAML file of task catalogue entries (see bert_core.downstream.catalogue).
+        train_file: Training file (TSV/CSV/JSON/JSONL/Parquet, CoNLL, SQuAD JSON); empty: the task's own (bundled
+            for sst2, mrpc, squad).
+        validation_file: Dev file; empty: the task's own.
+        work_dir: Outputs go to `<work_dir>/finetune/<task_name>`; empty: `$BERTFLOW_HOME/work`.
+        finetune: The fields of `FinetuneConfig` this run changes, e.g. {"learning_rate": 5e-4,
+            "num_train_epochs": 3}; the rest are the task's (columns, labels, truncation, max_seq_length), then the
+            task kind's config defaults. Fields another kind has no use for (a text column for NER) are dropped.
+        seed: Random seed.
     """
     task = get_task(task_name, task_file)
     kind = task.task_kind
     train_file, validation_file = task.files(train_file, validation_file)
     config = kind.build_config(
-        task, model_name_or_path=model_name_or_path, train_file=train_file, validation_file=validation_file,
-        output_dir=str(default_work_dir(work_dir) / "finetune" / task_name), text_column=text_column,
-        text_pair_column=text_pair_column, label_column=label_column,
-        label_names=tuple(label_names) if label_names else None, truncation=truncation, max_seq_length=max_seq_length,
-        per_device_train_batch_size=per_device_train_batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
-        num_train_epochs=num_train_epochs, max_train_steps=max_train_steps, eval_steps=eval_steps,
-        early_stopping_patience=early_stopping_patience, freeze_encoder=freeze_encoder, class_weights=class_weights,
-        mixed_precision=mixed_precision, num_threads=num_threads, group_by_length=group_by_length, seed=seed)
+        task, **given(finetune), model_name_or_path=model_name_or_path, train_file=train_file,
+        validation_file=validation_file, output_dir=str(default_work_dir(work_dir) / "finetune" / task_name), seed=seed)
     summary = finetune_task(config)
     return {**summary, "kind": kind.model_kind, "task_name": task_name, "validation_file": validation_file}

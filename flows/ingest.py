@@ -12,14 +12,13 @@ from pathlib import Path
 from prefect import flow, unmapped
 
 from bert_core import stage
-from bert_core.ingest.cleaning import CleaningConfig
+from bert_core.config import SEED, PositiveInt, given
 from bert_core.ingest.corpus import IngestConfig
-from bert_core.ingest.dedup import DedupConfig
-from bert_core.ingest.sources import SAMPLE_SOURCES, ReadConfig
+from bert_core.ingest.sources import SAMPLE_SOURCES
 from bert_core.ingest.textfiles import local_unit
 from bert_core.stage import balanced_batches, default_work_dir
 from flows.cluster import dask_task_runner, data_cluster
-from flows.parameters import Fraction, NonNegativeInt, PositiveInt
+from flows.parameters import IngestParameters
 from tasks.ingest import finish_ingest, plan_ingest, process_inputs, report_ingest
 
 
@@ -42,27 +41,23 @@ def process_inputs_flow(units: list[str], config: dict, parts_dir: str, num_batc
 def ingest_flow(
     sources: list[str] | None = None,
     work_dir: str | None = None,
-    text_column: str = ReadConfig.text_column,
-    text_document_boundary: str = ReadConfig.text_document_boundary,
-    sentence_splitter: str = CleaningConfig.sentence_splitter,
-    min_chars: NonNegativeInt = CleaningConfig.min_chars,
-    near_dedup_threshold: float = DedupConfig.near_dedup_threshold,
-    decontamination_files: list[str] | None = None,
-    validation_fraction: Fraction = IngestConfig.validation_fraction,
-    seed: int = IngestConfig.seed,
+    ingest: IngestParameters | None = None,
+    seed: int = SEED,
     n_workers: PositiveInt = 1,
     dask_address: str | None = None,
 ) -> str:
-    """Read `sources` (files, directories, globs, `hf:NAME:CONFIG:SPLIT`; default: the bundled sample)."""
-    config = IngestConfig(
-        sources=tuple(sources) if sources else SAMPLE_SOURCES,
-        read=ReadConfig(text_column=text_column, text_document_boundary=text_document_boundary),
-        cleaning=CleaningConfig(sentence_splitter=sentence_splitter, min_chars=min_chars),
-        dedup=DedupConfig(near_dedup_threshold=near_dedup_threshold),
-        decontamination_files=tuple(decontamination_files or ()),
-        validation_fraction=validation_fraction,
-        seed=seed,
-    )
+    """Read, clean, filter, deduplicate and sentence-split `sources` into Parquet documents; returns the directory.
+
+    Args:
+        sources: Files, directories, globs or `hf:NAME:CONFIG:SPLIT` datasets; empty: the bundled sample.
+        work_dir: Outputs go to `<work_dir>/ingest`; empty: `$BERTFLOW_HOME/work`.
+        ingest: The fields of `IngestConfig` this run changes, e.g. {"validation_fraction": 0.1, "cleaning":
+            {"min_chars": 100}, "decontamination_files": ["dev.tsv::sentence"]}; the rest are the config's defaults.
+        seed: Random seed of the validation split.
+        n_workers: Above 1, a local Dask cluster of that many single-threaded processes.
+        dask_address: An existing Dask scheduler to run on instead (tcp://host:8786).
+    """
+    config = stage.config_from_dict(IngestConfig, {**given(ingest), "sources": sources or SAMPLE_SOURCES, "seed": seed})
     plan = plan_ingest(stage.to_jsonable(config), str(default_work_dir(work_dir) / "ingest"))
     if plan["up_to_date"]:
         report_ingest(plan["output_dir"])

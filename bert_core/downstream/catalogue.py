@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-from bert_core.config import ConfigError, check_choice, check_fields, check_range
+from bert_core.config import ConfigError, SeqLength, check_fields
 from bert_core.downstream.kinds import DEFAULT_TASK_KIND, TASK_KINDS, TaskKind
 from bert_core.ingest.sources import SAMPLE_DIR
 from bert_core.stage import bertflow_home
@@ -32,17 +32,17 @@ from bert_core.stage import bertflow_home
 @dataclass(frozen=True, kw_only=True)
 class Task:
     name: str
-    kind: str  # a task kind of `bert_core.downstream.kinds`: "sentence", "pair", "token" or "span-qa"
+    kind: Literal[tuple(TASK_KINDS)]  # a task kind of `bert_core.downstream.kinds`: "sentence", "pair", "token" or "span-qa"
     text_column: str = "sentence"  # sentence / pair kinds
     text_pair_column: str | None = None  # pair kind: the second text
     label_column: str = "label"
     label_names: tuple[str, ...] = ("negative", "positive")  # token kind: the tag set (default CoNLL-2003's)
-    truncation: str = "head"  # "head_tail" keeps the start and the end of long texts (IMDb)
+    truncation: Literal["head", "head_tail"] = "head"  # "head_tail" keeps the start and the end of long texts (IMDb)
     metric_for_best_model: str | None = None  # the dev metric that picks the saved checkpoint; default: primary
     train_file: str | None = None  # bundled sample: relative to bert_core/sample_data; or an absolute path
     validation_file: str | None = None
     decontamination_columns: tuple[str, ...] | None = None  # dev-file columns kept out of the corpus; None: the kind's
-    max_seq_length: int | None = None  # default: the kind's (its config class's `max_seq_length`)
+    max_seq_length: SeqLength | None = None  # default: the kind's (its config class's `max_seq_length`)
     # (train, validation) names inside a data directory laid out like GLUE's and ../shared/data/tasks
     # (`sst2/train.tsv`, `conll2003/valid.txt`); default: the sample's names.
     data_files: tuple[str, ...] | None = None
@@ -51,9 +51,6 @@ class Task:
 
     def __post_init__(self):
         check_fields(self)
-        check_choice(self, "kind", tuple(TASK_KINDS))
-        check_choice(self, "truncation", ("head", "head_tail"))
-        check_range(self, "max_seq_length", low=8)
         if self.task_kind.needs_text_pair and not self.text_pair_column:
             raise ConfigError(f"task {self.name!r} is of kind {self.kind!r}; expected a text_pair_column")
         if self.task_kind.label_names and self.label_names == Task.label_names:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from accelerate.utils import set_seed
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from bert_core import stage
-from bert_core.config import ConfigError, check_choice
+from bert_core.config import ConfigError
 from bert_core.downstream.finetune import TrainingConfig, fit, run_key, train_loader, training_accelerator
 from bert_core.ingest.textfiles import read_table_file
 from bert_core.metrics import classification_metrics
@@ -34,18 +34,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig(TrainingConfig):
-    text_column: str = "sentence"
-    label_column: str = "label"
-    label_names: tuple[str, ...] = ("negative", "positive")
+    text_column: str = "sentence"  # the text column of the task files (a catalogue task names its own)
+    label_column: str = "label"  # the label column (a catalogue task names its own)
+    label_names: tuple[str, ...] = ("negative", "positive")  # the labels, in id order (a catalogue task names its own)
     text_pair_column: str | None = None  # second text of a sentence pair (MRPC "#2 String", RTE "sentence2")
-    truncation: str = "head"  # "head": keep the start; "head_tail": keep the start and the end of long texts
+    truncation: Literal["head", "head_tail"] = "head"  # "head": keep the start; "head_tail": keep the start and the end of long texts
     freeze_encoder: bool = False  # train only the classification head
-    class_weights: str | None = None  # "balanced": weight the loss by inverse label frequency
+    class_weights: Literal["balanced"] | None = None  # "balanced": weight the loss by inverse label frequency
 
     def __post_init__(self):
         super().__post_init__()
-        check_choice(self, "truncation", ("head", "head_tail"))
-        check_choice(self, "class_weights", (None, "balanced"))
         if len(self.label_names) < 2:
             raise ConfigError(f"FinetuneConfig.label_names is {list(self.label_names)}; expected 2 or more labels")
 

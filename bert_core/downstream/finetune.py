@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from bert_core import stage
-from bert_core.config import SEED, check_training_fields
+from bert_core.config import (SEED, Fraction, MixedPrecision, NonNegativeFloat, NonNegativeInt, PositiveInt, SeqLength,
+    check_fields)
 from bert_core.downstream.kinds import kind_of_config
 from bert_core.metrics import eval_metrics
 from bert_core.stage import no_progress_bar as _no_progress_bar
@@ -45,26 +46,26 @@ class TrainingConfig:
     train_file: str
     validation_file: str
     output_dir: str
-    max_seq_length: int = 128
-    per_device_train_batch_size: int = 32
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step: the batch of N x size in 1/N the memory
-    per_device_eval_batch_size: int = 64
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    num_train_epochs: int = 3
-    max_train_steps: int | None = None  # overrides num_train_epochs when set
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    eval_steps: int | None = None  # evaluate every N steps as well as after each epoch
-    early_stopping_patience: int = 0  # stop after this many evaluations without a better dev metric (0: never)
+    max_seq_length: SeqLength = 128  # tokens per example; a task in the catalogue may set its own
+    per_device_train_batch_size: PositiveInt = 32  # examples per device per micro-step
+    gradient_accumulation_steps: PositiveInt = 1  # micro-batches per optimizer step: the batch of N x size in 1/N the memory
+    per_device_eval_batch_size: PositiveInt = 64  # examples per device per evaluation step
+    learning_rate: NonNegativeFloat = 5e-5  # the peak learning rate (BERT paper: 2e-5 to 5e-5 for base-sized models)
+    weight_decay: NonNegativeFloat = 0.01  # AdamW weight decay
+    num_train_epochs: PositiveInt = 3  # passes over the training file
+    max_train_steps: PositiveInt | None = None  # overrides num_train_epochs when set
+    warmup_ratio: Fraction = 0.1  # linear warm-up as a share of the run
+    max_grad_norm: NonNegativeFloat = 1.0  # gradient clipping by global norm
+    eval_steps: PositiveInt | None = None  # evaluate every N steps as well as after each epoch
+    early_stopping_patience: NonNegativeInt = 0  # stop after this many evaluations without a better dev metric (0: never)
     metric_for_best_model: str = "accuracy"  # the dev metric that picks the saved model ("accuracy", "f1", ...)
-    mixed_precision: str = "auto"  # "auto" (bf16 where the hardware has it, else fp32), "no", "bf16", "fp16"
-    num_threads: int | None = None  # torch threads; None: OMP_NUM_THREADS, else a share of the cores (hardware)
+    mixed_precision: MixedPrecision = "auto"  # "auto" (bf16 where the hardware has it, else fp32), "no", "bf16", "fp16"
+    num_threads: PositiveInt | None = None  # torch threads; None: OMP_NUM_THREADS, else a share of the cores (hardware)
     group_by_length: bool = True  # batches of similar-length examples, in shuffled order: less padding
     seed: int = SEED
 
     def __post_init__(self):
-        check_training_fields(self)
+        check_fields(self)
 
 
 def train_loader(rows, config: TrainingConfig, collate_fn) -> torch.utils.data.DataLoader:

@@ -21,7 +21,7 @@ from seqeval.metrics import classification_report, f1_score, precision_score, re
 from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
 
 from bert_core import stage
-from bert_core.config import check_positive
+from bert_core.config import PositiveInt
 from bert_core.downstream.finetune import TrainingConfig, fit, run_key, train_loader, training_accelerator
 from bert_core.downstream.kinds import CONLL2003_TAGS
 from bert_core.training.model import load_with_task_head, resolve_model
@@ -33,12 +33,8 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True, kw_only=True)
 class NerConfig(TrainingConfig):
     label_names: tuple[str, ...] = CONLL2003_TAGS
-    max_train_sentences: int | None = None  # train on the first N sentences only (quick runs)
+    max_train_sentences: PositiveInt | None = None  # train on the first N sentences only (quick runs)
     metric_for_best_model: str = "f1"
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_positive(self, "max_train_sentences")
 
 
 

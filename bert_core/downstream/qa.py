@@ -36,7 +36,7 @@ from accelerate.utils import set_seed
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding
 
 from bert_core import stage
-from bert_core.config import ConfigError, check_positive
+from bert_core.config import ConfigError, PositiveInt, SeqLength
 from bert_core.downstream.finetune import TrainingConfig, fit, run_key, train_loader, training_accelerator
 from bert_core.ingest.textfiles import Question, read_squad
 from bert_core.training.data import TokenRows
@@ -47,18 +47,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class QaConfig(TrainingConfig):
-    max_seq_length: int = 384
-    doc_stride: int = 128
-    max_query_length: int = 64
-    max_answer_length: int = 30
-    n_best_size: int = 20
-    num_train_epochs: int = 2
-    max_train_questions: int | None = None  # train on the first N questions only (quick runs)
+    max_seq_length: SeqLength = 384  # tokens per window of question and context
+    doc_stride: int = 128  # tokens of overlap between a long context's windows
+    max_query_length: PositiveInt = 64  # questions are cut to this many tokens
+    max_answer_length: PositiveInt = 30  # the longest answer span predicted, in tokens
+    n_best_size: PositiveInt = 20  # start and end candidates considered per window
+    num_train_epochs: PositiveInt = 2
+    max_train_questions: PositiveInt | None = None  # train on the first N questions only (quick runs)
     metric_for_best_model: str = "f1"
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive(self, "max_query_length", "max_answer_length", "n_best_size", "max_train_questions")
         if not 0 < self.doc_stride < self.max_seq_length:
             raise ConfigError(f"QaConfig.doc_stride is {self.doc_stride}; expected a value > 0 and < max_seq_length "
                               f"{self.max_seq_length}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import matplotlib
 import numpy as np
@@ -33,7 +33,7 @@ from scipy import stats
 from transformers import AutoConfig, AutoTokenizer
 
 from bert_core import stage
-from bert_core.config import ConfigError, check_fields, check_positive
+from bert_core.config import ConfigError, PositiveInt, SeqLength, check_fields
 from bert_core.downstream.catalogue import get_task
 from bert_core.downstream.finetune import TrainingConfig
 from bert_core.downstream.kinds import TASK_KINDS, load
@@ -62,24 +62,24 @@ TWIN_SEED = 1234  # the init seed of every random-init twin: one twin per archit
 class SuiteConfig:
     encoder: str  # a pretrained model directory (BertForPreTraining save_pretrained output) or models:/ URI
     output_dir: str
-    size: str = "default"  # a key of SIZES; the fields below, when given, override it
-    tasks: tuple[str, ...] | None = None
+    # tiny (SST-2, 2 seeds, one learning rate, 20 steps: about a minute), default (SST-2 and MRPC samples, plus
+    # CoNLL-2003 NER when data_dir holds it; seeds 0-2, three learning rates, 3 epochs with early stopping) or full
+    # (the same on the full train sets in data_dir); the fields below, when given, override it.
+    size: Literal[tuple(SIZES)] = "default"
+    tasks: tuple[str, ...] | None = None  # catalogue task names instead of the size's
     task_file: str | None = None  # a JSON/YAML catalogue file for tasks of your own
-    seeds: tuple[int, ...] | None = None
-    learning_rates: tuple[float, ...] | None = None
-    num_train_epochs: int | None = None
-    max_train_steps: int | None = None
-    max_seq_length: int = TrainingConfig.max_seq_length
-    early_stopping_patience: int = 1
-    per_device_train_batch_size: int = 32
+    seeds: tuple[int, ...] | None = None  # fine-tuning seeds instead of the size's
+    learning_rates: tuple[float, ...] | None = None  # the learning-rate grid instead of the size's; each arm keeps its best
+    num_train_epochs: PositiveInt | None = None  # instead of the size's
+    max_train_steps: PositiveInt | None = None  # instead of the size's
+    max_seq_length: SeqLength = TrainingConfig.max_seq_length  # tokens per fine-tuning example
+    early_stopping_patience: int = 1  # evaluations without a better dev metric before a run stops
+    per_device_train_batch_size: PositiveInt = 32  # fine-tuning batch size
     twin_dir: str | None = None  # where the twin and its runs are cached; default: $BERTFLOW_HOME/suite-twins
     data_dir: str | None = None  # full task files, laid out like ../shared/data/tasks (sst2/train.tsv, ...)
 
     def __post_init__(self):
         check_fields(self)
-        if self.size not in SIZES:
-            raise ConfigError(f"SuiteConfig.size is {self.size!r}; expected one of {sorted(SIZES)}")
-        check_positive(self, "num_train_epochs", "max_train_steps", "max_seq_length", "per_device_train_batch_size")
         if self.full_files and not self.data_dir:
             raise ConfigError(f"SuiteConfig.size {self.size!r} fine-tunes on full train sets: give data_dir (a folder "
                               f"laid out like ../shared/data/tasks)")

@@ -27,13 +27,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
 from bert_core import stage
-from bert_core.config import SEED, check_choice, check_fields, check_fraction, check_positive, check_range
+from bert_core.config import SEED, Fraction, PositiveInt, SeqLength, check_fields
 from bert_core.examples.masking import MaskingConfig, mask_flat
 from bert_core.examples.pairs import (MASK_ID, NUM_SPECIAL, UnitExamples, assemble, document_pairs,
     full_sentence_segments, ranges)
@@ -51,28 +51,23 @@ _KEY_SPACE = 1 << 64
 
 @dataclass(frozen=True, kw_only=True)
 class ExamplesConfig:
-    max_seq_length: int = 128
-    short_seq_prob: float = 0.1
+    max_seq_length: SeqLength = 128  # tokens per example, [CLS] and [SEP]s included
+    short_seq_prob: Fraction = 0.1  # share of examples cut shorter at random (BERT's short_seq_prob)
     # "nsp": B is the actual next segment or a random one; "sop": A and B swapped or not; "none": full sentences
-    pair_objective: str = "nsp"
-    dupe_factor: int = 1
-    masking: str = "static"  # "static": masks in the shards; "dynamic": stored unmasked, masked per batch
-    examples_per_shard: int = 8192
+    pair_objective: Literal[PAIR_OBJECTIVES] = "nsp"
+    dupe_factor: PositiveInt = 1  # passes over the corpus, each with other pairs and masks
+    masking: Literal["static", "dynamic"] = "static"  # "static": masks in the shards; "dynamic": stored unmasked, masked per batch
+    examples_per_shard: PositiveInt = 8192  # examples per Arrow shard
     seed: int = SEED
     # Documents per unit of work, in tokens. Part of the output's identity (units seed their own random streams),
     # unlike the number of workers, which never changes the output.
-    unit_tokens: int = 1 << 18
+    unit_tokens: PositiveInt = 1 << 18
     quality_gates: bool = True  # fail the stage when the examples are not what BERT expects (see check_quality)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     mlm: MaskingConfig = field(default_factory=MaskingConfig)
 
     def __post_init__(self):
         check_fields(self)
-        check_choice(self, "pair_objective", PAIR_OBJECTIVES)
-        check_choice(self, "masking", ("static", "dynamic"))
-        check_range(self, "max_seq_length", low=8)
-        check_fraction(self, "short_seq_prob")
-        check_positive(self, "dupe_factor", "examples_per_shard", "unit_tokens")
 
 
 @dataclass(frozen=True)

@@ -10,28 +10,27 @@ predictions per sequence is round(mlm_probability * maskable tokens), capped at 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from annotated_types import Gt, Le
 
-from bert_core.config import ConfigError, check_fields, check_fraction, check_positive, check_range
+from bert_core.config import ConfigError, Fraction, PositiveInt, check_fields
 
 
 @dataclass(frozen=True, kw_only=True)
 class MaskingConfig:
-    mlm_probability: float = 0.15
+    mlm_probability: Annotated[float, Gt(0), Le(1)] = 0.15  # share of the maskable tokens chosen as MLM targets
     # A cap on predictions per sequence (google-research/bert's flag: 20 at 128 tokens, 80 at 512). None: no cap, so
     # mlm_probability alone sets the share at any length (a fixed 20 would mask 4% of a 512-token sequence, or hold a
     # 30% setting at 16% of 128 tokens).
-    max_predictions_per_seq: int | None = None
-    whole_word_mask: bool = False
-    mask_replace_prob: float = 0.8
-    random_replace_prob: float = 0.1
+    max_predictions_per_seq: PositiveInt | None = None
+    whole_word_mask: bool = False  # mask every piece of a word together
+    mask_replace_prob: Fraction = 0.8  # share of the targets replaced by [MASK]
+    random_replace_prob: Fraction = 0.1  # share of the targets replaced by a random token (the rest kept)
 
     def __post_init__(self):
         check_fields(self)
-        check_fraction(self, "mlm_probability", "mask_replace_prob", "random_replace_prob")
-        check_range(self, "mlm_probability", low=0, high=1, low_open=True)
-        check_positive(self, "max_predictions_per_seq")
         if self.mask_replace_prob + self.random_replace_prob > 1:
             raise ConfigError(f"MaskingConfig: mask_replace_prob + random_replace_prob is "
                               f"{self.mask_replace_prob + self.random_replace_prob}; expected at most 1")

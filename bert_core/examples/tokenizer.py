@@ -16,12 +16,13 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
+from annotated_types import Ge
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from bert_core.config import check_fields, check_positive, check_range
+from bert_core.config import PositiveInt, check_fields
 
 if TYPE_CHECKING:  # transformers is imported only where a transformers tokenizer is built (see _wrap)
     from transformers import PreTrainedTokenizerFast
@@ -33,16 +34,14 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 @dataclass(frozen=True, kw_only=True)
 class TokenizerConfig:
-    vocab_size: int = 30522
-    lowercase: bool = True
-    min_frequency: int = 2
-    limit_alphabet: int = 1000
+    vocab_size: Annotated[int, Ge(len(SPECIAL_TOKENS) + 1)] = 30522  # WordPiece vocabulary size, special tokens included
+    lowercase: bool = True  # an uncased tokenizer (lower-cased, accents stripped)
+    min_frequency: PositiveInt = 2  # a pair merges only when seen this often
+    limit_alphabet: PositiveInt = 1000  # the most frequent characters kept as the initial alphabet
     tokenizer_path: str | None = None  # load this tokenizer (directory, tokenizer.json or vocab.txt) instead of training
 
     def __post_init__(self):
         check_fields(self)
-        check_range(self, "vocab_size", low=len(SPECIAL_TOKENS) + 1)
-        check_positive(self, "min_frequency", "limit_alphabet")
 
 
 

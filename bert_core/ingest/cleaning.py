@@ -13,8 +13,9 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
-from bert_core.config import check_choice, check_fields, check_fraction, check_non_negative, check_positive
+from bert_core.config import Fraction, NonNegativeInt, PositiveInt, check_fields
 from bert_core.ingest.filters import quality_reason
 
 REJECT_EMPTY = "empty"
@@ -29,17 +30,17 @@ REJECT_CONTAMINATED = "eval_contamination"
 
 @dataclass(frozen=True, kw_only=True)
 class CleaningConfig:
-    min_chars: int = 200
-    max_chars: int = 20_000_000
-    min_alpha_fraction: float = 0.6
-    min_sentences: int = 2
-    min_sentence_chars: int = 2
-    strip_gutenberg: bool = True
-    sentence_splitter: str = "blingfire"  # "blingfire" or "regex"
+    min_chars: NonNegativeInt = 200  # shorter documents are rejected (counted as too_short)
+    max_chars: PositiveInt = 20_000_000  # longer documents are rejected (counted as too_long)
+    min_alpha_fraction: Fraction = 0.6  # documents with a smaller share of letters are rejected
+    min_sentences: NonNegativeInt = 2  # documents with fewer sentences are rejected
+    min_sentence_chars: NonNegativeInt = 2  # shorter sentences are dropped
+    strip_gutenberg: bool = True  # remove Project Gutenberg's header and licence
+    sentence_splitter: Literal[tuple(_SPLITTERS)] = "blingfire"  # "blingfire" or "regex"
     # Runs of word characters longer than this are removed (and counted): WordPiece would make each one [UNK]
     # anyway (its max_input_chars_per_word is 100), and the tokenizer trainer's time grows with the square of a
     # word's length (a 400k-character "word" costs it a minute).
-    max_word_chars: int = 100
+    max_word_chars: PositiveInt = 100
     # Gopher/C4-style filters (`quality`), each rejection counted by its rule; rows of task files (curated
     # sentences) are never filtered by them. The non-prose rules are on: on the shared corpus they drop lists of
     # figures and a book's table of contents, no prose (`bench/quality.py`). The repetition rules are off: Gopher's
@@ -49,10 +50,6 @@ class CleaningConfig:
 
     def __post_init__(self):
         check_fields(self)
-        check_non_negative(self, "min_chars", "min_sentences", "min_sentence_chars")
-        check_positive(self, "max_chars", "max_word_chars")
-        check_fraction(self, "min_alpha_fraction")
-        check_choice(self, "sentence_splitter", _SPLITTERS)
 
 
 @dataclass(frozen=True, kw_only=True)

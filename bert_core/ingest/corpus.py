@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bert_core import stage
-from bert_core.config import SEED, ConfigError, check_fields, check_positive, check_range
+from bert_core.config import SEED, ConfigError, OpenFraction, PositiveInt, check_fields
 from bert_core.ingest.cleaning import (REJECT_CONTAMINATED, REJECT_DUPLICATE, REJECT_NEAR_DUPLICATE, CleaningConfig,
     clean_document)
 from bert_core.ingest.decontamination import ContaminationIndex, read_eval_texts
@@ -60,16 +60,14 @@ class IngestConfig:
     # Downstream evaluation texts to keep out of the pretraining corpus: "path" (column "sentence"/"text") or
     # "path::column1,column2" for TSV/CSV/JSONL/Parquet files.
     decontamination_files: tuple[str, ...] = ()
-    validation_fraction: float = 0.05
+    validation_fraction: OpenFraction = 0.05  # share of the documents held out for validation
     seed: int = SEED  # decides which documents are held out for validation
-    documents_per_shard: int = 10_000
+    documents_per_shard: PositiveInt = 10_000  # documents per output Parquet file
 
     def __post_init__(self):
         check_fields(self)
         if not self.sources:
             raise ConfigError("IngestConfig.sources is empty; expected at least one file, directory, glob or hf: name")
-        check_range(self, "validation_fraction", low=0, high=1, high_open=True)
-        check_positive(self, "documents_per_shard")
 
 
 

@@ -24,11 +24,13 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 import pyarrow.parquet as pq
+from annotated_types import Gt, Le
 
-from bert_core.config import check_choice, check_fields, check_positive, check_range
+from bert_core.config import PositiveInt, check_fields
 from bert_core.ingest.near_dedup import exact_duplicates, near_duplicates, write_exact_keys
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -46,21 +48,18 @@ MINHASH_LIBRARIES = ("rensa", "datasketch")
 
 @dataclass(frozen=True, kw_only=True)
 class DedupConfig:
-    exact: bool = True
-    near: bool = True
-    near_dedup_threshold: float = 0.8
-    num_perm: int = 128
-    shingle_size: int = 5
-    seed: int = 1
-    minhash: str = "rensa"  # the signature library, "rensa" or "datasketch": part of the stage keys (they differ)
-    decontamination_ngram: int = 13
-    min_eval_words: int = 8
+    exact: bool = True  # drop documents whose normalised text repeats an earlier one's
+    near: bool = True  # drop near-duplicates (MinHash LSH over word shingles)
+    near_dedup_threshold: Annotated[float, Gt(0), Le(1)] = 0.8  # the Jaccard similarity above which two documents are near-duplicates
+    num_perm: PositiveInt = 128  # MinHash permutations
+    shingle_size: PositiveInt = 5  # words per shingle
+    seed: int = 1  # the MinHash seed
+    minhash: Literal[MINHASH_LIBRARIES] = "rensa"  # the signature library, "rensa" or "datasketch": part of the stage keys (they differ)
+    decontamination_ngram: PositiveInt = 13  # a document sharing a word n-gram this long with an evaluation text is dropped
+    min_eval_words: PositiveInt = 8  # evaluation texts shorter than this are matched whole, not by n-grams
 
     def __post_init__(self):
         check_fields(self)
-        check_range(self, "near_dedup_threshold", low=0, high=1, low_open=True)
-        check_positive(self, "num_perm", "shingle_size", "decontamination_ngram", "min_eval_words")
-        check_choice(self, "minhash", MINHASH_LIBRARIES)
 
 
 _word_cache: dict[str, int] = {}

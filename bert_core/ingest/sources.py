@@ -29,11 +29,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow.parquet as pq
 
-from bert_core.config import check_choice, check_fields, check_positive
+from bert_core.config import PositiveInt, check_fields
 from bert_core.ingest.textfiles import (base_suffix, column_spec, decode_text, display_path, local_unit, open_binary,
     portable_unit, read_table_file, scrub_surrogates)
 from bert_core.ingest.wikitext import wikitext_to_text
@@ -78,15 +78,13 @@ class Document:
 
 @dataclass(frozen=True, kw_only=True)
 class ReadConfig:
-    text_column: str = "text"
-    id_column: str | None = None
-    text_document_boundary: str = "file"  # "file": one document per text file; "blank_line": per paragraph
-    rows_per_document: int = 20  # a task file's rows per document (`PATH::COLUMNS` sources)
+    text_column: str = "text"  # the text column of table and JSON Lines sources
+    id_column: str | None = None  # a column of document ids (default: the file and row)
+    text_document_boundary: Literal["file", "blank_line"] = "file"  # "file": one document per text file; "blank_line": per paragraph
+    rows_per_document: PositiveInt = 20  # a task file's rows per document (`PATH::COLUMNS` sources)
 
     def __post_init__(self):
         check_fields(self)
-        check_choice(self, "text_document_boundary", ("file", "blank_line"))
-        check_positive(self, "rows_per_document")
 
 
 def task_source(source: str) -> tuple[str, tuple[str, ...]]:

@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bert_core import stage
-from bert_core.config import check_fields, check_non_negative
+from bert_core.config import NonNegativeFloat, check_fields
 from bert_core.downstream.kinds import DEFAULT_MODEL_KIND, model_kind
 from bert_core.metrics import scalar_metrics
 from bert_core.registry import signatures
@@ -58,7 +58,7 @@ class RegisterConfig:
     run_name: str | None = None
     primary_metric: str = "eval_accuracy"
     greater_is_better: bool = True
-    min_improvement: float = 0.0
+    min_improvement: NonNegativeFloat = 0.0
     max_seq_length: int | None = None  # the pyfunc's window (default: the model's description, else its kind's)
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
@@ -82,7 +82,6 @@ class RegisterConfig:
 
     def __post_init__(self):
         check_fields(self)
-        check_non_negative(self, "min_improvement")
         if self.kind is not None:
             model_kind(self.kind)  # an unknown kind is a ConfigError naming the known ones
 

@@ -18,17 +18,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from annotated_types import Ge, Le
 from tqdm.auto import tqdm
 
 from bert_core import stage
-from bert_core.config import (MIXED_PRECISION, SEED, check_choice, check_fields, check_non_negative, check_positive,
-    check_range)
+from bert_core.config import (SEED, MixedPrecision, NonNegativeFloat, NonNegativeInt, OpenFraction, PositiveFloat,
+    PositiveInt, SeqLength, check_fields)
 from bert_core.examples.masking import MaskingConfig
 from bert_core.examples.shards import ShardDataset
 from bert_core.examples.tokenizer import continuation_mask, load_tokenizer
@@ -40,11 +41,13 @@ from bert_core.training.checkpoints import MetricsLog, find_resume, save_checkpo
 from bert_core.training.data import PretrainingCollator, epoch_batches
 from bert_core.training.hardware import ThreadShare, effective_precision, resolve_mixed_precision
 from bert_core.training.launch import broadcast_flag, check_ranks, end_training, fault_point, fresh_accelerator_state
-from bert_core.training.model import (ARCHITECTURES, MODEL_INPUTS, PretrainingObjective, architecture_of, build_model,
-    describe_model, evaluate_objective, load_pretraining_model, resolve_model)
+from bert_core.training.model import (ARCHITECTURES, MODEL_INPUTS, PRESETS, PretrainingObjective, architecture_of,
+    build_model, describe_model, evaluate_objective, load_pretraining_model, resolve_model)
 from bert_core.training.optim import build_optimizer
 
 logger = logging.getLogger(__name__)
+
+Preset = Literal[tuple(PRESETS)]
 
 # Fields that change how a run is watched or launched but not what it computes: left out of the stage key.
 _NOT_IN_KEY = {"output_dir", "resume_from_checkpoint", "logging_steps", "eval_steps", "checkpointing_steps",
@@ -56,43 +59,43 @@ _NOT_IN_KEY = {"output_dir", "resume_from_checkpoint", "logging_steps", "eval_st
 class PretrainConfig:
     shards_dir: str  # an examples-stage output: train/, validation/, tokenizer/
     output_dir: str
-    preset: str = "bert-tiny"  # the size (bert_core.training.model.PRESETS)
-    architecture: str = "bert"  # "bert" or "modernbert" (MLM only: shards written with pair_objective "none")
-    max_seq_length: int | None = None  # the shards'; given, it must be theirs
-    per_device_train_batch_size: int = 32
-    per_device_eval_batch_size: int = 64
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-6
-    max_grad_norm: float = 1.0
-    optimizer: str = "adamw"  # "adamw" (fused where available) or "lamb" (large global batches, NVIDIA's recipe)
+    preset: Preset = "bert-tiny"  # the size (bert_core.training.model.PRESETS)
+    architecture: Literal[ARCHITECTURES] = "bert"  # "bert" or "modernbert" (MLM only: shards written with pair_objective "none")
+    max_seq_length: SeqLength | None = None  # the shards'; given, it must be theirs
+    per_device_train_batch_size: PositiveInt = 32  # examples per device per optimizer micro-step
+    per_device_eval_batch_size: PositiveInt = 64  # examples per device per held-out evaluation step
+    gradient_accumulation_steps: PositiveInt = 1  # micro-batches per optimizer step
+    learning_rate: NonNegativeFloat = 1e-4  # the peak learning rate, after warm-up
+    weight_decay: NonNegativeFloat = 0.01  # AdamW/LAMB weight decay (not on biases and LayerNorm weights)
+    adam_beta1: OpenFraction = 0.9
+    adam_beta2: OpenFraction = 0.999
+    adam_epsilon: PositiveFloat = 1e-6
+    max_grad_norm: NonNegativeFloat = 1.0  # gradient clipping by global norm (0: none)
+    optimizer: Literal["adamw", "lamb"] = "adamw"  # "adamw" (fused where available) or "lamb" (large global batches, NVIDIA's recipe)
     lr_scheduler_type: str = "linear"  # any transformers scheduler name: "linear", "polynomial", "cosine", ...
-    polynomial_power: float = 1.0  # for "polynomial" (NVIDIA's BERT recipe uses 0.5)
-    num_warmup_steps: int = 10000
-    warmup_fraction: float | None = None  # warm-up as a share of the run's steps (Cramming); replaces num_warmup_steps
-    max_train_steps: int = 1_000_000  # the run's length, or the cap on a budgeted run's
+    polynomial_power: PositiveFloat = 1.0  # for "polynomial" (NVIDIA's BERT recipe uses 0.5)
+    num_warmup_steps: NonNegativeInt = 10000  # linear warm-up steps (warmup_fraction replaces it)
+    warmup_fraction: OpenFraction | None = None  # warm-up as a share of the run's steps (Cramming); replaces num_warmup_steps
+    max_train_steps: PositiveInt = 1_000_000  # the run's length, or the cap on a budgeted run's
     # Budgets (bert_core.training.budget): the schedule is laid out so the run ends at the budget with the decay finished.
-    max_train_tokens: int | None = None  # non-pad tokens the optimizer has seen, all ranks
-    max_train_seconds: float | None = None  # wall-clock seconds of training, measured on the first steps
-    mixed_precision: str = "auto"  # "auto" (bf16 where the hardware has it, else fp32), "no", "bf16", "fp16"
-    num_threads: int | None = None  # torch threads; None: OMP_NUM_THREADS, else a share of the cores (hardware)
+    max_train_tokens: PositiveInt | None = None  # non-pad tokens the optimizer has seen, all ranks
+    max_train_seconds: PositiveFloat | None = None  # wall-clock seconds of training, measured on the first steps
+    mixed_precision: MixedPrecision = "auto"  # "auto" (bf16 where the hardware has it, else fp32), "no", "bf16", "fp16"
+    num_threads: PositiveInt | None = None  # torch threads; None: OMP_NUM_THREADS, else a share of the cores (hardware)
     length_binning: bool = True  # batches of similar-length examples: little of each batch is padding
     init_from: str | None = None  # a pretrained directory to start from, e.g. phase 1's final/ for a phase 2 at 512
     seed: int = SEED
-    logging_steps: int = 10
-    eval_steps: int = 1000
-    checkpointing_steps: int = 1000
-    checkpoints_total_limit: int = 3
+    logging_steps: PositiveInt = 10  # log the training loss every N steps
+    eval_steps: PositiveInt = 1000  # held-out MLM (and NSP/SOP) metrics every N steps
+    checkpointing_steps: PositiveInt = 1000  # save a resumable checkpoint every N steps
+    checkpoints_total_limit: PositiveInt = 3  # keep the newest N checkpoints
     resume_from_checkpoint: str | None = "latest"  # "latest", a checkpoint path, or None to start fresh
-    num_processes: int = 1
-    main_process_port: int = 29500
+    num_processes: PositiveInt = 1  # training processes on this machine (without an Accelerate config file)
+    main_process_port: Annotated[int, Ge(1), Le(65535)] = 29500  # the rendezvous port of a multi-process launch
     # An Accelerate config file (see deployments/accelerate/) for GPUs and several machines; it then decides the
     # processes, machines and precision of the launch. machine_rank overrides the file's on each machine.
     accelerate_config_file: str | None = None
-    machine_rank: int | None = None
+    machine_rank: NonNegativeInt | None = None  # this machine's rank in a multi-machine launch
     mlflow_run_id: str | None = None  # log metrics to this MLflow run while training (MLFLOW_TRACKING_URI)
     # Dynamic masking's settings are the examples stage's (ExamplesConfig.mlm, in the shards' manifest); given here,
     # they must equal them.
@@ -100,19 +103,6 @@ class PretrainConfig:
 
     def __post_init__(self):
         check_fields(self)
-        check_range(self, "max_seq_length", low=8)
-        check_positive(self, "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                       "max_train_steps", "logging_steps", "eval_steps", "checkpointing_steps",
-                       "checkpoints_total_limit", "num_processes", "polynomial_power", "adam_epsilon",
-                       "max_train_tokens", "max_train_seconds", "num_threads")
-        check_range(self, "warmup_fraction", low=0, high=1, high_open=True)
-        check_non_negative(self, "learning_rate", "weight_decay", "num_warmup_steps", "max_grad_norm")
-        check_range(self, "adam_beta1", low=0, high=1, high_open=True)
-        check_range(self, "adam_beta2", low=0, high=1, high_open=True)
-        check_range(self, "main_process_port", low=1, high=65535)
-        check_choice(self, "optimizer", ("adamw", "lamb"))
-        check_choice(self, "mixed_precision", MIXED_PRECISION)
-        check_choice(self, "architecture", ARCHITECTURES)
 
 
 

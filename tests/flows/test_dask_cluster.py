@@ -34,9 +34,9 @@ from prefect import flow
 
 @flow
 def data_stages(address, work):  # one run, so that its temporary server outlives both stages and the count below
-    documents = ingest_flow(work_dir=work, validation_fraction=0.1, dask_address=address)
-    out = examples_flow(documents_dir=documents, work_dir=work, vocab_size=2000, max_seq_length=64,
-                        examples_per_shard=1000, unit_tokens=50_000, dask_address=address)
+    documents = ingest_flow(work_dir=work, ingest={"validation_fraction": 0.1}, dask_address=address)
+    out = examples_flow(documents_dir=documents, work_dir=work, dask_address=address, examples={
+        "tokenizer": {"vocab_size": 2000}, "max_seq_length": 64, "examples_per_shard": 1000, "unit_tokens": 50_000})
     with get_client(sync_client=True) as client:
         done = [r.name.rsplit("-", 1)[0] for r in client.read_task_runs() if r.state and r.state.is_completed()]
     return {"out": out, "completed": {n: done.count(n) for n in set(done)}}

@@ -14,8 +14,8 @@ def _checksums(out):
 
 def test_dask_examples_equal_a_single_process_run(documents_dir, tmp_path):
     reference = generate_examples(replace(TINY_EXAMPLES, unit_tokens=50_000), documents_dir, tmp_path / "one" / "examples")
-    out = examples_flow(documents_dir=str(documents_dir), work_dir=str(tmp_path / "dask"), vocab_size=2000,
-                        max_seq_length=64, examples_per_shard=1000, unit_tokens=50_000, n_workers=2)
+    out = examples_flow(documents_dir=str(documents_dir), work_dir=str(tmp_path / "dask"), n_workers=2, examples={
+        "tokenizer": {"vocab_size": 2000}, "max_seq_length": 64, "examples_per_shard": 1000, "unit_tokens": 50_000})
     assert read_manifest(reference / "train")["units"] >= 4
     assert _checksums(tmp_path / "dask" / "examples") == _checksums(reference)
     assert out == str(tmp_path / "dask" / "examples")

@@ -23,8 +23,8 @@ def test_dask_ingest_equals_serial_ingest(tmp_path):
     # A file name that is not UTF-8 travels through Prefect's JSON parameters and Dask (it used to crash the flow).
     (root / os.fsdecode(b"caf\xe9.txt")).write_text("A caf\u00e9 on the corner sells bread and coffee all day. " * 6
                                                     + " ".join(f"c{j}z" for j in range(40)) + ".")
-    out = ingest_flow(sources=[str(root)], work_dir=str(tmp_path / "dask"), min_chars=50, validation_fraction=0.3,
-                      n_workers=2)
+    out = ingest_flow(sources=[str(root)], work_dir=str(tmp_path / "dask"), n_workers=2,
+                      ingest={"cleaning": {"min_chars": 50}, "validation_fraction": 0.3})
     serial = ingest_corpus(IngestConfig(sources=(str(root),), validation_fraction=0.3,
                                         cleaning=CleaningConfig(min_chars=50)), tmp_path / "serial" / "ingest")
     manifest = json.loads((tmp_path / "dask" / "ingest" / "manifest.json").read_text())

@@ -11,7 +11,7 @@ import pytest
 
 from flows.pipeline import bert_pipeline, render_summary
 
-TINY = dict(examples={"vocab_size": 2000, "max_seq_length": 64},
+TINY = dict(examples={"tokenizer": {"vocab_size": 2000}, "max_seq_length": 64},
             pretrain={"max_train_steps": 40, "num_warmup_steps": 4, "eval_steps": 20, "checkpointing_steps": 20,
                       "per_device_train_batch_size": 16},
             finetune={"num_train_epochs": 1, "max_seq_length": 64}, suite={"size": "tiny"},
@@ -136,8 +136,9 @@ def test_continued_pretraining_from_the_champion(run, tmp_path):
     from flows.continued_pretraining import continued_pretraining
 
     params = dict(sources=[str(SAMPLE_DIR / "corpus" / "wikipedia")], base_model="models:/flowtest-bert-tiny@champion",
-                  work_dir=str(tmp_path / "continued"), validation_fraction=0.1, max_seq_length=64, max_train_steps=8, num_warmup_steps=1,
-                  per_device_train_batch_size=8)
+                  work_dir=str(tmp_path / "continued"), ingest={"validation_fraction": 0.1},
+                  examples={"max_seq_length": 64},
+                  pretrain={"max_train_steps": 8, "num_warmup_steps": 1, "per_device_train_batch_size": 8})
     result = continued_pretraining(**params)
     info = result["registered"]
     assert info["name"] == "flowtest-bert-tiny" and result["base_version"] == "1"
@@ -154,7 +155,8 @@ def test_continued_pretraining_from_the_champion(run, tmp_path):
     assert again["registered"]["version"] == info["version"] and again["registered"]["reused"]
 
     # With a suite the suite score decides: the new encoder against the champion on the same suite.
-    suited = continued_pretraining(**{**params, "base_model": "models:/flowtest-bert-tiny/1", "max_train_steps": 6,
+    suited = continued_pretraining(**{**params, "base_model": "models:/flowtest-bert-tiny/1",
+                                      "pretrain": {**params["pretrain"], "max_train_steps": 6},
                                       "work_dir": str(tmp_path / "suited"), "suite": {"size": "tiny"}})
     decision = suited["registered"]
     assert decision["reason"].startswith("suite_score ") and "on the same evaluation set" in decision["reason"]
@@ -168,7 +170,7 @@ def test_on_demand_task_model_from_the_registered_encoder(run, tmp_path):
 
     home, summary = run
     result = task_model(task_name="sst2", base_model="models:/flowtest-bert-tiny/1", work_dir=str(tmp_path / "tm"),
-                        num_train_epochs=1, registered_model_prefix="flowtest")
+                        finetune={"num_train_epochs": 1}, registered_model_prefix="flowtest")
     info = result["registered"]
     assert info["name"] == "flowtest-sst2" and result["base_model"] == "models:/flowtest-bert-tiny/1"
     assert result["champion_metrics"] is not None  # scored next to the champion on the same dev file

@@ -8,7 +8,7 @@ import pytest
 
 from flows.pipeline import bert_pipeline, render_summary
 
-TINY = dict(examples={"vocab_size": 2000, "max_seq_length": 64},
+TINY = dict(examples={"tokenizer": {"vocab_size": 2000}, "max_seq_length": 64},
             pretrain={"max_train_steps": 20, "num_warmup_steps": 2, "eval_steps": 20, "checkpointing_steps": 20,
                       "per_device_train_batch_size": 16},
             finetune={"num_train_epochs": 1}, suite="off", registered_model_prefix="qaflow", task_name="squad")

@@ -6,7 +6,7 @@ from flows.suite import suite_flow
 
 
 def test_the_suite_flow_publishes_the_comparison(pretrained, tmp_path):
-    report = suite_flow(encoder=pretrained["final_dir"], work_dir=str(tmp_path), size="tiny", seeds=[0])
+    report = suite_flow(encoder=pretrained["final_dir"], work_dir=str(tmp_path), suite={"size": "tiny", "seeds": [0]})
     (row,) = report["tasks"]
     assert row["task"] == "sst2" and len(row["pretrained_scores"]) == len(row["twin_scores"]) == 1
     # Each encoder's runs go under suite/<its run directory's name>: a champion's suite never overwrites them.

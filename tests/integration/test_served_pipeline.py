@@ -28,7 +28,7 @@ import pytest
 from deployments import servers
 from tests.conftest import REPO
 
-PARAMS = {"examples": {"vocab_size": 2000, "max_seq_length": 64},
+PARAMS = {"examples": {"tokenizer": {"vocab_size": 2000}, "max_seq_length": 64},
           "pretrain": {"max_train_steps": 30, "num_warmup_steps": 3, "eval_steps": 15, "checkpointing_steps": 15,
                        "per_device_train_batch_size": 16},
           "finetune": {"max_train_steps": 40, "max_seq_length": 64}, "registered_model_prefix": "itest"}
