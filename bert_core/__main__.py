@@ -1,7 +1,8 @@
-"""Command line of the library: `python -m bert_core <stage> --config run.json`.
+"""Command line of the library: `python -m bert_core <stage> --config run.json --set name=value`.
 
-Each stage reads its config dataclass from a JSON file (unknown keys are an error) and prints its result as JSON
-on stdout. `accelerate launch ... -m bert_core pretrain --config run.json` runs pretraining in several processes.
+Each stage reads its config dataclass from a JSON file and `--set` fields over it (unknown names are an error;
+`python -m bert_core STAGE --help` lists the fields) and prints its result as JSON on stdout.
+`accelerate launch ... -m bert_core pretrain --config run.json` runs pretraining in several processes.
 """
 
 from __future__ import annotations
@@ -16,13 +17,71 @@ from pathlib import Path
 from bert_core import stage
 
 
+class StageParser(argparse.ArgumentParser):
+    """A stage's parser: its help lists the fields of its config (`config`, "module:Class", imported only when the
+    help is asked for, so that the CLI stays light)."""
+
+    def __init__(self, *args, config: str | None = None, **kwargs):
+        super().__init__(*args, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        self.config = config
+        if config:
+            name = config.rsplit(":", 1)[1]
+            self.add_argument("--config", type=Path, help=f"a JSON file of {name} fields")
+            self.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="set_fields",
+                              help="a field over the file's, dotted for a nested config (tokenizer.vocab_size=8192); "
+                                   "VALUE is JSON (60, 1e-3, true, null, [1, 2]), else a string (repeatable)")
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if not self.config:
+            return text
+        import importlib
+        import textwrap
+
+        from bert_core.config import config_doc, describe_fields
+
+        module, name = self.config.split(":")
+        cls = getattr(importlib.import_module(module), name)
+        about = config_doc(cls) or "\n\n".join((importlib.import_module(module).__doc__ or "").split("\n\n")[:2])
+        lines = [text, *(textwrap.fill(" ".join(part.split()), 100) + "\n" for part in about.split("\n\n")),
+                 f"{name} fields (a --config file's keys, or --set NAME=VALUE):"]
+        for field, takes, meaning in describe_fields(cls):
+            lines.append(f"  {field}")
+            lines += textwrap.wrap(f"{takes}. {meaning}" if meaning else takes, 100,
+                                   initial_indent=" " * 6, subsequent_indent=" " * 6)
+        return "\n".join(lines) + "\n"
+
+
+def _config(cls, args):
+    """The stage's config: the --config file's fields (none without one), then each --set over them; the config
+    checks every value (`bert_core.config`), so an error names the field and what it expected."""
+    from bert_core.config import ConfigError, given
+
+    values = stage.read_config_file(cls, args.config) if args.config else {}
+    for item in args.set_fields:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--set {item!r}; expected NAME=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        for part in reversed(name.split(".")):
+            value = {part: value}
+        values = given(value, values)
+    try:
+        return stage.config_from_dict(cls, values)
+    except ConfigError as err:
+        raise ConfigError(f"{args.config}: {err}" if args.config else str(err)) from None
+
+
 def _ingest(args) -> object:
     from bert_core.ingest.corpus import (  # lazy: the CLI imports a stage's code only when it runs
         IngestConfig,
         ingest_corpus,
     )
 
-    return str(ingest_corpus(stage.load_config(IngestConfig, args.config), args.output_dir))
+    return str(ingest_corpus(_config(IngestConfig, args), args.output_dir))
 
 
 def _examples(args) -> object:
@@ -31,7 +90,7 @@ def _examples(args) -> object:
         generate_examples,
     )
 
-    return str(generate_examples(stage.load_config(ExamplesConfig, args.config), args.documents_dir, args.output_dir,
+    return str(generate_examples(_config(ExamplesConfig, args), args.documents_dir, args.output_dir,
                                  tokens_dir=args.tokens_dir, workers=args.workers))
 
 
@@ -41,7 +100,7 @@ def _pretrain(args) -> object:
         pretrain,
     )
 
-    return pretrain(stage.load_config(PretrainConfig, args.config))
+    return pretrain(_config(PretrainConfig, args))
 
 
 def _finetune(args) -> object:
@@ -50,7 +109,7 @@ def _finetune(args) -> object:
         finetune,
     )
 
-    return finetune(stage.load_config(FinetuneConfig, args.config))
+    return finetune(_config(FinetuneConfig, args))
 
 
 def _finetune_ner(args) -> object:
@@ -59,13 +118,13 @@ def _finetune_ner(args) -> object:
         finetune_ner,
     )
 
-    return finetune_ner(stage.load_config(NerConfig, args.config))
+    return finetune_ner(_config(NerConfig, args))
 
 
 def _finetune_qa(args) -> object:
     from bert_core.downstream.qa import QaConfig, finetune_qa  # lazy: the CLI imports a stage's code only when it runs
 
-    return finetune_qa(stage.load_config(QaConfig, args.config))
+    return finetune_qa(_config(QaConfig, args))
 
 
 def _split_squad(args) -> object:
@@ -81,7 +140,7 @@ def _evaluate(args) -> object:
         evaluate_models,
     )
 
-    return evaluate_models(stage.load_config(EvaluateConfig, args.config))
+    return evaluate_models(_config(EvaluateConfig, args))
 
 
 def _suite(args) -> object:
@@ -91,7 +150,7 @@ def _suite(args) -> object:
         summary_line,
     )
 
-    report = run_suite(stage.load_config(SuiteConfig, args.config))
+    report = run_suite(_config(SuiteConfig, args))
     print(summary_line(report), file=sys.stderr)
     return report
 
@@ -102,7 +161,7 @@ def _register(args) -> object:
         register_model,
     )
 
-    return register_model(stage.load_config(RegisterConfig, args.config))
+    return register_model(_config(RegisterConfig, args))
 
 
 def _rollback(args) -> object:
@@ -155,19 +214,22 @@ def _inspect(args) -> None:
     print(describe_examples(args.shards_dir, args.n))
 
 
+def _stage_parser(sub, name: str, about: str, config: str) -> StageParser:
+    return sub.add_parser(name, help=about, description=about, config=config)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bert_core", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(prog="python -m bert_core", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG also prints the traceback of an error")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
-    p = sub.add_parser("ingest", help="read, clean, deduplicate and sentence-split a corpus into Parquet")
-    p.add_argument("--config", type=Path, required=True, help="IngestConfig JSON")
+    p = _stage_parser(sub, "ingest", "read, clean, deduplicate and sentence-split a corpus into Parquet",
+                       "bert_core.ingest.corpus:IngestConfig")
     p.add_argument("--output-dir", type=Path, required=True)
     p.set_defaults(run=_ingest)
 
-    p = sub.add_parser("examples", help="train a WordPiece tokenizer and write pretraining examples (NSP/SOP pairs or full sentences) to Arrow shards")
-    p.add_argument("--config", type=Path, required=True, help="ExamplesConfig JSON")
+    p = _stage_parser(sub, "examples", "train a WordPiece tokenizer and write pretraining examples (NSP/SOP pairs or full sentences) to Arrow shards",
+                       "bert_core.examples.generation:ExamplesConfig")
     p.add_argument("--documents-dir", type=Path, required=True, help="an ingest output directory")
     p.add_argument("--output-dir", type=Path, required=True)
     p.add_argument("--tokens-dir", type=Path, help="the token store (default: `tokens` beside the output)")
@@ -180,20 +242,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=3, help="how many examples")
     p.set_defaults(run=_inspect)
 
-    p = sub.add_parser("pretrain", help="pretrain BertForPreTraining (MLM+NSP) with Accelerate")
-    p.add_argument("--config", type=Path, required=True, help="PretrainConfig JSON")
+    p = _stage_parser(sub, "pretrain", "pretrain BertForPreTraining (MLM+NSP) with Accelerate",
+                       "bert_core.training.pretrain:PretrainConfig")
     p.set_defaults(run=_pretrain)
 
-    p = sub.add_parser("finetune", help="fine-tune a pretrained model for sentence or sentence-pair classification")
-    p.add_argument("--config", type=Path, required=True, help="FinetuneConfig JSON")
+    p = _stage_parser(sub, "finetune", "fine-tune a pretrained model for sentence or sentence-pair classification",
+                       "bert_core.downstream.classification:FinetuneConfig")
     p.set_defaults(run=_finetune)
 
-    p = sub.add_parser("finetune-ner", help="fine-tune a token classifier (NER) on CoNLL-format files")
-    p.add_argument("--config", type=Path, required=True, help="NerConfig JSON")
+    p = _stage_parser(sub, "finetune-ner", "fine-tune a token classifier (NER) on CoNLL-format files",
+                       "bert_core.downstream.ner:NerConfig")
     p.set_defaults(run=_finetune_ner)
 
-    p = sub.add_parser("finetune-qa", help="fine-tune extractive question answering on SQuAD-format JSON")
-    p.add_argument("--config", type=Path, required=True, help="QaConfig JSON")
+    p = _stage_parser(sub, "finetune-qa", "fine-tune extractive question answering on SQuAD-format JSON",
+                       "bert_core.downstream.qa:QaConfig")
     p.set_defaults(run=_finetune_qa)
 
     p = sub.add_parser("split-squad", help="split a SQuAD JSON file into train/eval files by whole articles")
@@ -204,12 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_split_squad)
 
-    p = sub.add_parser("evaluate", help="held-out MLM/NSP metrics of a pretrained model; dev metrics of a classifier")
-    p.add_argument("--config", type=Path, required=True, help="EvaluateConfig JSON")
+    p = _stage_parser(sub, "evaluate", "held-out MLM/NSP metrics of a pretrained model; dev metrics of a classifier",
+                       "bert_core.downstream.evaluation:EvaluateConfig")
     p.set_defaults(run=_evaluate)
 
-    p = sub.add_parser("suite", help="fine-tune tasks from an encoder and from its random-init twin; report the deltas")
-    p.add_argument("--config", type=Path, required=True, help="SuiteConfig JSON")
+    p = _stage_parser(sub, "suite", "fine-tune tasks from an encoder and from its random-init twin; report the deltas",
+                       "bert_core.downstream.suite:SuiteConfig")
     p.set_defaults(run=_suite)
 
     p = sub.add_parser("predict", help="fill-mask, next-sentence probability, classification, QA answers or embeddings")
@@ -228,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: fine-tuning's default for the --task (classify, qa)")
     p.set_defaults(run=_predict)
 
-    p = sub.add_parser("register", help="log a model to MLflow, register it and apply the promotion gate")
-    p.add_argument("--config", type=Path, required=True, help="RegisterConfig JSON")
+    p = _stage_parser(sub, "register", "log a model to MLflow, register it and apply the promotion gate",
+                       "bert_core.registry.registration:RegisterConfig")
     p.set_defaults(run=_register)
 
     p = sub.add_parser("rollback", help="move the champion alias of a registered model back to an earlier version")

@@ -260,3 +260,19 @@ def given(parameters: Any, defaults: dict | None = None) -> dict[str, Any]:
         merged[key] = given(value, merged.get(key)) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
             else value
     return merged
+
+
+def describe_fields(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(name, what it takes and its default, its line of meaning) for every field of a config, nested configs'
+    fields dotted (`tokenizer.vocab_size`): the CLI's help, from the same annotations and comments as the checks."""
+    rows = []
+    for field in dataclasses.fields(cls):
+        nested = nested_config(cls, field.name)
+        if nested is not None:
+            rows += describe_fields(nested, f"{prefix}{field.name}.")
+            continue
+        default = "required" if field.default is dataclasses.MISSING else f"default {field.default!r}"
+        rows.append((prefix + field.name, f"{describe_field(cls, field.name)}; {default}",
+                     field_help(cls).get(field.name, "")))
+    return rows
+

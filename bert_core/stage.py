@@ -106,15 +106,20 @@ def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**values)
 
 
-def load_config(cls: type[T], path: str | Path) -> T:
-    """A config from a JSON file; every problem with the file or its values is a `ConfigError` naming the file."""
+def read_config_file(cls: type, path: str | Path) -> dict[str, Any]:
+    """A config file's JSON object; a missing file or bad JSON is a `ConfigError` naming the file."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; expected a JSON file of {cls.__name__} options") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid JSON ({err}); expected a JSON object of {cls.__name__} options") from None
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    """A config from a JSON file; every problem with the file or its values is a `ConfigError` naming the file."""
+    data = read_config_file(cls, path)
     try:
         return config_from_dict(cls, data)
     except ConfigError as err:

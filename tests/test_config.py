@@ -7,6 +7,7 @@ was iterated by character (one starting with "/" walked the file system).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -136,3 +137,38 @@ def test_finetuning_from_a_model_directory_without_a_tokenizer_is_refused(pretra
     with pytest.raises(FileNotFoundError, match="has no tokenizer .tokenizer.json or vocab.txt.; without one every "
                                                 "input would be \\[UNK\\]"):
         finetune(config)
+
+
+def test_stage_help_lists_the_configs_fields_from_the_dataclass():
+    """`python -m bert_core STAGE --help`: what the stage does, then every field (nested ones dotted) with what it
+    takes, its default, its choices or bounds and its comment in the dataclass."""
+    out = _cli("suite", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "random-init twin" in out.stdout
+    assert "  size\n      one of 'tiny', 'default', 'full'; default 'default'." in out.stdout
+    assert "  max_seq_length\n      an integer >= 8; default 128. tokens per fine-tuning example" in out.stdout
+    examples = _cli("examples", "--help").stdout
+    assert "  tokenizer.vocab_size\n      an integer >= 6; default 30522. WordPiece vocabulary size" in examples
+    assert "  mlm.mlm_probability\n      a number > 0 and <= 1; default 0.15." in examples
+    fields = {line.strip() for line in _cli("pretrain", "--help").stdout.splitlines() if line.startswith("  ") and
+              not line.startswith("   ")}
+    assert {f.name for f in dataclasses.fields(PretrainConfig) if f.name != "mlm"} <= fields
+
+
+def test_set_gives_fields_over_the_config_file_with_the_same_checks(tmp_path):
+    from bert_core.__main__ import _config, build_parser
+
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"max_seq_length": 64, "tokenizer": {"vocab_size": 4000}}))
+    args = build_parser().parse_args(["examples", "--config", str(config), "--documents-dir", "d", "--output-dir", "o",
+                                      "--set", "tokenizer.lowercase=false", "--set", "masking=dynamic",
+                                      "--set", "max_seq_length=128"])
+    built = _config(ExamplesConfig, args)
+    assert (built.max_seq_length, built.masking, built.tokenizer.vocab_size, built.tokenizer.lowercase) == \
+        (128, "dynamic", 4000, False)
+    line = _one_line_error(_cli("pretrain", "--set", "shards_dir=x", "--set", "output_dir=y",
+                                "--set", "max_train_steps=0"))
+    assert "PretrainConfig.max_train_steps is 0; expected a value > 0" in line
+    assert "unknown PretrainConfig option(s) ['lerning_rate']" in _one_line_error(
+        _cli("pretrain", "--set", "shards_dir=x", "--set", "output_dir=y", "--set", "lerning_rate=1"))
+    assert "expected NAME=VALUE" in _one_line_error(_cli("pretrain", "--set", "learning_rate"))
