@@ -61,7 +61,7 @@ def pretrain(config: pretrain_lib.PretrainConfig, mlflow_parent_run_id: str | No
                                     params={k: v for k, v in stage.to_jsonable(config).items() if k != "mlflow_run_id"},
                                     parent_run_id=mlflow_parent_run_id, tags={"bertflow.stage": "pretrain"})
         stage.write_json(run_file, {"run_id": run_id, "key": key})
-    config = replace(config, mlflow_run_id=run_id)
+    config = launch.launch_config(replace(config, mlflow_run_id=run_id))
     config_path = output_dir / "pretrain_config.json"
     stage.write_json(config_path, config)
     command = launch.launch_command(config_path, config)

@@ -206,6 +206,33 @@ def effective_precision(requested: str) -> str:
     return auto_precision()[0] if requested == "auto" else requested
 
 
+def accelerate_file_precision(path: str | Path) -> str:
+    """The `mixed_precision` an Accelerate config file (YAML or JSON) launches with ("no" where it says none)."""
+    import yaml  # lazy: only runs with a config file read it
+
+    settings = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return str(settings.get("mixed_precision") or "no")
+
+
+def run_precision(config) -> str:
+    """The precision a pretraining run runs in, without logging (what its stage key hashes): with an Accelerate
+    config file, the file's (it decides the launch); else `config.mixed_precision`, "auto" resolved for this machine."""
+    if getattr(config, "accelerate_config_file", None):
+        return accelerate_file_precision(config.accelerate_config_file)
+    return effective_precision(config.mixed_precision)
+
+
+def accelerator_precision(config) -> str | None:
+    """What a training process hands `Accelerator(mixed_precision=...)`. Launched with an Accelerate config file:
+    None, so that Accelerate takes the file's from the environment `accelerate launch` sets
+    (ACCELERATE_MIXED_PRECISION), or the file's own when run without a launch. Otherwise the config's value, resolved
+    here when it is still "auto" (a launch resolves it once, before it starts the processes: `launch.launch_config`)."""
+    if getattr(config, "accelerate_config_file", None):
+        return None if os.environ.get("ACCELERATE_MIXED_PRECISION") else accelerate_file_precision(
+            config.accelerate_config_file)
+    return resolve_mixed_precision(config.mixed_precision)
+
+
 def resolve_mixed_precision(requested: str) -> str:
     """The precision a run uses for `requested` ("auto", "no", "bf16", "fp16"), logged with the reason; an explicit
     bf16 on a CPU without bf16 units runs as asked, with a warning."""

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object
 
-from bert_core.training.hardware import effective_precision
+from bert_core.training.hardware import effective_precision, resolve_mixed_precision
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,15 @@ def fault_point(point: str, rank: int) -> None:
     if int(fault_rank) == rank and fault_point_name == point and not os.path.exists(marker):
         Path(marker).write_text(repr(time.time()))
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def launch_config(config: Any) -> Any:
+    """The PretrainConfig a launch hands its processes: "auto" resolved once, here, before they start (logged with
+    the reason), so no process decides again; with an Accelerate config file, unchanged: the file decides the
+    precision, and the processes take it from the environment `accelerate launch` sets."""
+    if config.accelerate_config_file:
+        return config
+    return replace(config, mixed_precision=resolve_mixed_precision(config.mixed_precision))
 
 
 def launch_command(config_path: str | Path, config: Any) -> list[str]:

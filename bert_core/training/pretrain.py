@@ -39,7 +39,7 @@ from bert_core.training import budget
 from bert_core.training.checkpoints import WINDOW as _WINDOW
 from bert_core.training.checkpoints import MetricsLog, find_resume, save_checkpoint, window_metrics
 from bert_core.training.data import PretrainingCollator, epoch_batches
-from bert_core.training.hardware import ThreadShare, effective_precision, resolve_mixed_precision
+from bert_core.training.hardware import ThreadShare, accelerator_precision, run_precision
 from bert_core.training.launch import broadcast_flag, check_ranks, end_training, fault_point, fresh_accelerator_state
 from bert_core.training.model import (ARCHITECTURES, MODEL_INPUTS, PRESETS, PretrainingObjective, architecture_of,
     build_model, describe_model, evaluate_objective, load_pretraining_model, resolve_model)
@@ -134,7 +134,7 @@ def stage_key(config: PretrainConfig) -> str:
     config = with_shard_settings(config)
     train_manifest = Path(config.shards_dir) / "train" / "manifest.json"
     fields = {k: v for k, v in stage.to_jsonable(config).items() if k not in _NOT_IN_KEY}
-    fields["mixed_precision"] = effective_precision(config.mixed_precision)  # what runs: "auto" differs per machine
+    fields["mixed_precision"] = run_precision(config)  # what runs: the Accelerate file's, or "auto" for this machine
     return stage.hash_json({"config": fields, "train": stage.hash_file(train_manifest), "version": 1})
 
 
@@ -161,7 +161,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     init_path = resolve_model(config.init_from, need_tokenizer=False) if config.init_from else None
     fresh_accelerator_state()
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                              mixed_precision=resolve_mixed_precision(config.mixed_precision))
+                              mixed_precision=accelerator_precision(config))
     set_seed(config.seed)
     train_set = ShardDataset(shards_dir / "train")
     eval_set = ShardDataset(shards_dir / "validation")
