@@ -208,6 +208,12 @@ def _predict(args) -> None:
         print(json.dumps(result, ensure_ascii=False))
 
 
+def _summary(args) -> None:
+    from bert_core.registry.summary import render_summary  # lazy: the CLI imports a stage's code only when it runs
+
+    print(render_summary(stage.read_json(args.summary_json), markdown=args.markdown))
+
+
 def _inspect(args) -> None:
     from bert_core.examples.quality import describe_examples  # lazy: the CLI imports a stage's code only when it runs
 
@@ -293,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage_parser(sub, "register", "log a model to MLflow, register it and apply the promotion gate",
                        "bert_core.registry.registration:RegisterConfig")
     p.set_defaults(run=_register)
+
+    p = sub.add_parser("summary", help="print a bert-pipeline run's summary saved with --summary-json")
+    p.add_argument("summary_json", type=Path, help="the file `python -m flows.pipeline --summary-json FILE` wrote")
+    p.add_argument("--markdown", action="store_true", help="as the Prefect artifact: a fenced block and links")
+    p.set_defaults(run=_summary)
 
     p = sub.add_parser("rollback", help="move the champion alias of a registered model back to an earlier version")
     p.add_argument("--model", required=True, help="registered model name, e.g. bertflow-sst2")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.pipeline import bert_pipeline, render_summary
+from bert_core.registry.summary import render_summary
+from flows.pipeline import bert_pipeline
 
 TINY = dict(examples={"tokenizer": {"vocab_size": 2000}, "max_seq_length": 64},
             pretrain={"max_train_steps": 40, "num_warmup_steps": 4, "eval_steps": 20, "checkpointing_steps": 20,
@@ -66,6 +67,21 @@ def test_pipeline_runs_every_stage(run):
     share = dynamic["examples"]["validation"]["quality"]["masked_share_of_maskable"]
     assert f"masked per batch while training (validation shards: {share:.1%} of maskable tokens)" in \
         render_summary(dynamic) and "nan" not in render_summary(dynamic)
+
+
+def test_the_cli_prints_a_saved_summary_as_the_pipeline_did(run, tmp_path):
+    import subprocess
+    import sys
+
+    from bert_core import stage
+    from tests.conftest import REPO
+
+    home, summary = run
+    stage.write_json(tmp_path / "summary.json", summary)
+    out = subprocess.run([sys.executable, "-m", "bert_core", "summary", str(tmp_path / "summary.json")], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == render_summary(summary).strip()
 
 
 def test_one_parent_run_with_a_nested_run_per_stage(run):

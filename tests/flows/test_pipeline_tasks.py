@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.pipeline import bert_pipeline, render_summary
+from bert_core.registry.summary import render_summary
+from flows.pipeline import bert_pipeline
 
 TINY = dict(examples={"tokenizer": {"vocab_size": 2000}, "max_seq_length": 64},
             pretrain={"max_train_steps": 20, "num_warmup_steps": 2, "eval_steps": 20, "checkpointing_steps": 20,
