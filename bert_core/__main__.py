@@ -8,13 +8,16 @@ Each stage reads its config dataclass from a JSON file and `--set` fields over i
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from bert_core import stage
+from bert_core.config import ConfigError, config_doc, describe_fields, given
 
 
 class StageParser(argparse.ArgumentParser):
@@ -35,11 +38,6 @@ class StageParser(argparse.ArgumentParser):
         text = super().format_help()
         if not self.config:
             return text
-        import importlib
-        import textwrap
-
-        from bert_core.config import config_doc, describe_fields
-
         module, name = self.config.split(":")
         cls = getattr(importlib.import_module(module), name)
         about = config_doc(cls) or "\n\n".join((importlib.import_module(module).__doc__ or "").split("\n\n")[:2])
@@ -55,8 +53,6 @@ class StageParser(argparse.ArgumentParser):
 def _config(cls, args):
     """The stage's config: the --config file's fields (none without one), then each --set over them; the config
     checks every value (`bert_core.config`), so an error names the field and what it expected."""
-    from bert_core.config import ConfigError, given
-
     values = stage.read_config_file(cls, args.config) if args.config else {}
     for item in args.set_fields:
         name, sep, raw = item.partition("=")
