@@ -183,14 +183,19 @@ def source_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-def lineage_tags(*, documents_dir: str | Path, examples_dir: str | Path, pretrain_dir: str | Path) -> dict[str, str]:
-    """Tags that tie a model version to the exact corpus, tokenizer, shards, config and code that produced it."""
-    documents_dir, examples_dir, pretrain_dir = Path(documents_dir), Path(examples_dir), Path(pretrain_dir)
+def lineage_tags(*, documents_dir: str | Path | None, examples_dir: str | Path,
+                 pretrain_dir: str | Path) -> dict[str, str]:
+    """Tags that tie a model version to the exact corpus, tokenizer, shards, config and code that produced it
+    (`documents_dir` None: shards written before their record named their corpus; no corpus tags)."""
+    examples_dir, pretrain_dir = Path(examples_dir), Path(pretrain_dir)
     train_manifest = stage.read_json(examples_dir / "train" / "manifest.json")
-    ingest_manifest = stage.read_json(documents_dir / "manifest.json")
+    corpus = {}
+    if documents_dir is not None:
+        ingest_manifest = stage.read_json(Path(documents_dir) / "manifest.json")
+        corpus = {"bertflow.corpus_sources": json.dumps(ingest_manifest["config"]["sources"])[:5000],
+                  "bertflow.ingest_manifest_sha256": stage.hash_file(Path(documents_dir) / "manifest.json")}
     return {
-        "bertflow.corpus_sources": json.dumps(ingest_manifest["config"]["sources"])[:5000],
-        "bertflow.ingest_manifest_sha256": stage.hash_file(documents_dir / "manifest.json"),
+        **corpus,
         "bertflow.train_shards_manifest_sha256": stage.hash_file(examples_dir / "train" / "manifest.json"),
         "bertflow.validation_shards_manifest_sha256": stage.hash_file(examples_dir / "validation" / "manifest.json"),
         "bertflow.tokenizer_sha256": train_manifest["tokenizer_hash"],

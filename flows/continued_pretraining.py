@@ -21,9 +21,10 @@ from bert_core import stage
 from bert_core.config import SEED, given
 from bert_core.examples.generation import ExamplesConfig
 from bert_core.metrics import eval_metrics
+from bert_core.registry import records
 from bert_core.registry.registration import pin_model
 from bert_core.stage import default_work_dir
-from bert_core.tracking import lineage_tags, ui_links
+from bert_core.tracking import ui_links
 from bert_core.training.model import model_description, model_hash, resolve_model
 from bert_core.training.pretrain import PretrainConfig
 from flows.examples import examples_flow
@@ -102,27 +103,19 @@ def continued_pretraining(
         new_metrics = eval_metrics(evaluate_pretrained(pretrained["final_dir"], validation))
         base_metrics = eval_metrics(evaluate_pretrained(base_dir, validation))
         log_stage_run(run_id, "evaluate", metrics={**new_metrics, **{f"base_{k}": v for k, v in base_metrics.items()}})
-        pretrain_dir = Path(pretrained["final_dir"]).parent
         gate = None
         if suite is not None:
             report = suite_flow(encoder=pretrained["final_dir"], work_dir=str(work), suite=suite)
             gate = encoder_gate(report, name, suite, str(work))
-        registered = register_flow(
-            pretrained_dir=pretrained["final_dir"],
-            pretrained_metrics={**new_metrics, **(gate["metrics"] if gate else {})},
-            pretrained_champion_metrics=gate["champion_metrics"] if gate else base_metrics if base_version else None,
-            pretrained_champion_version=gate["champion_version"] if gate else base_version,
-            pretrained_gate_evidence=gate and gate["evidence"],
-            lineage={**lineage_tags(documents_dir=documents_dir, examples_dir=examples_dir, pretrain_dir=pretrain_dir),
-                     "bertflow.base_model": base_model + (f" (v{base_version})" if base_version else "")},
-            params={"pretrain": stage.read_json(pretrain_dir / stage.STAGE_RECORD)["config"]},
-            pretrain_metrics_file=str(pretrain_dir / "metrics.jsonl"),
-            pretrained_artifacts=[str(Path(examples_dir) / "train" / "manifest.json")],
-            pretrained_registered_name=name, min_improvement=min_improvement,
-            pretrain_run_id=pretrained.get("mlflow_run_id"), parent_run_id=run_id,
-        )
+        # With a suite, the suite decides; else the held-out MLM loss, against the base measured now on the same shards.
+        champion = (gate["champion_metrics"], gate["champion_version"]) if gate else (
+            base_metrics if base_version else None, base_version)
+        info = register_flow(
+            pretrained["final_dir"], records.encoder_gate(
+                {**new_metrics, **(gate["metrics"] if gate else {})}, *champion, gate and gate["evidence"],
+                tuple(gate["files"]) if gate else ()),
+            name, min_improvement, run_id, base_model + (f" (v{base_version})" if base_version else ""))
     finish_run(run_id, metrics=new_metrics)
-    info = registered["pretrained"]
     summary = {"base_model": base_model, "base_version": base_version, "registered": info,
                "suite": gate and gate["metrics"],
                "eval_mlm_loss": new_metrics["eval_mlm_loss"], "base_eval_mlm_loss": base_metrics["eval_mlm_loss"],

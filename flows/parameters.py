@@ -31,7 +31,8 @@ STAGES = {
     "ingest": (IngestConfig, ("sources", "seed")),
     "examples": (ExamplesConfig, ("seed",)),
     "pretrain": (PretrainConfig, ("shards_dir", "output_dir", "seed", "mlflow_run_id")),
-    "finetune": (FinetuneConfig, ("model_name_or_path", "train_file", "validation_file", "output_dir", "seed")),
+    "finetune": (FinetuneConfig, ("model_name_or_path", "train_file", "validation_file", "output_dir", "task_name",
+                                  "seed")),
     "suite": (SuiteConfig, ("encoder", "output_dir")),
 }
 

@@ -46,12 +46,15 @@ def suite_flow(encoder: str, work_dir: str | None = None, suite: SuiteParameters
     return run_suite(config)
 
 
-def encoder_gate(report: dict, registered_name: str, suite_parameters: dict | None, work_dir: str) -> dict:
-    """What the encoder's promotion gate compares: its suite figures, the champion's on the same suite (run now,
-    or found in the cache) and the paired p-value of the two; `champion_version` None when there is no champion."""
+def encoder_gate(report: dict, registered_name: str, suite_parameters, work_dir: str) -> dict:
+    """What the encoder's promotion gate takes from its suite: its suite figures, the champion's on the same suite
+    (run now, or found in the cache) and the paired p-value of the two (`champion_version` None when there is no
+    champion), and the report's files, logged with the version."""
     version = alias_version(f"models:/{registered_name}@{CHAMPION}")
-    gate = {"metrics": suites.report_metrics(report), "champion_metrics": None, "champion_version": version,
-            "evidence": {}}
+    out = Path(report["output_dir"])
+    gate = {"report": report, "metrics": suites.report_metrics(report), "champion_metrics": None,
+            "champion_version": version, "evidence": {}, "comparison": None,
+            "files": [str(out / name) for name in ("report.json", "report.md", "report.png")]}
     if version is not None:
         if MlflowClient().get_model_version(registered_name, version).tags.get("bertflow.model_hash") == \
                 model_hash(report["encoder"]):

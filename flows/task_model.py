@@ -8,17 +8,16 @@ current champion on the same dev file before the promotion gate decides.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
-from bert_core import stage
 from bert_core.config import SEED, given
 from bert_core.downstream.catalogue import get_task
 from bert_core.metrics import eval_metrics
+from bert_core.registry.records import Gate
 from bert_core.registry.registration import pin_model
 from bert_core.stage import default_work_dir
 from flows.finetune import finetune_flow
@@ -74,23 +73,13 @@ def task_model(
                                          str(work / "reports" / f"task-{task_name}"),
                                          champion_model_uri=f"models:/{name}@champion")
         metrics = eval_metrics(evaluation["metrics"])
-        champion = (eval_metrics(evaluation["champion_metrics"])
-                    if evaluation["champion_metrics"] else None)
-        champion_figures = {f"champion_{k}": v for k, v in (champion or {}).items()}
-        log_stage_run(run_id, "evaluate", metrics={**metrics, **champion_figures}, artifacts=evaluation["reports"])
-        finetune_dir = Path(finetuned["final_dir"]).parent
-        registered = register_flow(
-            pretrained_dir=None, classifier_dir=finetuned["final_dir"], task_name=task_name,
-            classifier_metrics=metrics, primary_metric=task.primary_metric,
-            champion_metrics=champion, champion_version=evaluation["champion_version"],
-            classifier_tags={"bertflow.task_train_file": train_file, "bertflow.task_validation_file": validation_file},
-            params={"finetune": stage.read_json(finetune_dir / stage.STAGE_RECORD)["config"]},
-            finetune_metrics_file=str(finetune_dir / "metrics.jsonl"), classifier_artifacts=evaluation["reports"],
-            registered_model_prefix=registered_model_prefix, min_improvement=min_improvement,
-            parent_model_uri=start_from, parent_run_id=run_id,
-        )
+        champion = eval_metrics(evaluation["champion_metrics"]) if evaluation["champion_metrics"] else None
+        log_stage_run(run_id, "evaluate", artifacts=evaluation["reports"],
+                      metrics={**metrics, **{f"champion_{k}": v for k, v in (champion or {}).items()}})
+        gate = Gate(metrics=metrics, primary_metric=task.primary_metric, champion_metrics=champion,
+                    champion_version=evaluation["champion_version"], artifacts=tuple(evaluation["reports"]))
+        info = register_flow(finetuned["final_dir"], gate, name, min_improvement, run_id, start_from)
     finish_run(run_id, metrics=metrics)
-    info = registered["classifier"]
     primary = task.primary_metric
     create_markdown_artifact(
         key="task-model-summary", description=f"task-model {task_name} summary",

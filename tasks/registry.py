@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from bert_core import stage, tracking
 from bert_core.registry import registration
+from bert_core.registry.summary import models_table, render_summary
 from bert_core.tracking import manifest_metrics
+from bert_core.training.model import pretrained_model_name as model_name_of
 from tasks import REGISTRY_LIMIT
 
 
@@ -76,7 +79,10 @@ def parent_run(run_name: str, stage_tag: str, tags: dict[str, str] | None = None
     with `finish_run` and its final metrics."""
     from prefect.runtime import flow_run
 
-    run_id = start_run(f"{run_name} {flow_run.get_name() or ''}".strip(), params=dict(flow_run.get_parameters()),
+    # A stage object (a pydantic model of a config) as the fields the run gave it.
+    params = {name: value.model_dump(mode="json", exclude_unset=True) if hasattr(value, "model_dump") else value
+              for name, value in flow_run.get_parameters().items()}
+    run_id = start_run(f"{run_name} {flow_run.get_name() or ''}".strip(), params=params,
                        tags={"prefect.flow_run_id": str(flow_run.get_id()), "bertflow.stage": stage_tag,
                              **(tags or {})})
     try:
@@ -96,3 +102,31 @@ def log_manifests(run_id: str, stage_name: str, output_dir: str) -> dict:
     log_stage_run(run_id, stage_name, output_dir, metrics=metrics,
                   artifacts=[str(out / split / "manifest.json") for split in splits])
     return manifests[""] if stage_name == "ingest" else manifests
+
+
+def log_stages(run_id: str, documents_dir: str, examples_dir: str, pretrained: dict) -> dict:
+    """The pipeline's nested runs of its data stages (their manifests) and, for an encoder up to date from an
+    earlier run, one that points at the run that trained it. Returns the corpus and example manifests."""
+    logged = {"corpus": log_manifests(run_id, "ingest", documents_dir),
+              "examples": log_manifests(run_id, "examples", examples_dir)}
+    if pretrained.get("reused"):
+        run_dir = Path(pretrained["final_dir"]).parent
+        log_stage_run(run_id, f"pretrain-{model_name_of(pretrained['final_dir'])}", str(run_dir),
+                      metrics=manifest_metrics(pretrained),
+                      tags={"bertflow.reused_run_id": pretrained.get("mlflow_run_id") or ""})
+    return logged
+
+
+def finish_pipeline(summary: dict) -> None:
+    """End the pipeline's MLflow run with the final figures and the registered versions; its Prefect artifacts."""
+    registered = [info for info in summary["registered"].values() if info]
+    finish_run(summary["mlflow_run_id"], metrics={**summary["classifier"], **summary["pretrained"]},
+               tags={f"bertflow.registered.{info['name']}": info["version"] for info in registered})
+    summary["mlflow_links"] = {"pipeline_run": tracking.ui_links(summary["mlflow_run_id"])["run"],
+                               **{info["name"]: tracking.ui_links(model=(info["name"], info["version"]))["model_version"]
+                                  for info in registered}}
+    create_markdown_artifact(key="pipeline-summary", markdown=render_summary(summary, markdown=True),
+                             description="bert-pipeline summary")
+    create_table_artifact(key="pipeline-models", table=models_table(summary),
+                          description="Models this run registered, their aliases and the promotion decision")
+

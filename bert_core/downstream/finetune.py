@@ -46,6 +46,9 @@ class TrainingConfig:
     train_file: str
     validation_file: str
     output_dir: str
+    # The catalogue task it fine-tunes for: written into the model's description, where registration reads it. Not
+    # part of the run's key (the files, columns and labels are).
+    task_name: str | None = None
     max_seq_length: SeqLength = 128  # tokens per example; a task in the catalogue may set its own
     per_device_train_batch_size: PositiveInt = 32  # examples per device per micro-step
     gradient_accumulation_steps: PositiveInt = 1  # micro-batches per optimizer step: the batch of N x size in 1/N the memory
@@ -93,7 +96,7 @@ def training_accelerator(config: TrainingConfig) -> Accelerator:
 
 def run_key(config, model_path: str, *, version: int) -> str:
     """The stage key of a fine-tuning run: its config (output_dir aside), data files and starting model."""
-    fields = {k: v for k, v in stage.to_jsonable(config).items() if k not in ("output_dir", "num_threads")}
+    fields = {k: v for k, v in stage.to_jsonable(config).items() if k not in ("output_dir", "num_threads", "task_name")}
     fields["mixed_precision"] = effective_precision(config.mixed_precision)  # what runs: "auto" differs per machine
     return stage.hash_json({"config": fields, "data": stage.hash_files([config.train_file, config.validation_file]),
                             "model": model_hash(model_path), "version": version})
@@ -190,6 +193,7 @@ def fit(accelerator: Accelerator, model, tokenizer, loader, *, loss_of, dev_metr
             tokenizer.save_pretrained(tmp)
             describe_model(tmp, kind=kind_of_config(config).model_kind, **description,
                            max_seq_length=config.max_seq_length, base_model=config.model_name_or_path,
+                           task=config.task_name,
                            train_file=config.train_file, validation_file=config.validation_file, stage_key=key,
                            mixed_precision=accelerator.mixed_precision)
         summary = {"final_dir": str(output_dir / "final"), "steps": tally["step"], "best_step": best["step"],

@@ -133,6 +133,7 @@ class TaskKind(_Configured):
         given = {k: v for k, v in values.items() if v is not None and k in known}
         if task.max_seq_length and "max_seq_length" not in given:
             given["max_seq_length"] = task.max_seq_length
+        given.setdefault("task_name", task.name)
         return self.config_class(**{**task.config_fields(), **given})
 
 

@@ -257,7 +257,8 @@ def plan_examples(config: ExamplesConfig, documents_dir: str | Path, output_dir:
     stage.remove_stale_temporaries(output_dir)  # a killed run's half-written shard set
     key = examples_key(config, documents_dir)
     plan: dict[str, Any] = {"key": key, "output_dir": str(output_dir), "tokens_dir": str(tokens_dir),
-                            "config": stage.to_jsonable(config), "units": [], "splits": {}}
+                            "documents_dir": str(documents_dir), "config": stage.to_jsonable(config), "units": [],
+                            "splits": {}}
     if examples_up_to_date(config, documents_dir, output_dir):
         return {**plan, "up_to_date": True}
     tokenize_corpus(config.tokenizer, documents_dir, tokens_dir, executor)
@@ -313,7 +314,7 @@ def finish_examples(plan: dict[str, Any], stats: list[dict[str, Any]]) -> Path:
         by_split.setdefault(spec["split"], []).append((spec, stat))
     with stage.atomic_directory(output_dir) as tmp:
         save_tokenizer(tokenizer, tmp / "tokenizer")
-        outputs = {}
+        outputs: dict[str, Any] = {}
         for split, info in plan["splits"].items():
             units = by_split[split]
             quality = quality_from_statistics([s for _, s in units], config.max_seq_length)
@@ -341,7 +342,9 @@ def finish_examples(plan: dict[str, Any], stats: list[dict[str, Any]]) -> Path:
             )
             outputs[split] = {k: manifest[k] for k in ("num_examples", "num_tokens", "num_shards", "quality")}
             outputs[split]["quality_failures"] = failures
-        stage.write_stage_record(tmp, key=plan["key"], stage="examples", config=config, outputs=outputs)
+        # The record names the corpus the shards were made of: registration reads an encoder's lineage from it.
+        stage.write_stage_record(tmp, key=plan["key"], stage="examples", config=config,
+                                 outputs={**outputs, "documents_dir": plan["documents_dir"]})
     shutil.rmtree(parts, ignore_errors=True)
     with contextlib.suppress(OSError):
         parts.parent.rmdir()  # only when no other run's parts are there

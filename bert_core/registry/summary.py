@@ -7,6 +7,21 @@ from __future__ import annotations
 from bert_core.downstream.kinds import DEFAULT_MODEL_KIND, PRETRAINED, model_kind
 from bert_core.downstream.suite import summary_line
 from bert_core.registry.signatures import example_source
+from bert_core.tracking import configure_tracking, redact
+
+
+def pipeline_summary(*, work_dir: str, flow_run_id: str, mlflow_run_id: str, stages: dict, evaluation: dict,
+                     task: dict, registered: dict, suite_gate: dict | None, seconds: float) -> dict:
+    """What a bert-pipeline run returns and prints: the data stages' manifests, the evaluation's figures (each
+    model's gate metrics), the task, the registered versions and the suite."""
+    classifier = evaluation["classifier"]
+    return {"work_dir": work_dir, "flow_run_id": flow_run_id, "mlflow_run_id": mlflow_run_id,
+            "tracking_uri": redact(configure_tracking()), "corpus": stages["corpus"], "examples": stages["examples"],
+            "pretrained": dict(evaluation["pretrained"].metrics), "classifier": dict(classifier.metrics) if classifier
+            else {}, "task": task, "comparison": evaluation["comparison"], "registered": registered,
+            "suite": suite_gate and {"report": suite_gate["report"], "champion_version": suite_gate["champion_version"],
+                                     "vs_champion": suite_gate.get("comparison")},
+            "seconds": seconds}
 
 
 def models_table(summary: dict) -> list[dict]:

@@ -171,3 +171,18 @@ def test_no_deployment_restates_a_default(deployment, monkeypatch):
 def test_the_seed_is_one_value_for_every_stage():
     assert IngestConfig.seed == ExamplesConfig.seed == PretrainConfig.seed == FinetuneConfig.seed == SEED
     assert typing.get_type_hints(PretrainConfig)["seed"] is int
+
+
+def test_every_params_example_in_the_docs_validates_against_the_pipelines_schema(monkeypatch):
+    """`python -m flows.pipeline --params '{...}'` in README.md and docs/: each one is a run Prefect would accept."""
+    import json
+    import re
+
+    monkeypatch.chdir(REPO)
+    flow = load_flow_from_entrypoint("flows/pipeline.py:bert_pipeline")
+    pages = [REPO / "README.md", REPO / "deployments" / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    examples = [match for page in pages if page.is_file()
+                for match in re.findall(r"--params '(\{.*?\})'", page.read_text(encoding="utf-8"), flags=re.S)]
+    assert len(examples) >= 3, examples
+    for example in examples:
+        flow.validate_parameters(json.loads(example))

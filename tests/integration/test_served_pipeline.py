@@ -167,6 +167,22 @@ def test_both_uis_show_the_run_and_the_champion(served):
     _browse(page, profile, screenshot=shot)
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
 
+    # The deployment's run form: each stage object's fields, generated from its config dataclass, with the
+    # dataclass's comment as the description, choices as options and the deployment's own values.
+    deployment = _get(f"{settings.prefect_api_url}/deployments/name/bert-pipeline/sample-smoke-test")
+    form_page = f"{ui}/deployments/deployment/{deployment['id']}/run"
+    form = _browse(form_page, profile)
+    for shown in ("Max Train Steps", "examples per device per optimizer micro-step", 'value="bert-mini"',
+                  'value="bf16"', 'value="tiny"'):
+        assert shown in form, (shown, form[-3000:])
+    # What the form validates a run against before it starts: the bounds, and no unknown names.
+    pretrain = deployment["parameter_openapi_schema"]["definitions"]["PretrainParameters"]
+    assert pretrain["additionalProperties"] is False
+    assert pretrain["properties"]["max_train_steps"]["exclusiveMinimum"] == 0
+    shot = ARTIFACTS / "prefect-run-form.png"
+    _browse(form_page, profile, screenshot=shot)
+    assert shot.stat().st_size > 20_000
+
     query = urllib.parse.urlencode({"name": "itest-sst2", "alias": "champion"})
     champion = _get(f"{settings.mlflow_url}/api/2.0/mlflow/registered-models/alias?{query}")["model_version"]
     page = f"{settings.mlflow_url}/#/models/itest-sst2"

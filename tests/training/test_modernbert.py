@@ -49,9 +49,9 @@ def test_modernbert_pretrains_and_loads_with_the_auto_classes(modernbert, exampl
     assert json.loads((final / "bertflow_model.json").read_text())["architecture"] == "modernbert"
     assert "token_type_ids" not in AutoTokenizer.from_pretrained(final)("a river")  # ModernBERT takes none
     # Its MLflow run and registered name say which family it is (a BERT of the same size is bertflow-bert-tiny).
-    from flows.register import encoder_registered_name
+    from bert_core.registry.records import registered_name
 
-    assert encoder_registered_name("bertflow", str(final)) == "bertflow-modernbert-tiny"
+    assert registered_name("bertflow", str(final)) == "bertflow-modernbert-tiny"
     # An NSP/SOP shard set is refused for it, naming the fix.
     with pytest.raises(ValueError, match="pair_objective 'none'"):
         from bert_core.training.pretrain import pretrain
