@@ -70,7 +70,7 @@ def continued_pretraining(
             directory needs one).
         min_improvement: The new version must lower the held-out MLM loss (or raise the suite score) by more than
             this to become champion.
-        suite: Parameters of the `downstream-suite` flow, e.g. {"size": "default"}: the new encoder and the
+        suite: The SuiteConfig fields this run changes, e.g. {"size": "default"}: the new encoder and the
             champion on the same suite, and the suite score decides (the MLM losses are still reported); empty: the
             held-out MLM loss on the new text decides.
         seed: Random seed of every stage.
@@ -87,22 +87,13 @@ def continued_pretraining(
     with parent_run("continued-pretraining", "continued-pretraining", {"bertflow.base_model": base_model}) as run_id:
         documents_dir = ingest_flow(sources=sources, work_dir=str(work), ingest=ingest, seed=seed)
         log_manifests(run_id, "ingest", documents_dir)
-        # The base model's own pair objective (a ModernBERT base has no pair head) and architecture.
-        base = model_description(base_dir)
+        # The base model's own tokenizer and pair objective (a ModernBERT base has no pair head).
         examples_dir = examples_flow(documents_dir=documents_dir, work_dir=str(work), seed=seed, examples={
             **given(examples), "tokenizer": {"tokenizer_path": base_dir},
-            "pair_objective": base.get("pair_objective", ExamplesConfig.pair_objective)})
-        settings = given(pretrain, CONTINUED_PROFILE["pretrain"])
-        steps = settings["max_train_steps"]
-        settings = {"eval_steps": steps, "checkpointing_steps": max(1, steps // 2), **settings}
+            "pair_objective": model_description(base_dir).get("pair_objective", ExamplesConfig.pair_objective)})
         pretrained = pretrain_flow(shards_dir=examples_dir, work_dir=str(work), seed=seed, mlflow_parent_run_id=run_id,
-                                   pretrain={**settings, "preset": _preset_of(base_dir), "init_from": base_dir,
-                                             "architecture": base.get("architecture", PretrainConfig.architecture)})
-        validation = str(Path(examples_dir) / "validation")
-        # The champion and the new model on the same held-out shards of the new text.
-        new_metrics = eval_metrics(evaluate_pretrained(pretrained["final_dir"], validation))
-        base_metrics = eval_metrics(evaluate_pretrained(base_dir, validation))
-        log_stage_run(run_id, "evaluate", metrics={**new_metrics, **{f"base_{k}": v for k, v in base_metrics.items()}})
+                                   pretrain=_from_base(base_dir, pretrain))
+        new_metrics, base_metrics = _score_both(run_id, pretrained["final_dir"], base_dir, examples_dir)
         gate = None
         if suite is not None:
             report = suite_flow(encoder=pretrained["final_dir"], work_dir=str(work), suite=suite)
@@ -120,14 +111,38 @@ def continued_pretraining(
                "suite": gate and gate["metrics"],
                "eval_mlm_loss": new_metrics["eval_mlm_loss"], "base_eval_mlm_loss": base_metrics["eval_mlm_loss"],
                "mlflow_run_id": run_id, "seconds": round(time.perf_counter() - started, 1)}
-    links = {**ui_links(run_id), **ui_links(model=(info["name"], info["version"]))}
+    _summary_artifact(summary)
+    return summary
+
+
+def _from_base(base_dir: str, pretrain) -> dict:
+    """The run's PretrainConfig fields over the continued profile, with the base's size, architecture and weights;
+    evaluation at the end and a checkpoint half-way unless given."""
+    settings = given(pretrain, CONTINUED_PROFILE["pretrain"])
+    steps = settings["max_train_steps"]
+    return {"eval_steps": steps, "checkpointing_steps": max(1, steps // 2), **settings, "preset": _preset_of(base_dir),
+            "init_from": base_dir,
+            "architecture": model_description(base_dir).get("architecture", PretrainConfig.architecture)}
+
+
+def _score_both(run_id: str, final_dir: str, base_dir: str, examples_dir: str) -> tuple[dict, dict]:
+    """The new model and the base on the same held-out shards of the new text, logged as the evaluate stage run."""
+    validation = str(Path(examples_dir) / "validation")
+    new_metrics = eval_metrics(evaluate_pretrained(final_dir, validation))
+    base_metrics = eval_metrics(evaluate_pretrained(base_dir, validation))
+    log_stage_run(run_id, "evaluate", metrics={**new_metrics, **{f"base_{k}": v for k, v in base_metrics.items()}})
+    return new_metrics, base_metrics
+
+
+def _summary_artifact(summary: dict) -> None:
+    info = summary["registered"]
+    links = {**ui_links(summary["mlflow_run_id"]), **ui_links(model=(info["name"], info["version"]))}
     create_markdown_artifact(key="continued-pretraining-summary", description="continued-pretraining summary",
                              markdown=(f"Held-out MLM loss on the new text: **{summary['eval_mlm_loss']:.4f}** "
-                                       f"(base {base_model}: {summary['base_eval_mlm_loss']:.4f}).\n\n"
+                                       f"(base {summary['base_model']}: {summary['base_eval_mlm_loss']:.4f}).\n\n"
                                        f"{info['name']} v{info['version']}, aliases {info['aliases']}: "
                                        f"{info['reason']}.\n\n- [MLflow run]({links['run']})\n"
                                        f"- [model version]({links['model_version']})\n"))
-    return summary
 
 
 def _stable_copy(model_dir: str, root: Path) -> str:
