@@ -2,11 +2,10 @@
 threads a training process takes when several share the machine.
 
 Precision. bf16 autocast pays only where the hardware multiplies bf16 natively: a CUDA device with bf16, or a CPU
-with AMX (`amx_bf16`) or AVX512-BF16 (`avx512_bf16`) units. Elsewhere torch emulates it: on an AVX2-only AMD EPYC
-bert-mini pretraining ran 30x slower in bf16 than in fp32 (`python bench/hardware.py`: 130 vs 3,881 tokens/s), so a
-CPU without either flag gets fp32 at once. A flag alone does not settle it: on an AVX512-BF16 EPYC bf16 pretraining
-ran 1.86x (bert-mini) as fast as fp32 (`python bench/hardware.py`), while on an AVX512-BF16 Xeon without AMX bf16
-fine-tuning ran 0.65x (bench/finetune.py: bert-mini 77.9 s vs 50.4 s). So where a flag is present, "auto" measures:
+with AMX (`amx_bf16`) or AVX512-BF16 (`avx512_bf16`) units. Elsewhere torch emulates it, many times slower than fp32,
+so a CPU without either flag gets fp32 at once. A flag alone does not settle it: with the same flag, bf16 measured
+faster than fp32 on one machine and slower on another (the figures, with their machines and commits, are in
+docs/measurements.md). So where a flag is present, "auto" measures:
 forward and backward of one encoder layer of bert-mini's shape (`measure_bf16_speedup`, about a second), in fp32 and
 in bf16, interleaved, and picks bf16 only when it is at least BF16_MIN_SPEEDUP as fast. The result is kept in a file
 per CPU model, flags and torch version (`precision_cache()`), so that every run on the same kind of machine, and
