@@ -117,15 +117,6 @@ def read_config_file(cls: type, path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid JSON ({err}); expected a JSON object of {cls.__name__} options") from None
 
 
-def load_config(cls: type[T], path: str | Path) -> T:
-    """A config from a JSON file; every problem with the file or its values is a `ConfigError` naming the file."""
-    data = read_config_file(cls, path)
-    try:
-        return config_from_dict(cls, data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
-
-
 def write_json(path: str | Path, value: Any) -> None:
     """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
     path = Path(path)

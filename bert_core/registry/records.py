@@ -73,26 +73,27 @@ def register_config(model_dir: str | Path, gate: Gate, registered_model_name: st
         artifacts=tuple(gate.artifacts), metrics_history=str(history) if history.is_file() else None,
         parent_run_id=parent_run_id)
     if record["stage"] == PRETRAIN_STAGE:
-        tags, manifests = _lineage(run_dir)
+        tags, manifests = _lineage(run_dir, record)
         run_file = run_dir / "mlflow_run.json"
         return replace(config, run_name=f"pretrain-{pretrained_model_name(final)}",
                        tags={**tags, **({"bertflow.base_model": parent_model} if parent_model else {})},
                        artifacts=(*config.artifacts, *manifests),
                        run_id=stage.read_json(run_file)["run_id"] if run_file.is_file() else None)
-    base = Path(described.get("base_model") or "/nonexistent/final")
-    base_record = base.parent / stage.STAGE_RECORD  # fine-tuned from a local pretraining run: that run's lineage
-    lineage = _lineage(base.parent)[0] if base_record.is_file() and \
-        stage.read_json(base_record)["stage"] == PRETRAIN_STAGE else {}
+    # Fine-tuned from a local pretraining run (not a models:/ URI or a package): that run's lineage.
+    base_run = Path(described["base_model"]).parent if described.get("base_model") else None
+    base_record = stage.read_json(base_run / stage.STAGE_RECORD) if base_run and \
+        (base_run / stage.STAGE_RECORD).is_file() else {}
+    lineage = _lineage(base_run, base_record)[0] if base_record.get("stage") == PRETRAIN_STAGE else {}
     tags = {**lineage, "bertflow.task_train_file": described.get("train_file", ""),
             "bertflow.task_validation_file": described.get("validation_file", ""),
             "bertflow.parent_model": parent_model or described.get("base_model", "")}
     return replace(config, task=described.get("task"), run_name=f"finetune-{described.get('task')}", tags=tags)
 
 
-def _lineage(run_dir: Path) -> tuple[dict[str, str], list[str]]:
-    """A pretraining run's lineage tags and the manifests to log: the shards it was trained on (its record names
+def _lineage(run_dir: Path, record: dict) -> tuple[dict[str, str], list[str]]:
+    """A pretraining run's lineage tags and the manifests to log: the shards it was trained on (its `record` names
     them) and the corpus they were made of (theirs names it)."""
-    examples_dir = Path(stage.read_json(run_dir / stage.STAGE_RECORD)["config"]["shards_dir"])
+    examples_dir = Path(record["config"]["shards_dir"])
     documents_dir = stage.read_json(examples_dir / stage.STAGE_RECORD)["outputs"].get("documents_dir")
     tags = lineage_tags(documents_dir=documents_dir, examples_dir=examples_dir, pretrain_dir=run_dir)
     manifests = [examples_dir / "train" / "manifest.json", *([Path(documents_dir) / "manifest.json"] if documents_dir

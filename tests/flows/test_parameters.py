@@ -82,7 +82,7 @@ def _check_config(cls, schema: dict, definitions: dict, defaults: dict, wired: s
             listed = [c for arm in arms for c in arm.get("enum", [arm["const"]] if "const" in arm else [])]
             assert listed == [c for c in choices if c is not None], f"{name}: choices {listed}, expected {choices}"
         for arm_hint in _arms(_hints(cls)[field.name]):
-            base, bounds = _unwrap(arm_hint)
+            _, bounds = _unwrap(arm_hint)
             for bound in bounds:
                 key, attr = BOUND_KEYS[type(bound)]
                 assert any(arm.get(key) == getattr(bound, attr) for arm in arms), f"{name}: no {key} in {spec}"
